@@ -1,0 +1,36 @@
+# dtools: every target installs what it needs into .venv first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+DEMO_MINUTES ?= 6
+DEMO_OUT     ?= demo/out
+
+.PHONY: install test lint docs demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check dtools tests bench
+
+docs: install
+	$(BIN)/python -m dtools.docgen docs/commands.md
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" DEMO_MINUTES=$(DEMO_MINUTES) bash demo/run.sh $(DEMO_OUT)
+
+bench: install
+	$(BIN)/python bench/bench_unet.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from dtools.cli import main
+
+main()

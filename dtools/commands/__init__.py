@@ -1,0 +1,24 @@
+"""One module per command; each exposes one function that Typer turns into `dtools NAME`.
+
+Command modules parse options and do I/O only, and import heavy libraries (torch) inside the
+function so that `dtools --help` stays fast.
+"""
+
+from dtools.commands.fid import fid
+from dtools.commands.grid import grid
+from dtools.commands.noise import noise
+from dtools.commands.prep import prep
+from dtools.commands.sample import sample
+from dtools.commands.schedule import schedule
+from dtools.commands.train import train
+
+# Pipeline order: this is the order `dtools --help` lists them in.
+COMMANDS = {
+    "prep": prep,
+    "schedule": schedule,
+    "noise": noise,
+    "train": train,
+    "sample": sample,
+    "grid": grid,
+    "fid": fid,
+}

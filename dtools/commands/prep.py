@@ -1,0 +1,8 @@
+"""`dtools prep` (being written)."""
+
+from dtools.errors import DtoolsError
+
+
+def prep() -> None:
+    """Not yet implemented."""
+    raise DtoolsError("dtools prep is not implemented yet")

@@ -1,0 +1,92 @@
+"""`dtools schedule`: make, inspect and plot noise schedules (float64 `.npy` of betas [T])."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from dtools.errors import DtoolsError
+from dtools.fileio import is_stdio, read_npy, write_npy
+from dtools.schedules import SCHEDULES, make_schedule, summarize, validate_betas
+
+_NAMES = ", ".join(SCHEDULES)
+
+
+def load_schedule(spec: str, **kwargs) -> np.ndarray:
+    """A schedule by registry name, or from a `.npy` file / `-`, validated."""
+    if spec in SCHEDULES:
+        return make_schedule(spec, **kwargs)
+    if is_stdio(spec) or spec.endswith(".npy") or Path(spec).exists():
+        return validate_betas(read_npy(spec), "stdin" if is_stdio(spec) else spec)
+    raise DtoolsError(f"{spec!r} is neither a schedule name ({_NAMES}) nor a .npy file")
+
+
+def schedule(
+    names: list[str] = typer.Argument(
+        ..., metavar="NAME|FILE...", help=f"Schedule names ({_NAMES}) or .npy schedule files ('-' = stdin)."
+    ),
+    timesteps: int = typer.Option(1000, "-T", "--T", "--timesteps", help="Number of diffusion steps T."),
+    beta_start: float = typer.Option(None, "--beta-start", help="First β (linear, sigmoid, scaled-linear)."),
+    beta_end: float = typer.Option(None, "--beta-end", help="Last β (linear, sigmoid, scaled-linear)."),
+    s: float = typer.Option(0.008, "--s", help="Offset s of the cosine schedule."),
+    max_beta: float = typer.Option(
+        None, "--max-beta", help="Clip β at this value (the seed report clips at 0.02; the cosine paper at 0.999)."
+    ),
+    zero_terminal_snr: bool = typer.Option(
+        False, "--zero-terminal-snr", help="Rescale so ᾱ_T = 0 (Lin et al. 2023); train with --param v."
+    ),
+    output: str = typer.Option(None, "-o", "--output", help="Write the .npy here instead of stdout."),
+    plot: Path = typer.Option(None, "--plot", help="Draw β_t and 1-ᾱ_t of every NAME into this PNG."),
+    summary: bool = typer.Option(False, "--summary", help="Print T, β range, ᾱ_T and terminal SNR of each."),
+    as_json: bool = typer.Option(False, "--json", help="With --summary: print JSON lines instead of a table."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
+) -> None:
+    """Make a noise schedule (betas, float64 [T]) as .npy, or plot and summarize schedules.
+
+    \b
+    Examples:
+      dtools schedule cosine -T 1000 > beta.npy
+      dtools schedule linear --beta-end 0.02 -T 500 -o linear500.npy
+      dtools schedule linear cosine sigmoid -T 1000 --plot schedules.png
+      dtools schedule beta.npy --summary
+    """
+    kwargs = dict(
+        T=timesteps, beta_start=beta_start, beta_end=beta_end, s=s, max_beta=max_beta,
+        zero_terminal_snr=zero_terminal_snr,
+    )
+    scheds = {}
+    for spec in names:
+        label = Path(spec).stem if spec not in SCHEDULES and not is_stdio(spec) else spec
+        scheds[label] = load_schedule(spec, **kwargs)
+    if plot is not None:
+        from dtools.plots import schedule_plot
+
+        schedule_plot(scheds, plot, force)
+        typer.echo(f"wrote {plot}", err=True)
+    if summary:
+        _print_summary(scheds, as_json)
+    if plot is None and not summary or output is not None:
+        if len(scheds) != 1:
+            raise DtoolsError("a .npy holds one schedule: give one NAME, or use --plot/--summary for several")
+        write_npy(next(iter(scheds.values())), output, force)
+
+
+def _print_summary(scheds: dict, as_json: bool) -> None:
+    rows = {name: summarize(b) for name, b in scheds.items()}
+    if as_json:
+        for name, row in rows.items():
+            typer.echo(json.dumps({"name": name, **row}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("schedule", "T", "β first", "β last", "β max", "ᾱ_T", "SNR_T (dB)", "t at ᾱ<0.5")
+    for name, r in rows.items():
+        table.add_row(
+            name, str(r["T"]), f"{r['beta_first']:.3g}", f"{r['beta_last']:.3g}", f"{r['beta_max']:.3g}",
+            f"{r['alpha_bar_T']:.3g}", f"{r['snr_T_db']:.1f}", str(r["steps_half_signal"]),
+        )
+    Console(soft_wrap=True).print(table)

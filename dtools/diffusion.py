@@ -1,0 +1,193 @@
+"""Gaussian diffusion math (Ho et al. 2020; Nichol & Dhariwal 2021): pure functions on tensors.
+
+No nn.Module, no I/O. The network is passed to samplers at call time; nothing here knows it.
+
+Conventions
+- `betas[i]` is β_{i+1}: timestep index t = 0..T-1, and the network is conditioned on that index.
+- Schedule quantities are float64 and cast to the data's dtype only when applied.
+- Parameterizations: "eps" (the network predicts ε, the seed's choice), "x0", and "v"
+  (Salimans & Ho 2022: v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dtools.errors import DtoolsError
+from dtools.schedules import validate_betas
+
+PARAMETERIZATIONS = ("eps", "x0", "v")
+VARIANCES = ("beta", "posterior")  # Σ = β_t I or β̃_t I
+
+
+def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
+    """ᾱ_t = Π_{s ≤ t} (1 - β_s), float64."""
+    return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Everything derived from one β array, as float64 tensors of shape [T] (on CPU until `.to`)."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor  # ᾱ_t
+    alphas_cumprod_prev: torch.Tensor  # ᾱ_{t-1}, with ᾱ_0 := 1
+    posterior_variance: torch.Tensor  # β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t) β_t
+    posterior_log_variance_clipped: torch.Tensor  # log β̃_t, with β̃_1 replaced by β̃_2 (β̃_1 = 0)
+    posterior_mean_coef1: torch.Tensor  # on x0:  sqrt(ᾱ_{t-1}) β_t / (1-ᾱ_t)
+    posterior_mean_coef2: torch.Tensor  # on x_t: sqrt(α_t) (1-ᾱ_{t-1}) / (1-ᾱ_t)
+
+    @classmethod
+    def from_betas(cls, betas: np.ndarray | torch.Tensor) -> Schedule:
+        b = validate_betas(np.asarray(betas.cpu() if isinstance(betas, torch.Tensor) else betas))
+        ab = alphas_cumprod(b)
+        ab_prev = np.concatenate([[1.0], ab[:-1]])
+        one_minus_ab = 1.0 - ab
+        post_var = b * (1.0 - ab_prev) / one_minus_ab
+        post_logvar = np.log(np.concatenate([post_var[1:2], post_var[1:]]))
+        coef1 = b * np.sqrt(ab_prev) / one_minus_ab
+        coef2 = (1.0 - ab_prev) * np.sqrt(1.0 - b) / one_minus_ab
+        as64 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
+        return cls(
+            as64(b), as64(ab), as64(ab_prev), as64(post_var), as64(post_logvar), as64(coef1), as64(coef2)
+        )
+
+    @property
+    def T(self) -> int:
+        return int(self.betas.shape[0])
+
+    def to(self, device: torch.device | str) -> Schedule:
+        return Schedule(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio ᾱ_t / (1-ᾱ_t), float64 [T]."""
+        return self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+
+
+def extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t] reshaped to broadcast against `like` (B, C, H, W), in like's dtype and device."""
+    out = values.to(like.device)[t.to(like.device)]
+    return out.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def q_sample(s: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Forward process in closed form: x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) ε."""
+    ab = s.alphas_cumprod
+    return extract(ab.sqrt(), t, x0) * x0 + extract((1.0 - ab).sqrt(), t, x0) * eps
+
+
+def training_target(
+    s: Schedule, parameterization: str, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the network regresses: ε, x0, or v = sqrt(ᾱ_t) ε - sqrt(1-ᾱ_t) x0."""
+    if parameterization == "eps":
+        return eps
+    if parameterization == "x0":
+        return x0
+    if parameterization == "v":
+        ab = s.alphas_cumprod
+        return extract(ab.sqrt(), t, x0) * eps - extract((1.0 - ab).sqrt(), t, x0) * x0
+    raise DtoolsError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+
+
+def split_prediction(
+    s: Schedule, parameterization: str, model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a network output into (x0_hat, eps_hat), computed in float64 for stability.
+
+    With ᾱ_t = 0 (zero terminal SNR) an ε-prediction says nothing about x0; x0 is then taken as 0.
+    """
+    out, x = model_out.double(), x_t.double()
+    ab = extract(s.alphas_cumprod, t, x)
+    sa, s1 = ab.sqrt(), (1.0 - ab).sqrt()
+    if parameterization == "eps":
+        eps = out
+        x0 = torch.where(sa > 0, (x - s1 * eps) / sa.clamp_min(1e-300), torch.zeros_like(x))
+    elif parameterization == "x0":
+        x0 = out
+        eps = (x - sa * x0) / s1.clamp_min(1e-300)
+    elif parameterization == "v":
+        x0 = sa * x - s1 * out
+        eps = s1 * x + sa * out
+    else:
+        raise DtoolsError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+    return x0, eps
+
+
+def q_posterior(
+    s: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of q(x_{t-1} | x_t, x0) (Ho et al. eq. 6–7): μ̃_t and β̃_t."""
+    mean = extract(s.posterior_mean_coef1, t, x_t) * x0 + extract(s.posterior_mean_coef2, t, x_t) * x_t
+    return mean, extract(s.posterior_variance, t, x_t)
+
+
+def reverse_variance(s: Schedule, kind: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The fixed reverse-process variance Σ_t: β_t ("beta", the upper bound) or β̃_t ("posterior")."""
+    if kind == "beta":
+        return extract(s.betas, t, like)
+    if kind == "posterior":
+        return extract(s.posterior_variance, t, like)
+    raise DtoolsError(f"unknown variance {kind!r}; choose one of {VARIANCES}")
+
+
+def loss_weight(s: Schedule, parameterization: str, t: torch.Tensor, min_snr_gamma: float | None) -> torch.Tensor:
+    """Per-sample weight [B] on the MSE against `training_target`.
+
+    None gives plain MSE (weight 1, the seed's loss). A number γ gives Min-SNR-γ (Hang et al. 2023):
+    the effective x0-space weight min(SNR, γ), expressed for each parameterization.
+    """
+    if min_snr_gamma is None:
+        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+    if min_snr_gamma <= 0:
+        raise DtoolsError(f"--min-snr-gamma must be positive, got {min_snr_gamma}")
+    snr = s.snr().to(t.device)[t]
+    clipped = torch.clamp(snr, max=min_snr_gamma)
+    if parameterization == "eps":
+        w = clipped / snr
+    elif parameterization == "x0":
+        w = clipped
+    elif parameterization == "v":
+        w = clipped / (snr + 1.0)
+    else:
+        raise DtoolsError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+    return w.float()
+
+
+SPACINGS = ("linspace", "leading", "trailing")
+
+
+def spaced_timesteps(T: int, steps: int, spacing: str = "trailing") -> np.ndarray:
+    """Choose `steps` of the T timestep indices (0-based, ascending) for a fast sampler.
+
+    - linspace: round(linspace(0, T-1, steps)), includes both ends;
+    - leading:  0, k, 2k, ... with k = T // steps (DDIM's original; never reaches T-1);
+    - trailing: T-1, T-1-k, ... down (Lin et al. 2023 recommend it: always starts at t = T-1).
+    """
+    if not 1 <= steps <= T:
+        raise DtoolsError(f"--steps must lie in [1, {T}], got {steps}")
+    if spacing == "linspace":
+        ts = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
+    elif spacing == "leading":
+        ts = np.arange(steps, dtype=np.int64) * (T // steps)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64)[::-1] - 1
+    else:
+        raise DtoolsError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+    ts = np.unique(ts)
+    assert ts.shape[0] == steps and ts[0] >= 0 and ts[-1] <= T - 1, (T, steps, spacing, ts)
+    return ts
+
+
+def respace(betas: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+    """Betas of the sub-chain that visits only `timesteps` (improved-diffusion's respacing).
+
+    For kept indices t_1 < ... < t_K: β'_k = 1 - ᾱ_{t_k} / ᾱ_{t_{k-1}} (with ᾱ before t_1 taken as 1),
+    so ᾱ'_k = ᾱ_{t_k} exactly and the network, called with the original index t_k, never knows.
+    """
+    ab = alphas_cumprod(betas)[np.asarray(timesteps)]
+    ab_prev = np.concatenate([[1.0], ab[:-1]])
+    return 1.0 - ab / ab_prev

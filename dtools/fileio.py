@@ -1,0 +1,142 @@
+"""Plain-file plumbing shared by every command: atomic writes, `.npy` on pipes, stdin/stdout.
+
+Contracts (docs/formats.md):
+- `-` or an omitted path means stdin/stdout.
+- `.npy` is read with ``allow_pickle=False`` after the whole stream is in memory (np.load seeks).
+- Binary data is never written to a terminal.
+- Every file is written to a temporary name beside its target, flushed, fsynced, then renamed
+  over it, so a crash or a full disk never leaves a half-written file under the real name.
+- An existing file is replaced only with ``force=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from dtools.errors import DtoolsError
+
+STDIO = "-"
+
+
+def is_stdio(path: str | os.PathLike | None) -> bool:
+    return path is None or str(path) == STDIO
+
+
+def check_writable(path: str | os.PathLike, force: bool) -> Path:
+    """Refuse to clobber an existing file without --force; make sure the folder exists."""
+    p = Path(path)
+    if p.exists() and not force:
+        raise DtoolsError(f"{p} already exists; pass --force to overwrite it")
+    if p.is_dir():
+        raise DtoolsError(f"{p} is a directory, expected a file path")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, force: bool = False) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary writing through a temp file that is renamed into place on success."""
+    p = check_writable(path, force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
+    with atomic_open(path, force) as f:
+        f.write(data)
+
+
+def atomic_save(path: str | os.PathLike, writer: Callable[[str], None], force: bool = False) -> None:
+    """Atomic write for libraries that insist on a file name (PIL, matplotlib, safetensors).
+
+    ``writer(tmp_name)`` writes the file; it keeps the target's suffix so format sniffing works.
+    """
+    p = check_writable(path, force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}", dir=p.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def parse_npy(data: bytes, name: str) -> np.ndarray:
+    if not data:
+        raise DtoolsError(f"{name}: empty input, expected a .npy array")
+    if data[:2] == b"PK":
+        raise DtoolsError(f"{name}: an .npz archive; dtools reads single .npy arrays")
+    if not data.startswith(b"\x93NUMPY"):
+        raise DtoolsError(f"{name}: not a .npy file (no NUMPY magic bytes)")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise DtoolsError(f"{name}: holds Python objects (pickle); dtools only reads plain arrays") from None
+        raise DtoolsError(f"{name}: not a valid .npy array ({e})") from None
+    except Exception as e:  # numpy raises a zoo of types for garbage headers
+        raise DtoolsError(f"{name}: not a valid .npy array ({type(e).__name__}: {e})") from None
+    if not isinstance(arr, np.ndarray):
+        raise DtoolsError(f"{name}: expected a single .npy array, got an .npz archive")
+    return arr
+
+
+def read_npy(path: str | os.PathLike | None) -> np.ndarray:
+    """Read one array from a `.npy` file or, for ``-``/None, all of stdin."""
+    if is_stdio(path):
+        if sys.stdin is None or sys.stdin.isatty():
+            raise DtoolsError("expected a .npy array on stdin, but stdin is a terminal; pipe one in or give a path")
+        return parse_npy(sys.stdin.buffer.read(), "stdin")
+    p = Path(path)
+    if not p.exists():
+        raise DtoolsError(f"{p}: no such file")
+    if p.is_dir():
+        raise DtoolsError(f"{p}: is a directory, expected a .npy file")
+    return parse_npy(p.read_bytes(), str(p))
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout is None or sys.stdout.isatty()
+
+
+def write_npy(arr: np.ndarray, path: str | os.PathLike | None, force: bool = False) -> None:
+    """Write ``arr`` as `.npy` to ``path`` atomically, or to stdout for ``-``/None (never a terminal)."""
+    data = npy_bytes(arr)
+    if is_stdio(path):
+        if stdout_is_terminal():
+            raise DtoolsError(
+                "refusing to write binary .npy data to a terminal; redirect stdout "
+                "(`> file.npy`, `| dtools grid -o out.png`) or pass -o FILE"
+            )
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        atomic_write_bytes(path, data, force)

@@ -1,0 +1,171 @@
+"""Image batches as uint8 arrays [N, H, W, C] (C = 1 or 3), read from and written to plain files.
+
+Sources a command accepts: ``-`` (a `.npy` batch on stdin), a `.npy` file, an image file, or a
+folder of images (searched recursively, sorted by path so the order is stable).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dtools.errors import DtoolsError
+from dtools.fileio import atomic_save, is_stdio, read_npy
+
+# Extensions Pillow can open; anything else in a folder is ignored (not an error).
+IMAGE_EXTS = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
+) | {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files under `folder`, recursively, sorted; hidden files and folders are skipped."""
+    root = Path(folder)
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return sorted(files)
+
+
+def to_array(img: Image.Image, channels: int | None = None, background: tuple[int, int, int] = (255, 255, 255)):
+    """A PIL image of any mode as uint8 [H, W, C]; transparency is composited onto `background`.
+
+    `channels` forces 1 (luminance) or 3 (RGB); None keeps grey images grey and makes the rest RGB.
+    """
+    img.load()
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I") and a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        img = Image.alpha_composite(base, rgba).convert("RGB")
+    grey = img.mode in ("L", "1") or (img.mode == "LA")
+    want = channels if channels is not None else (1 if grey else 3)
+    img = img.convert("L" if want == 1 else "RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def load_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return to_array(img, channels)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DtoolsError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+
+
+def validate_batch(arr: np.ndarray, name: str) -> np.ndarray:
+    """Check an image batch array: uint8 [N, H, W, C] with C in {1, 3}; [N, H, W] gets C = 1."""
+    if arr.dtype != np.uint8:
+        raise DtoolsError(f"{name}: image batches must be uint8 [N,H,W,C], got dtype {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise DtoolsError(f"{name}: image batches must be [N,H,W,C] with C = 1 or 3, got shape {list(arr.shape)}")
+    if arr.shape[0] == 0:
+        raise DtoolsError(f"{name}: the batch holds no images")
+    return arr
+
+
+def read_source(source: str, channels: int | None = None) -> np.ndarray:
+    """One source (see module doc) as a uint8 batch [N, H, W, C]."""
+    if is_stdio(source) or source.lower().endswith(".npy"):
+        arr = validate_batch(read_npy(source), "stdin" if is_stdio(source) else source)
+        return match_channels(arr, channels)
+    p = Path(source)
+    if not p.exists():
+        raise DtoolsError(f"{p}: no such file or folder")
+    if p.is_dir():
+        files = list_image_files(p)
+        if not files:
+            raise DtoolsError(f"{p}: no images found (looked for {', '.join(sorted({'.png', '.jpg', '.webp'}))} …)")
+        return stack([load_image(f, channels) for f in files], files)
+    return load_image(p, channels)[None]
+
+
+def read_images(sources: Iterable[str], channels: int | None = None) -> np.ndarray:
+    """All sources concatenated in order; they must agree in size (use `dtools prep` first if not)."""
+    batches = [read_source(s, channels) for s in sources]
+    if not batches:
+        raise DtoolsError("no image sources given")
+    if channels is None and len({b.shape[-1] for b in batches}) > 1:
+        batches = [match_channels(b, 3) for b in batches]
+    return stack_batches(batches, list(sources))
+
+
+def match_channels(arr: np.ndarray, channels: int | None) -> np.ndarray:
+    if channels is None or arr.shape[-1] == channels:
+        return arr
+    if channels == 3:
+        return np.repeat(arr, 3, axis=-1)
+    # RGB → luminance with ITU-R 601-2 weights, as PIL's convert("L")
+    lum = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.clip(lum + 0.5, 0, 255).astype(np.uint8)[..., None]
+
+
+def stack(images: list[np.ndarray], names: list) -> np.ndarray:
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        first = images[0].shape
+        odd = next(n for n, im in zip(names, images, strict=True) if im.shape != first)
+        raise DtoolsError(
+            f"images differ in size ({names[0]} is {first[1]}x{first[0]}, {odd} is not); "
+            "run `dtools prep SRC OUT --size N` first"
+        )
+    return np.stack(images)
+
+
+def stack_batches(batches: list[np.ndarray], names: list[str]) -> np.ndarray:
+    if len({b.shape[1:] for b in batches}) > 1:
+        desc = ", ".join(f"{n}: {list(b.shape[1:])}" for n, b in zip(names, batches, strict=True))
+        raise DtoolsError(f"image sources differ in size ({desc})")
+    return np.concatenate(batches) if len(batches) > 1 else batches[0]
+
+
+def save_png(arr: np.ndarray, path: str | os.PathLike, force: bool = False) -> None:
+    """One uint8 [H, W, C] image as a PNG, atomically."""
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    atomic_save(path, lambda tmp: img.save(tmp, format="PNG"), force)
+
+
+def write_png_folder(batch: np.ndarray, folder: str | os.PathLike, force: bool = False, start: int = 0) -> list[Path]:
+    """Write a batch as `folder/000000.png, 000001.png, ...` (zero-padded, so names sort in order)."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise DtoolsError(f"{out} exists and is not a folder")
+    width = max(6, len(str(start + batch.shape[0] - 1)))
+    paths = [out / f"{start + i:0{width}d}.png" for i in range(batch.shape[0])]
+    if not force:
+        clash = next((p for p in paths if p.exists()), None)
+        if clash is not None:
+            raise DtoolsError(f"{clash} already exists; pass --force to overwrite, or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for p, im in zip(paths, batch, strict=True):
+        save_png(im, p, force=True)
+    return paths
+
+
+def to_uint8(x) -> np.ndarray:
+    """A float tensor (B, C, H, W) in [-1, 1] as uint8 [B, H, W, C] (round to nearest, clipped)."""
+    import torch
+
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(arr: np.ndarray):
+    """uint8 [B, H, W, C] as a float32 tensor (B, C, H, W) in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
