@@ -174,7 +174,8 @@ def spaced_timesteps(T: int, steps: int, spacing: str = "trailing") -> np.ndarra
     elif spacing == "leading":
         ts = np.arange(steps, dtype=np.int64) * (T // steps)
     elif spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64)[::-1] - 1
+        # T - k·T/steps for k < steps; np.arange(T, 0, -T/steps) would sometimes add a spurious ~0 value
+        ts = np.round(T - np.arange(steps) * (T / steps)).astype(np.int64)[::-1] - 1
     else:
         raise DtoolsError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
     ts = np.unique(ts)
