@@ -30,6 +30,7 @@ demo: install
 	PATH="$(abspath $(BIN)):$$PATH" DEMO_MINUTES=$(DEMO_MINUTES) bash demo/run.sh $(DEMO_OUT)
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/bench_unet.py
 
 clean:

@@ -1,0 +1,117 @@
+"""U-Net speed: dtools' network against diffusers' UNet2DModel with the same widths, same run.
+
+    python bench/bench_unet.py                  # CPU: seed64 at batch 8 and cpu32 at batch 32
+    python bench/bench_unet.py --device cuda --batch 128 --compile
+
+For each configuration it times, on the same device and in the same process, alternating between the
+two networks, (a) a no-grad forward pass and (b) a training step (forward, MSE, backward, Adam) and
+prints medians and the ratio dtools / diffusers (below 1 means dtools is faster). Parameter counts
+are printed too, so a speed difference is not a size difference in disguise.
+
+Needs diffusers (`pip install diffusers`, or `pip install -e '.[bench]'`); it is not a dependency of
+dtools. This is a benchmark, not a test: nothing asserts on the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from dtools.unet import UNet, count_parameters, preset_config
+
+
+def diffusers_twin(cfg):
+    """diffusers' UNet2DModel with dtools' widths, blocks per level, attention placement and groups."""
+    from diffusers import UNet2DModel
+
+    levels = len(cfg.channel_mult)
+    res = cfg.resolutions
+    down = tuple("AttnDownBlock2D" if res[i] in cfg.attention_resolutions else "DownBlock2D" for i in range(levels))
+    up = tuple(
+        "AttnUpBlock2D" if res[i] in cfg.attention_resolutions else "UpBlock2D" for i in reversed(range(levels))
+    )
+    widths = tuple(cfg.base_channels * m for m in cfg.channel_mult)
+    return UNet2DModel(
+        sample_size=cfg.image_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.in_channels,
+        block_out_channels=widths,
+        layers_per_block=cfg.num_res_blocks,
+        down_block_types=down,
+        up_block_types=up,
+        attention_head_dim=widths[-1] // cfg.num_heads,
+        norm_num_groups=cfg.norm_groups,
+        dropout=cfg.dropout,
+    )
+
+
+def timed(fn, sync) -> float:
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def bench(preset: str, size: int, batch: int, device: torch.device, repeats: int, compile_: bool) -> None:
+    cfg = preset_config(preset, size, 3)
+    nets = {"dtools": UNet(cfg), "diffusers": diffusers_twin(cfg)}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    x = torch.randn(batch, 3, size, size, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    steps = {}
+    for name, net in nets.items():
+        net.to(device)
+        if compile_:
+            net.compile()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        call = (lambda n: (lambda: n(x, t)))(net) if name == "dtools" else (lambda n: (lambda: n(x, t).sample))(net)
+
+        def forward(call=call):
+            with torch.no_grad():
+                call()
+
+        def train_step(call=call, opt=opt):
+            loss = F.mse_loss(call(), x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        steps[name] = {"forward": forward, "train step": train_step}
+    print(f"\n{preset} {size}x{size}, batch {batch}, {device.type}{' compiled' if compile_ else ''}")
+    print(f"  parameters: dtools {count_parameters(nets['dtools']) / 1e6:.2f} M, "
+          f"diffusers {count_parameters(nets['diffusers']) / 1e6:.2f} M")
+    for what in ("forward", "train step"):
+        for name in nets:  # warm-up (and compilation)
+            for _ in range(2):
+                steps[name][what]()
+        times = {name: [] for name in nets}
+        for _ in range(repeats):  # alternate, so drift hits both alike
+            for name in nets:
+                times[name].append(timed(steps[name][what], sync))
+        med = {name: statistics.median(v) for name, v in times.items()}
+        print(f"  {what:>10}: dtools {med['dtools'] * 1e3:8.1f} ms   diffusers {med['diffusers'] * 1e3:8.1f} ms"
+              f"   ratio dtools/diffusers {med['dtools'] / med['diffusers']:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=int, default=0, help="batch size (default: 8 for seed64, 32 for cpu32 on CPU)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="compile both networks in place first")
+    args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    torch.manual_seed(0)
+    gpu = device.type == "cuda"
+    bench("seed64", 64, args.batch or (128 if gpu else 8), device, args.repeats, args.compile)
+    bench("cpu32", 32, args.batch or (128 if gpu else 32), device, args.repeats, args.compile)
+
+
+if __name__ == "__main__":
+    main()
