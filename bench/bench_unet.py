@@ -30,10 +30,9 @@ def diffusers_twin(cfg):
 
     levels = len(cfg.channel_mult)
     res = cfg.resolutions
-    down = tuple("AttnDownBlock2D" if res[i] in cfg.attention_resolutions else "DownBlock2D" for i in range(levels))
-    up = tuple(
-        "AttnUpBlock2D" if res[i] in cfg.attention_resolutions else "UpBlock2D" for i in reversed(range(levels))
-    )
+    attn = [res[i] in cfg.attention_resolutions for i in range(levels)]
+    down = tuple("AttnDownBlock2D" if attn[i] else "DownBlock2D" for i in range(levels))
+    up = tuple("AttnUpBlock2D" if attn[i] else "UpBlock2D" for i in reversed(range(levels)))
     widths = tuple(cfg.base_channels * m for m in cfg.channel_mult)
     return UNet2DModel(
         sample_size=cfg.image_size,
@@ -69,7 +68,10 @@ def bench(preset: str, size: int, batch: int, device: torch.device, repeats: int
         if compile_:
             net.compile()
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-        call = (lambda n: (lambda: n(x, t)))(net) if name == "dtools" else (lambda n: (lambda: n(x, t).sample))(net)
+        if name == "dtools":
+            call = (lambda n: lambda: n(x, t))(net)
+        else:
+            call = (lambda n: lambda: n(x, t).sample)(net)
 
         def forward(call=call):
             with torch.no_grad():
@@ -94,14 +96,16 @@ def bench(preset: str, size: int, batch: int, device: torch.device, repeats: int
             for name in nets:
                 times[name].append(timed(steps[name][what], sync))
         med = {name: statistics.median(v) for name, v in times.items()}
-        print(f"  {what:>10}: dtools {med['dtools'] * 1e3:8.1f} ms   diffusers {med['diffusers'] * 1e3:8.1f} ms"
-              f"   ratio dtools/diffusers {med['dtools'] / med['diffusers']:.2f}")
+        print(
+            f"  {what:>10}: dtools {med['dtools'] * 1e3:8.1f} ms   diffusers {med['diffusers'] * 1e3:8.1f} ms"
+            f"   ratio dtools/diffusers {med['dtools'] / med['diffusers']:.2f}"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch", type=int, default=0, help="batch size (default: 8 for seed64, 32 for cpu32 on CPU)")
+    ap.add_argument("--batch", type=int, default=0, help="batch (CPU default: 8 seed64, 32 cpu32)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="compile both networks in place first")
     args = ap.parse_args()
