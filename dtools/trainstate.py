@@ -1,0 +1,126 @@
+"""The training state for `--resume`: everything needed to continue a run bit for bit, without pickle.
+
+One safetensors file (RUN/train-state.safetensors) holds, as tensors:
+
+    raw.<key>                 the online weights (state_dict keys)
+    ema.<key>                 the EMA weights
+    adam.<name>.<field>       Adam's moments and step count per parameter name (exp_avg, exp_avg_sq, step)
+    rng.torch                 torch's CPU generator state (uint8)
+    rng.cuda.<i>              each CUDA device's generator state (uint8), when CUDA is in use
+    data.perm, data.generator the current epoch's permutation and the shuffling generator (uint8)
+
+and in the JSON header (key "dtools", format "dtools.train-state"): step, the EMA update count, the
+data stream position, the GradScaler state, the elapsed training time, the resolved training and
+model config, the parameterization and the exact betas.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from dtools.checkpoint import STATE_FORMAT, load_tensors, read_header, save_tensors
+from dtools.dataset import BatchStream
+from dtools.ema import EMA
+from dtools.errors import DtoolsError
+
+ADAM_FIELDS = ("exp_avg", "exp_avg_sq", "step")
+
+
+def capture(
+    model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, stream: BatchStream,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Snapshot of the run as (tensors, header fields); tensors are copies, safe to write later."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"raw.{k}"] = v.detach().clone()
+    for k, v in ema.state_dict().items():
+        tensors[f"ema.{k}"] = v.detach().clone()
+    names = [n for n, _ in model.named_parameters()]
+    opt_state = optimizer.state_dict()["state"]
+    for i, name in enumerate(names):
+        for field in ADAM_FIELDS:
+            if i in opt_state and field in opt_state[i]:
+                val = opt_state[i][field]
+                val = val if isinstance(val, torch.Tensor) else torch.tensor(float(val))
+                tensors[f"adam.{name}.{field}"] = val.detach().clone()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    data_tensors, data_info = stream.state()
+    for k, v in data_tensors.items():
+        tensors[f"data.{k}"] = v
+    info = {
+        "ema_updates": ema.num_updates,
+        "data": data_info,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+    }
+    return tensors, info
+
+
+def save_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    save_tensors(path, tensors, {"format": STATE_FORMAT, **meta}, force=True)
+
+
+def read_state_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a training state (cheap), checked for the fields a resume needs."""
+    info = read_header(path, STATE_FORMAT)
+    for key in ("step", "train", "model", "parameterization", "betas", "data", "ema_updates"):
+        if key not in info:
+            raise DtoolsError(f"{path}: training state lacks {key!r}; it cannot be resumed")
+    return info
+
+
+def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    read_state_header(path)
+    return load_tensors(path, STATE_FORMAT)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def restore(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], info: dict[str, Any], model: nn.Module,
+    ema: EMA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+) -> BatchStream:
+    """Put a loaded state back into freshly built objects; returns the data stream at its position.
+
+    Any mismatch (missing or misshapen tensors) is a one-line DtoolsError naming the file.
+    """
+    try:
+        device = next(model.parameters()).device
+        model.load_state_dict(_prefixed(tensors, "raw."), strict=True)
+        ema.module.load_state_dict(_prefixed(tensors, "ema."), strict=True)
+        ema.num_updates = int(info["ema_updates"])
+        names = [n for n, _ in model.named_parameters()]
+        state = {}
+        for i, name in enumerate(names):
+            fields = {f: tensors[f"adam.{name}.{f}"] for f in ADAM_FIELDS if f"adam.{name}.{f}" in tensors}
+            if fields:
+                if set(fields) != set(ADAM_FIELDS):
+                    raise KeyError(f"adam.{name}")
+                state[i] = {f: (v if f == "step" else v.to(device)) for f, v in fields.items()}
+        sd = optimizer.state_dict()
+        sd["state"] = state
+        optimizer.load_state_dict(sd)
+        if info.get("scaler") and scaler is not None and scaler.is_enabled():
+            scaler.load_state_dict(info["scaler"])
+        stream = BatchStream.restore(_prefixed(tensors, "data."), info["data"])
+        if stream.perm.shape != (stream.n,) or not 0 <= stream.pos <= stream.n:
+            raise ValueError("data position out of range")
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda = _prefixed(tensors, "rng.cuda.")
+        if cuda and device.type == "cuda" and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([cuda[str(i)] for i in range(len(cuda))])
+    except KeyError as e:
+        raise DtoolsError(f"{path}: damaged training state (missing {e.args[0]!s})") from None
+    except (RuntimeError, ValueError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DtoolsError(f"{path}: training state does not fit this model ({first})") from None
+    return stream
