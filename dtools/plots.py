@@ -37,3 +37,37 @@ def schedule_plot(schedules: dict[str, np.ndarray], path: str | os.PathLike, for
     fig.tight_layout()
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"), force)
     plt.close(fig)
+
+
+def smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """Exponential smoothing with bias correction (as TensorBoard): s_i = Σ w^(i-j)(1-w) v_j / (1-w^(i+1))."""
+    out = np.empty(len(values), dtype=np.float64)
+    acc = 0.0
+    for i, v in enumerate(values):
+        acc = weight * acc + (1.0 - weight) * float(v)
+        out[i] = acc / (1.0 - weight ** (i + 1))
+    return out
+
+
+def loss_curve(
+    steps: list[int] | np.ndarray, losses: list[float] | np.ndarray, path: str | os.PathLike,
+    force: bool = False, smoothing: float = 0.9, title: str = "training loss",
+) -> None:
+    """Training loss against step: the raw values faint, an exponentially smoothed line on top, log y
+    (the seed report's loss figure). A healthy DDPM run falls fast, then slowly and noisily."""
+    plt = _pyplot()
+    steps = np.asarray(steps)
+    losses = np.asarray(losses, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss")
+    if len(losses) > 1:
+        label = f"smoothed ({smoothing})"
+        ax.plot(steps, smooth(losses, smoothing), color="tab:blue", linewidth=1.8, label=label)
+    if np.all(losses > 0):
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel="step", ylabel="loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"), force)
+    plt.close(fig)
