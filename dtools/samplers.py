@@ -308,6 +308,11 @@ def generate(
     if len(shape) != 3 or any(int(n) < 1 for n in shape):
         raise DtoolsError(f"image shape must be (C, H, W) with positive sizes, got {tuple(shape)}")
     check_options(sampler, parameterization, spacing, eta, variance)
+    device = torch.device(device)
+    if device.type == "mps":  # no float64 on Apple GPUs: the sampler's math stays on the CPU
+        net = model_fn
+        model_fn = lambda x, t: net(x.to(device), t.to(device)).to("cpu")  # noqa: E731
+        device = torch.device("cpu")
     noise = ImageNoise(seeds, tuple(int(n) for n in shape), device)
     x = sample(
         model_fn, schedule, parameterization, noise(), noise, sampler=sampler, steps=steps, spacing=spacing,

@@ -143,7 +143,8 @@ def sample(
             images = to_uint8(x)  # (B, H, W, C)
             sink.add(snaps.finish(images, to_uint8) if snaps is not None else images)
     elapsed = time.perf_counter() - start
-    typer.echo(f"sampled {n} in {elapsed:.1f} s ({elapsed / n:.3f} s/image)", err=True)
+    what = "trajectories" if trajectory else "images"
+    typer.echo(f"sampled {n} {what} in {elapsed:.1f} s ({elapsed / n:.3f} s/image)", err=True)
     if snaps is not None:
         cols = ", ".join(map(str, snaps.columns))
         typer.echo(f"trajectory columns: t = {cols} (x0 = the final image); rows per image: x_t, then "

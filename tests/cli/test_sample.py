@@ -174,7 +174,7 @@ def test_real_shell_pipe(ckpt, tmp_path):
     cmd = f"set -o pipefail; '{DTOOLS}' sample '{ckpt}' -n 4 --steps 5 | {reader}"
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "sampled 4 in" in proc.stderr
+    assert "sampled 4 images in" in proc.stderr
     in_process = images(invoke(ckpt, "-n", 4, "--steps", 5))
     np.testing.assert_array_equal(np.load(tmp_path / "piped.npy"), in_process)
 
