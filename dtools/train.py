@@ -261,12 +261,18 @@ def resolved_runtime(cfg: TrainConfig) -> dict[str, Any]:
 # The run folder
 
 
+def resumable_state(run: Path) -> Path:
+    """RUN's training state file, or a clear error when there is nothing to resume."""
+    if not (run / STATE_FILE).is_file():
+        raise DtoolsError(f"{run}: nothing to resume (no {STATE_FILE}); start a new run without --resume")
+    return run / STATE_FILE
+
+
 def prepare_run_dir(run: Path, resume: bool, force: bool) -> None:
     if run.exists() and not run.is_dir():
         raise DtoolsError(f"{run} exists and is not a folder; -o names the run folder")
     if resume:
-        if not (run / STATE_FILE).exists():
-            raise DtoolsError(f"{run}: nothing to resume (no {STATE_FILE}); start a new run without --resume")
+        resumable_state(run)
         return
     if run.exists() and any(run.iterdir()):
         if not force:

@@ -177,7 +177,7 @@ def train(
 
         from dtools.trainstate import read_state_header
 
-        info = read_state_header(Path(out) / training.STATE_FILE)
+        info = read_state_header(training.resumable_state(Path(out)))
         betas = np.asarray(info["betas"], dtype=np.float64)
         if beta is not None and not np.array_equal(load_schedule(beta), betas):
             raise DtoolsError(f"--beta {beta} differs from the schedule the run in {out} was trained with")

