@@ -32,6 +32,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ from dtools.diffusion import (
     SPACINGS,
     VARIANCES,
     Schedule,
+    alphas_cumprod,
     q_posterior,
     respace,
     reverse_variance,
@@ -99,9 +101,13 @@ class Denoiser:
         x0, eps = split_prediction(self.schedule, self.parameterization, out, x, tt)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-            ab = float(self.schedule.alphas_cumprod[int(t)])
+            ab = float(self._alphas_cumprod[int(t)])
             eps = (x - math.sqrt(ab) * x0) / math.sqrt(1.0 - ab)
         return x0, eps
+
+    @cached_property
+    def _alphas_cumprod(self) -> np.ndarray:  # on the CPU: reading it costs no device sync
+        return self.schedule.alphas_cumprod.cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -122,8 +128,7 @@ class Chain:
         if not 2 <= steps <= T:
             raise DtoolsError(f"--steps must lie in [2, {T}] for this {T}-step schedule, got {steps}")
         ts = spaced_timesteps(T, steps, spacing)
-        ab = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))[ts]
-        return cls(ts, ab, respace(betas, ts))
+        return cls(ts, alphas_cumprod(betas)[ts], respace(betas, ts))
 
     def __len__(self) -> int:
         return int(self.timesteps.shape[0])
