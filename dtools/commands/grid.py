@@ -1,8 +1,55 @@
-"""`dtools grid` (being written)."""
+"""`dtools grid`: lay images out in one PNG (from a pipe, .npy files, folders or image files)."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import typer
 
 from dtools.errors import DtoolsError
+from dtools.fileio import atomic_write_bytes, is_stdio, stdout_is_terminal
 
 
-def grid() -> None:
-    """Not yet implemented."""
-    raise DtoolsError("dtools grid is not implemented yet")
+def grid(
+    sources: list[str] = typer.Argument(
+        None, metavar="[SOURCE]...", help="'-' (.npy on stdin, the default), .npy files, folders, images."
+    ),
+    output: str = typer.Option(..., "-o", "--output", help="The PNG to write ('-' = stdout, if a pipe)."),
+    nrow: int = typer.Option(None, "--nrow", "-n", min=1, help="Images per row [default: ceil(sqrt(N))]."),
+    padding: int = typer.Option(2, "--padding", min=0, help="Pixels between images and around the grid."),
+    pad_value: int = typer.Option(255, "--pad-value", min=0, max=255, help="Grey level of the padding."),
+    scale: int = typer.Option(1, "--scale", min=1, help="Enlarge each image by this factor (nearest)."),
+    row_labels: str = typer.Option(None, "--row-labels", help="Comma-separated labels, one per row."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N images."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+) -> None:
+    """Lay images out in a grid and write one PNG.
+
+    \b
+    Examples:
+      dtools sample runs/emoji/model.safetensors -n 64 | dtools grid -o samples.png
+      dtools grid data/ --limit 64 --nrow 8 --scale 2 -o real.png
+      dtools noise face.png --beta linear --beta cosine -t 0,100,500,999 \\
+          | dtools grid --row-labels linear,cosine --scale 3 -o noising.png
+    """
+    from PIL import Image
+
+    from dtools.grid import make_grid
+    from dtools.images import read_images
+
+    batch = read_images(sources or ["-"])
+    if limit is not None:
+        batch = batch[:limit]
+    labels = [s.strip() for s in row_labels.split(",")] if row_labels else None
+    picture = make_grid(batch, nrow=nrow, padding=padding, scale=scale, pad_value=pad_value, labels=labels)
+    buf = io.BytesIO()
+    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(buf, format="PNG")
+    if is_stdio(output):
+        if stdout_is_terminal():
+            raise DtoolsError("refusing to write PNG data to a terminal; pass -o FILE or pipe stdout")
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+        return
+    atomic_write_bytes(output, buf.getvalue(), force)
+    typer.echo(f"wrote {output} ({batch.shape[0]} images, {picture.shape[1]}x{picture.shape[0]})", err=True)
