@@ -166,15 +166,24 @@ def test_zero_terminal_snr_v_checkpoint(tmp_path):
 
 
 def test_real_shell_pipe(ckpt, tmp_path):
-    """`dtools sample ... | <reader>` through bash: the pipe carries exactly the in-process .npy batch."""
+    """`dtools sample ... | dtools grid -o out.png` through bash, and the pipe carries exactly the
+    in-process .npy batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out.png"
+    cmd = f"set -o pipefail; '{DTOOLS}' sample '{ckpt}' -n 4 --steps 5 | '{DTOOLS}' grid --nrow 4 -o '{out}'"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "sampled 4 images in" in proc.stderr
+    from PIL import Image
+
+    with Image.open(out) as img:
+        assert img.size == (4 * 8 + 5 * 2, 8 + 2 * 2)  # 4 images of 8x8 in one row, 2-pixel padding
     reader = (f"'{sys.executable}' -c 'import io, sys, numpy as np; "
               "a = np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False); "
               f"np.save(sys.argv[1], a)' '{tmp_path / 'piped.npy'}'")
     cmd = f"set -o pipefail; '{DTOOLS}' sample '{ckpt}' -n 4 --steps 5 | {reader}"
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "sampled 4 images in" in proc.stderr
     in_process = images(invoke(ckpt, "-n", 4, "--steps", 5))
     np.testing.assert_array_equal(np.load(tmp_path / "piped.npy"), in_process)
 
