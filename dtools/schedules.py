@@ -54,7 +54,9 @@ class ScheduleSpec:
 SCHEDULES: dict[str, ScheduleSpec] = {
     "linear": ScheduleSpec(linear, "β linear from --beta-start (1e-4) to --beta-end (0.02); Ho et al. 2020"),
     "cosine": ScheduleSpec(cosine, "ᾱ_t follows cos²; Nichol & Dhariwal 2021 (s=0.008, β ≤ 0.999)"),
-    "sigmoid": ScheduleSpec(sigmoid, "β follows a logistic curve from --beta-start to --beta-end; the seed's default"),
+    "sigmoid": ScheduleSpec(
+        sigmoid, "β follows a logistic curve from --beta-start to --beta-end; the seed's default"
+    ),
     "scaled-linear": ScheduleSpec(scaled_linear, "sqrt(β) linear from 0.00085 to 0.012; Stable Diffusion"),
 }
 
@@ -77,7 +79,9 @@ def make_schedule(
     kwargs: dict[str, float] = {}
     if name == "cosine":
         if beta_start is not None or beta_end is not None:
-            raise DtoolsError("the cosine schedule has no --beta-start/--beta-end; it is set by --s and --max-beta")
+            raise DtoolsError(
+                "the cosine schedule has no --beta-start/--beta-end; it is set by --s and --max-beta"
+            )
         kwargs["s"] = s
     else:
         if beta_start is not None:
@@ -131,10 +135,15 @@ def validate_betas(betas: np.ndarray, name: str = "schedule") -> np.ndarray:
     return arr
 
 
-def summarize(betas: np.ndarray) -> dict[str, float | int]:
-    """The numbers a user checks first: T, β range, ᾱ_T, and the SNR at both ends (in dB too)."""
+def summarize(betas: np.ndarray) -> dict[str, float | int | None]:
+    """The numbers a user checks first: T, β range, ᾱ_T, and the SNR at both ends (in dB too).
+
+    `steps_half_signal` is the first t (1-based) with ᾱ_t < 0.5, or None if ᾱ never drops that low;
+    `snr_T_db` is -inf for a zero-terminal-SNR schedule.
+    """
     ab = np.cumprod(1.0 - betas)
     snr = ab / np.maximum(1.0 - ab, 1e-300)
+    below_half = np.flatnonzero(ab < 0.5)
     return {
         "T": int(betas.shape[0]),
         "beta_min": float(betas.min()),
@@ -145,5 +154,5 @@ def summarize(betas: np.ndarray) -> dict[str, float | int]:
         "snr_1": float(snr[0]),
         "snr_T": float(snr[-1]),
         "snr_T_db": float(10 * np.log10(snr[-1])) if snr[-1] > 0 else float("-inf"),
-        "steps_half_signal": int(np.searchsorted(-ab, -0.5) + 1),  # first t with ᾱ_t < 0.5
+        "steps_half_signal": int(below_half[0]) + 1 if below_half.size else None,
     }

