@@ -34,10 +34,10 @@ def is_stdio(path: str | os.PathLike | None) -> bool:
 def check_writable(path: str | os.PathLike, force: bool) -> Path:
     """Refuse to clobber an existing file without --force; make sure the folder exists."""
     p = Path(path)
+    if p.is_dir():  # first: --force cannot help here
+        raise DtoolsError(f"{p} is a directory, expected a file path")
     if p.exists() and not force:
         raise DtoolsError(f"{p} already exists; pass --force to overwrite it")
-    if p.is_dir():
-        raise DtoolsError(f"{p} is a directory, expected a file path")
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
 
@@ -100,7 +100,8 @@ def parse_npy(data: bytes, name: str) -> np.ndarray:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise DtoolsError(f"{name}: holds Python objects (pickle); dtools only reads plain arrays") from None
+            msg = f"{name}: holds Python objects (pickle); dtools only reads plain arrays"
+            raise DtoolsError(msg) from None
         raise DtoolsError(f"{name}: not a valid .npy array ({e})") from None
     except Exception as e:  # numpy raises a zoo of types for garbage headers
         raise DtoolsError(f"{name}: not a valid .npy array ({type(e).__name__}: {e})") from None
@@ -113,7 +114,9 @@ def read_npy(path: str | os.PathLike | None) -> np.ndarray:
     """Read one array from a `.npy` file or, for ``-``/None, all of stdin."""
     if is_stdio(path):
         if sys.stdin is None or sys.stdin.isatty():
-            raise DtoolsError("expected a .npy array on stdin, but stdin is a terminal; pipe one in or give a path")
+            raise DtoolsError(
+                "expected a .npy array on stdin, but stdin is a terminal; pipe one in or give a path"
+            )
         return parse_npy(sys.stdin.buffer.read(), "stdin")
     p = Path(path)
     if not p.exists():
