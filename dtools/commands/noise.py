@@ -1,8 +1,85 @@
-"""`dtools noise` (being written)."""
+"""`dtools noise`: the forward process q(x_t | x_0) made visible, as a uint8 .npy batch for `dtools grid`."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
 
 from dtools.errors import DtoolsError
+from dtools.fileio import is_stdio
+
+# Row labels are suggested only while the grid stays readable.
+_MAX_LABELLED_ROWS = 24
 
 
-def noise() -> None:
-    """Not yet implemented."""
-    raise DtoolsError("dtools noise is not implemented yet")
+def _label(spec: str) -> str:
+    from dtools.schedules import SCHEDULES
+
+    if spec in SCHEDULES:
+        return spec
+    return "stdin" if is_stdio(spec) else Path(spec).stem
+
+
+def noise(
+    sources: list[str] = typer.Argument(
+        None, metavar="SOURCE...", help="Image files, folders, .npy batches [N,H,W,C], or '-' (stdin)."
+    ),
+    betas: list[str] = typer.Option(
+        ..., "--beta", "-b", metavar="NAME|FILE",
+        help="A schedule: a name (linear, cosine, sigmoid, scaled-linear) or a .npy of betas. Repeatable.",
+    ),
+    timesteps: str = typer.Option(
+        "0,50,100,250,500,999", "-t", "--t", metavar="T,T,...",
+        help="0-based indices t = 0..T-1 (t gives x_{t+1}; 999 is x_T at T=1000), or x0 for the clean image.",
+    ),
+    T: int = typer.Option(1000, "-T", "--T", "--timesteps", help="T of the schedules given by name."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of ε (image i draws from (seed, i))."),
+    output: str = typer.Option(None, "-o", "--output", help="Write the .npy here instead of stdout."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+) -> None:
+    """Noise images with q(x_t|x_0) under each schedule at each t: one row per schedule, one column per t.
+
+    Writes a uint8 .npy batch [N·S·K, H, W, C] ordered image, then schedule, then timestep; the same ε
+    serves every schedule and t, so rows differ only by schedule. stderr names the `dtools grid` options
+    that lay it out (--nrow K, one row label per schedule).
+
+    \b
+    Examples:
+      dtools noise face.png --beta linear --beta cosine -t 0,50,100,250,500,999 \\
+          | dtools grid --nrow 6 --row-labels linear,cosine --scale 2 -o noising.png
+      dtools schedule sigmoid -T 1000 > sigmoid.npy
+      dtools noise data/000042.png -b linear -b sigmoid.npy -b cosine -t x0,100,300,999 -o noised.npy
+      dtools noise data/ -b cosine -t 0,250,500,750,999 --seed 1 | dtools grid --nrow 5 -o emoji.png
+    """
+    from dtools.commands.schedule import load_schedule
+    from dtools.fileio import write_npy
+    from dtools.images import read_images
+    from dtools.noise import noise_images, parse_timesteps, timestep_label
+
+    if not sources:
+        raise DtoolsError("no image sources given: pass image files, folders, .npy batches, or - for stdin")
+    if sum(is_stdio(s) for s in [*sources, *betas]) > 1:
+        raise DtoolsError("stdin ('-') can feed only one input: write the others to files first")
+    ts = parse_timesteps(timesteps)
+    if T < 2:
+        raise DtoolsError(f"-T must be at least 2, got {T}")
+    if output is not None and not is_stdio(output) and Path(output).exists() and not force:
+        raise DtoolsError(f"{output} already exists; pass --force to overwrite it")
+    names = [_label(b) for b in betas]
+    scheds = [load_schedule(b, T=T) for b in betas]
+    images = read_images(sources)  # (N, H, W, C) uint8
+    batch = noise_images(images, scheds, ts, seed=seed, names=names)
+    write_npy(batch, output, force)
+
+    n, s, k = images.shape[0], len(scheds), len(ts)
+    hint = ["dtools", "grid", "--nrow", str(k)]
+    if n * s <= _MAX_LABELLED_ROWS and all("," not in x for x in names):
+        hint += ["--row-labels", ",".join(names * n)]
+    typer.echo(
+        f"noise: {batch.shape[0]} images = {n} image{'s' * (n != 1)} x {s} schedule{'s' * (s != 1)} "
+        f"x {k} timestep{'s' * (k != 1)} ({','.join(timestep_label(t) for t in ts)}), seed {seed}; "
+        f"lay out with: {shlex.join(hint)} -o noising.png",
+        err=True,
+    )
