@@ -35,22 +35,27 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(files)
 
 
-def to_array(img: Image.Image, channels: int | None = None, background: tuple[int, int, int] = (255, 255, 255)):
+def to_array(
+    img: Image.Image, channels: int | None = None, background: tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
     """A PIL image of any mode as uint8 [H, W, C]; transparency is composited onto `background`.
 
     `channels` forces 1 (luminance) or 3 (RGB); None keeps grey images grey and makes the rest RGB.
     """
     img.load()
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
+    grey = img.mode in ("L", "1", "LA", "La", "I;16", "I;16B", "I;16L", "I", "F")
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I") and a.max() > 255 else 255.0
+        # 16-bit modes always span 0..65535; "I"/"F" carry no bit depth, so guess from the values.
+        hi = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255) else 255.0
         img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if has_alpha:
         rgba = img.convert("RGBA")
         base = Image.new("RGBA", rgba.size, (*background, 255))
         img = Image.alpha_composite(base, rgba).convert("RGB")
-    grey = img.mode in ("L", "1") or (img.mode == "LA")
     want = channels if channels is not None else (1 if grey else 3)
     img = img.convert("L" if want == 1 else "RGB")
     arr = np.asarray(img, dtype=np.uint8)
@@ -72,7 +77,9 @@ def validate_batch(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise DtoolsError(f"{name}: image batches must be [N,H,W,C] with C = 1 or 3, got shape {list(arr.shape)}")
+        raise DtoolsError(
+            f"{name}: image batches must be [N,H,W,C] with C = 1 or 3, got shape {list(arr.shape)}"
+        )
     if arr.shape[0] == 0:
         raise DtoolsError(f"{name}: the batch holds no images")
     return arr
@@ -89,7 +96,7 @@ def read_source(source: str, channels: int | None = None) -> np.ndarray:
     if p.is_dir():
         files = list_image_files(p)
         if not files:
-            raise DtoolsError(f"{p}: no images found (looked for {', '.join(sorted({'.png', '.jpg', '.webp'}))} …)")
+            raise DtoolsError(f"{p}: no images found (looked for .jpg, .png, .webp …)")
         return stack([load_image(f, channels) for f in files], files)
     return load_image(p, channels)[None]
 
@@ -139,7 +146,9 @@ def save_png(arr: np.ndarray, path: str | os.PathLike, force: bool = False) -> N
     atomic_save(path, lambda tmp: img.save(tmp, format="PNG"), force)
 
 
-def write_png_folder(batch: np.ndarray, folder: str | os.PathLike, force: bool = False, start: int = 0) -> list[Path]:
+def write_png_folder(
+    batch: np.ndarray, folder: str | os.PathLike, force: bool = False, start: int = 0
+) -> list[Path]:
     """Write a batch as `folder/000000.png, 000001.png, ...` (zero-padded, so names sort in order)."""
     out = Path(folder)
     if out.exists() and not out.is_dir():
