@@ -7,6 +7,9 @@ transparency, 72x72), shrunk to 8x8 RGB so that every test that reads them stays
 from __future__ import annotations
 
 import functools
+import os
+import select
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,6 +46,44 @@ def make_tiny_pngs(folder: Path, n: int = 6, size: int = 8) -> np.ndarray:
         rgb.save(folder / f"{i:06d}.png")
         out.append(np.asarray(rgb, dtype=np.uint8))
     return np.stack(out)
+
+
+def run_on_tty(args: list[str], *, stdin_tty: bool = False, stdout_tty: bool = True, timeout: float = 60):
+    """Run a command with stdin and/or stdout on a real pseudo-terminal (as when a user forgets `>`).
+
+    Returns (exit code, stderr text, bytes that reached the terminal).
+    """
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.run(
+            args,
+            stdin=slave if stdin_tty else subprocess.DEVNULL,
+            stdout=slave if stdout_tty else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while select.select([master], [], [], 0.05)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    return proc.returncode, proc.stderr.decode(), seen
+
+
+@pytest.fixture
+def tty_run():
+    """`run_on_tty(args, stdin_tty=False, stdout_tty=True)` -> (code, stderr, terminal bytes)."""
+    return run_on_tty
 
 
 @pytest.fixture
