@@ -13,7 +13,7 @@ from dtools.fileio import atomic_write_bytes, is_stdio, stdout_is_terminal
 
 def grid(
     sources: list[str] = typer.Argument(
-        None, metavar="[SOURCE]...", help="'-' (.npy on stdin, the default), .npy files, folders, images."
+        None, metavar="SOURCE", help="'-' (.npy on stdin, the default), .npy files, folders, images."
     ),
     output: str = typer.Option(..., "-o", "--output", help="The PNG to write ('-' = stdout, if a pipe)."),
     nrow: int = typer.Option(None, "--nrow", "-n", min=1, help="Images per row [default: ceil(sqrt(N))]."),
