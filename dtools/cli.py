@@ -85,7 +85,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     pass
 
@@ -99,6 +101,11 @@ def _register() -> None:
 
 
 _register()
+
+
+def click_command() -> click.Command:
+    """The Click command behind `app` (for dtools.docgen, which renders every --help)."""
+    return typer.main.get_command(app)
 
 
 def main() -> None:
