@@ -22,6 +22,32 @@ def _label(spec: str) -> str:
     return "stdin" if is_stdio(spec) else Path(spec).stem
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _read_first(sources: list[str], limit: int | None):
+    """read_images(sources)[:limit], without reading more files than needed (folders file by file)."""
+    from dtools.images import list_image_files, match_channels, read_images, stack_batches
+
+    if limit is None:
+        return read_images(sources)
+    expanded = []
+    for s in sources:
+        p = Path(s)
+        files = list_image_files(p) if not is_stdio(s) and p.is_dir() else []
+        expanded += [str(f) for f in files] if files else [s]  # an empty folder fails in read_images
+    batches, n = [], 0
+    for s in expanded:
+        if n >= limit:
+            break
+        batches.append(read_images([s]))
+        n += batches[-1].shape[0]
+    if len({b.shape[-1] for b in batches}) > 1:
+        batches = [match_channels(b, 3) for b in batches]
+    return stack_batches(batches, expanded[: len(batches)])[:limit]
+
+
 def noise(
     sources: list[str] = typer.Argument(
         None, metavar="SOURCE...", help="Image files, folders, .npy batches [N,H,W,C], or '-' (stdin)."
@@ -36,6 +62,7 @@ def noise(
     ),
     T: int = typer.Option(1000, "-T", "--T", "--timesteps", help="T of the schedules given by name."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of ε (image i draws from (seed, i))."),
+    limit: int = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N source images."),
     output: str = typer.Option(None, "-o", "--output", help="Write the .npy here instead of stdout."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
 ) -> None:
@@ -51,11 +78,10 @@ def noise(
           | dtools grid --nrow 6 --row-labels linear,cosine --scale 2 -o noising.png
       dtools schedule sigmoid -T 1000 > sigmoid.npy
       dtools noise data/000042.png -b linear -b sigmoid.npy -b cosine -t x0,100,300,999 -o noised.npy
-      dtools noise data/ -b cosine -t 0,250,500,750,999 --seed 1 | dtools grid --nrow 5 -o emoji.png
+      dtools noise data/ --limit 4 -b cosine -t 0,250,500,750,999 | dtools grid --nrow 5 -o emoji.png
     """
     from dtools.commands.schedule import load_schedule
     from dtools.fileio import write_npy
-    from dtools.images import read_images
     from dtools.noise import noise_images, parse_timesteps, timestep_label
 
     if not sources:
@@ -69,7 +95,7 @@ def noise(
         raise DtoolsError(f"{output} already exists; pass --force to overwrite it")
     names = [_label(b) for b in betas]
     scheds = [load_schedule(b, T=T) for b in betas]
-    images = read_images(sources)  # (N, H, W, C) uint8
+    images = _read_first(sources, limit)  # (N, H, W, C) uint8
     batch = noise_images(images, scheds, ts, seed=seed, names=names)
     write_npy(batch, output, force)
 
@@ -78,8 +104,8 @@ def noise(
     if n * s <= _MAX_LABELLED_ROWS and all("," not in x for x in names):
         hint += ["--row-labels", ",".join(names * n)]
     typer.echo(
-        f"noise: {batch.shape[0]} images = {n} image{'s' * (n != 1)} x {s} schedule{'s' * (s != 1)} "
-        f"x {k} timestep{'s' * (k != 1)} ({','.join(timestep_label(t) for t in ts)}), seed {seed}; "
+        f"noise: {_count(batch.shape[0], 'image')} = {_count(n, 'image')} x {_count(s, 'schedule')} "
+        f"x {_count(k, 'timestep')} ({','.join(timestep_label(t) for t in ts)}), seed {seed}; "
         f"lay out with: {shlex.join(hint)} -o noising.png",
         err=True,
     )

@@ -74,6 +74,25 @@ def test_npy_batch_on_stdin(images):
     assert np.load(io.BytesIO(res.stdout_bytes)).shape == (2, 8, 8, 1)
 
 
+def test_limit_reads_only_what_it_needs(images, tmp_path):
+    """--limit takes the first N images in source order; later unreadable files are never opened."""
+    paths, arr = images
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, a in enumerate(arr):
+        Image.fromarray(a).save(folder / f"{i:06d}.png")
+    (folder / "000009.png").write_bytes(b"not a png")  # sorted last: never read with --limit 2
+    res = run([folder, "--limit", "2", "-b", "linear", "-t", "x0"])
+    assert res.exit_code == 0, res.stderr
+    np.testing.assert_array_equal(np.load(io.BytesIO(res.stdout_bytes)), arr)
+    npy = tmp_path / "b.npy"
+    np.save(npy, arr)
+    res = run([npy, paths[0], "-n", "3", "-b", "linear", "-t", "x0"])
+    np.testing.assert_array_equal(np.load(io.BytesIO(res.stdout_bytes)), np.concatenate([arr, arr[:1]]))
+    res = run([folder, "-b", "linear", "-t", "x0"])  # without --limit the whole folder is read
+    assert res.exit_code == 1 and "000009.png: cannot read image" in res.stderr
+
+
 def test_real_pipes(images, tmp_path):
     """schedule | noise (schedule on stdin) and noise | grid, through bash with the venv's script."""
     paths, _ = images
