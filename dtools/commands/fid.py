@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-import click
 import typer
 
 from dtools.errors import DtoolsError
@@ -18,7 +17,7 @@ def fid(
         help="Real images: a folder, a .npy uint8 batch, '-' (stdin), or a stats file from --save-stats.",
     ),
     samples: str = typer.Argument(
-        None, metavar="[SAMPLES]",
+        None, metavar="SAMPLES",
         help="Generated images, in any of the same forms. May be left out with --save-stats.",
     ),
     kid: bool = typer.Option(
@@ -62,7 +61,8 @@ def fid(
     from dtools import fid as core
 
     if samples is None and save_stats is None:
-        raise click.UsageError("give REFERENCE and SAMPLES, or REFERENCE alone with --save-stats FILE")
+        msg = "give REFERENCE and SAMPLES, or REFERENCE alone with --save-stats FILE"
+        raise typer.BadParameter(msg, param_hint="SAMPLES")
     if samples is not None and is_stdio(reference) and is_stdio(samples):
         raise DtoolsError("only one of REFERENCE and SAMPLES can be '-' (stdin)")
     if save_stats is not None:
@@ -108,7 +108,7 @@ def fid(
         typer.echo(f"wrote statistics of {stats['reference'].count} images to {save_stats}", err=True)
 
     result = core.compute_metrics(stats["reference"], stats["samples"], cfg) if "samples" in stats else {}
-    warning = core.bias_warning(s.count for s in stats.values())
+    warning = core.bias_warning(s.count for s in stats.values()) if result else None
     notes += [warning] if warning else []
     report = {
         **result,

