@@ -7,13 +7,17 @@ Contracts (docs/formats.md):
 - Every file is written to a temporary name beside its target, flushed, fsynced, then renamed
   over it, so a crash or a full disk never leaves a half-written file under the real name.
 - An existing file is replaced only with ``force=True``.
+- Written files get the usual permissions (0o666 minus the umask; a replaced file keeps its mode),
+  not the private 0o600 of the temp file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -42,12 +46,37 @@ def check_writable(path: str | os.PathLike, force: bool) -> Path:
     return p
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain open()/mkdir() would give: 0o666 (0o777 for folders) minus the umask.
+
+    Temp files and folders from `tempfile` are private (0o600/0o700); whatever is renamed into place
+    gets this mode instead, so outputs are as readable as any other file the user writes.
+    """
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; set it straight back
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(p: Path) -> int:
+    """The replaced file's own mode (as an in-place overwrite keeps it), else the umask default."""
+    try:
+        return stat.S_IMODE(p.stat().st_mode)
+    except OSError:
+        return default_mode()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, force: bool = False) -> Iterator[BinaryIO]:
     """Open ``path`` for binary writing through a temp file that is renamed into place on success."""
     p = check_writable(path, force)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        os.fchmod(fd, _final_mode(p))
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -74,6 +103,7 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[str], None], force: b
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, _final_mode(p))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -99,6 +100,30 @@ def test_atomic_save_writer_that_raises(tmp_path):
 def test_atomic_write_creates_parent_folders(tmp_path):
     atomic_write_bytes(tmp_path / "a" / "b" / "c.bin", b"abc")
     assert (tmp_path / "a" / "b" / "c.bin").read_bytes() == b"abc"
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """Not the temp file's 0o600: a new file gets 0o666 minus the umask, a replaced one keeps its mode."""
+    expected = 0o666 & ~current_umask()
+    atomic_write_bytes(tmp_path / "a.bin", b"a")
+    atomic_save(tmp_path / "b.png", lambda name: open(name, "wb").close())
+    write_npy(np.zeros(2), tmp_path / "c.npy")
+    for name in ("a.bin", "b.png", "c.npy"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
+    assert fileio.default_mode() == expected
+    assert fileio.default_mode(directory=True) == 0o777 & ~current_umask()
+    os.chmod(tmp_path / "a.bin", 0o640)
+    atomic_write_bytes(tmp_path / "a.bin", b"b", force=True)
+    os.chmod(tmp_path / "b.png", 0o604)
+    atomic_save(tmp_path / "b.png", lambda name: open(name, "wb").close(), force=True)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "b.png").stat().st_mode) == 0o604
 
 
 # ---------------------------------------------------------------------------------------- --force
