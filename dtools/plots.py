@@ -29,7 +29,8 @@ def schedule_plot(schedules: dict[str, np.ndarray], path: str | os.PathLike, for
         t = np.arange(1, betas.shape[0] + 1)
         ax_b.plot(t, betas, label=name)
         ax_a.plot(t, 1.0 - np.cumprod(1.0 - betas), label=name)
-    ax_b.set(title="β_t", xlabel="t", ylabel="β")
+    # log y: cosine's last β (0.999) would otherwise flatten every other curve onto the axis
+    ax_b.set(title="β_t (log scale)", xlabel="t", ylabel="β", yscale="log")
     ax_a.set(title="1 - ᾱ_t (noise variance of x_t)", xlabel="t", ylabel="1 - ᾱ", ylim=(-0.02, 1.02))
     for ax in (ax_b, ax_a):
         ax.grid(alpha=0.3)
