@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
 from dtools.errors import DtoolsError
+from dtools.fileio import default_mode
 from dtools.images import list_image_files, to_array
 
 TWEMOJI = "twemoji"
@@ -171,7 +172,7 @@ class Prepared(NamedTuple):
     error: str | None
 
 
-def _prepare_chunk(paths: Sequence[Path], cfg: PrepConfig) -> list[Prepared]:
+def _prepare_chunk(paths: Sequence[Path], cfg: PrepConfig, encode: bool) -> list[Prepared]:
     # Workers also encode the PNGs: encoding costs about as much as decoding + resizing small images.
     out: list[Prepared] = []
     with warnings.catch_warnings():
@@ -180,7 +181,7 @@ def _prepare_chunk(paths: Sequence[Path], cfg: PrepConfig) -> list[Prepared]:
         for p in paths:
             try:
                 img = prepare_file(p, cfg)
-                out.append(Prepared(p, img, png_bytes(img), None))
+                out.append(Prepared(p, img, png_bytes(img) if encode else None, None))
             except DtoolsError as e:
                 out.append(Prepared(p, None, None, str(e)))
     return out
@@ -195,9 +196,11 @@ def default_jobs() -> int:
 
 
 def iter_prepared(
-    files: Sequence[Path], cfg: PrepConfig, jobs: int = 1, chunk_size: int | None = None
+    files: Sequence[Path], cfg: PrepConfig, jobs: int = 1, chunk_size: int | None = None, encode: bool = True
 ) -> Iterator[Prepared]:
-    """Prepare `files` in `jobs` processes; yields (path, image or None, error or None) in input order.
+    """Prepare `files` in `jobs` processes; yields one `Prepared` per file, in input order.
+
+    With `encode`, the workers also PNG-encode each image (as costly as the rest for small images).
 
     Chunks are submitted lazily (at most 2 per worker in flight), so a consumer that stops early
     (`--limit`) stops the work, and memory stays bounded however many files there are.
@@ -207,17 +210,17 @@ def iter_prepared(
     chunks = [files[i : i + chunk_size] for i in range(0, len(files), chunk_size)]
     if jobs <= 1 or len(chunks) <= 1:
         for chunk in chunks:
-            yield from _prepare_chunk(chunk, cfg)
+            yield from _prepare_chunk(chunk, cfg, encode)
         return
     pool = ProcessPoolExecutor(max_workers=jobs)
     try:
         todo = iter(chunks)
-        pending = deque(pool.submit(_prepare_chunk, c, cfg) for c in itertools.islice(todo, 2 * jobs))
+        pending = deque(pool.submit(_prepare_chunk, c, cfg, encode) for c in itertools.islice(todo, 2 * jobs))
         while pending:
             results = pending.popleft().result()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.submit(_prepare_chunk, nxt, cfg))
+                pending.append(pool.submit(_prepare_chunk, nxt, cfg, encode))
             yield from results
     except BrokenProcessPool:
         raise DtoolsError("a prep worker process died (out of memory?); retry with --jobs 1") from None
@@ -250,6 +253,7 @@ class StagedFolder:
     def __enter__(self) -> StagedFolder:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        os.chmod(self.tmp, default_mode(directory=True))  # mkdtemp's folder is private (0o700)
         return self
 
     def path(self, name: str) -> Path:
@@ -339,7 +343,7 @@ def run_prep(
     kept: list[np.ndarray] = []
     written = 0
     with StagedFolder(out, force) if out is not None else _NoFolder() as folder:
-        for path, img, png, err in iter_prepared(files, cfg, jobs):
+        for path, img, png, err in iter_prepared(files, cfg, jobs, encode=out is not None):
             if on_progress is not None:
                 on_progress(1)
             if img is None:

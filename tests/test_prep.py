@@ -4,6 +4,7 @@ output names and order, the process pool, and the staged output folder."""
 from __future__ import annotations
 
 import io
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from dtools.errors import DtoolsError
+from dtools.fileio import default_mode
 from dtools.prep import (
     CROPS,
     PrepConfig,
@@ -282,6 +284,8 @@ def test_existing_folder_needs_force_and_force_replaces_it_whole(tmp_path):
     run_prep(files[:2], PrepConfig(size=4), out, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]  # no stale 000002..4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+    assert stat.S_IMODE(out.stat().st_mode) == default_mode(directory=True)  # not mkdtemp's 0o700
+    assert stat.S_IMODE((out / "000000.png").stat().st_mode) == default_mode()
 
 
 def test_force_never_deletes_foreign_files(tmp_path):
