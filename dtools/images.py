@@ -85,11 +85,13 @@ def validate_batch(arr: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def read_source(source: str, channels: int | None = None) -> np.ndarray:
-    """One source (see module doc) as a uint8 batch [N, H, W, C]."""
+def read_source(source: str, channels: int | None = None, limit: int | None = None) -> np.ndarray:
+    """One source (see module doc) as a uint8 batch [N, H, W, C]; at most `limit` images, and from a
+    folder only the first `limit` files are opened."""
+    source = str(source)
     if is_stdio(source) or source.lower().endswith(".npy"):
         arr = validate_batch(read_npy(source), "stdin" if is_stdio(source) else source)
-        return match_channels(arr, channels)
+        return match_channels(arr[:limit], channels)
     p = Path(source)
     if not p.exists():
         raise DtoolsError(f"{p}: no such file or folder")
@@ -97,18 +99,30 @@ def read_source(source: str, channels: int | None = None) -> np.ndarray:
         files = list_image_files(p)
         if not files:
             raise DtoolsError(f"{p}: no images found (looked for .jpg, .png, .webp …)")
+        files = files[:limit]
         return stack([load_image(f, channels) for f in files], files)
     return load_image(p, channels)[None]
 
 
-def read_images(sources: Iterable[str], channels: int | None = None) -> np.ndarray:
-    """All sources concatenated in order; they must agree in size (use `dtools prep` first if not)."""
-    batches = [read_source(s, channels) for s in sources]
+def read_images(sources: Iterable[str], channels: int | None = None, limit: int | None = None) -> np.ndarray:
+    """All sources concatenated in order; they must agree in size (use `dtools prep` first if not).
+
+    With `limit`, reading stops after that many images (sources past it are not opened).
+    """
+    sources = [str(s) for s in sources]
+    if limit is not None and limit < 1:
+        raise DtoolsError(f"--limit must be a positive integer, got {limit}")
+    batches: list[np.ndarray] = []
+    for s in sources:
+        left = None if limit is None else limit - sum(b.shape[0] for b in batches)
+        if left == 0:
+            break
+        batches.append(read_source(s, channels, left))
     if not batches:
         raise DtoolsError("no image sources given")
     if channels is None and len({b.shape[-1] for b in batches}) > 1:
         batches = [match_channels(b, 3) for b in batches]
-    return stack_batches(batches, list(sources))
+    return stack_batches(batches, sources[: len(batches)])
 
 
 def match_channels(arr: np.ndarray, channels: int | None) -> np.ndarray:

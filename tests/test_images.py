@@ -221,6 +221,20 @@ def test_read_images_concatenates_in_order(tmp_path, tiny_pngs, tiny_batch):
     np.testing.assert_array_equal(out, np.concatenate([tiny_batch[:2], tiny_batch, tiny_batch[5:]]))
 
 
+def test_read_images_limit_opens_only_what_it_needs(tmp_path, tiny_pngs, tiny_batch):
+    (tiny_pngs / "zzz.png").write_bytes(b"corrupt, sorted last: never opened under a limit")
+    np.testing.assert_array_equal(read_images([str(tiny_pngs)], limit=4), tiny_batch[:4])
+    np.save(tmp_path / "b.npy", tiny_batch[:2])
+    srcs = (s for s in [str(tmp_path / "b.npy"), str(tiny_pngs), str(tmp_path / "never-read")])  # a generator
+    expected = np.concatenate([tiny_batch[:2], tiny_batch[:3]])
+    np.testing.assert_array_equal(read_images(srcs, limit=5), expected)
+    assert read_images([str(tmp_path / "b.npy")], limit=10).shape[0] == 2
+    with pytest.raises(DtoolsError, match="zzz.png: cannot read image"):
+        read_images([str(tiny_pngs)])
+    with pytest.raises(DtoolsError, match="--limit"):
+        read_images([str(tiny_pngs)], limit=0)
+
+
 def test_read_images_mixed_grey_and_rgb_become_rgb(tmp_path, tiny_batch):
     grey = np.full((2, 8, 8, 1), 50, np.uint8)
     np.save(tmp_path / "g.npy", grey)

@@ -38,9 +38,7 @@ def grid(
     from dtools.grid import make_grid
     from dtools.images import read_images
 
-    batch = read_images(sources or ["-"])
-    if limit is not None:
-        batch = batch[:limit]
+    batch = read_images(sources or ["-"], limit=limit)
     labels = [s.strip() for s in row_labels.split(",")] if row_labels else None
     picture = make_grid(batch, nrow=nrow, padding=padding, scale=scale, pad_value=pad_value, labels=labels)
     buf = io.BytesIO()

@@ -43,6 +43,14 @@ def test_folder_to_png(runner, tmp_path, tiny_pngs, tiny_batch):
     np.testing.assert_array_equal(png_array(out.read_bytes()), make_grid(tiny_batch))
 
 
+def test_limit_reads_only_the_first_files(runner, tmp_path, tiny_pngs, tiny_batch):
+    (tiny_pngs / "999999.png").write_bytes(b"corrupt, but past the limit")
+    out = tmp_path / "g.png"
+    ok(runner, [str(tiny_pngs), "--limit", "6", "--nrow", "6", "-o", str(out)])
+    np.testing.assert_array_equal(png_array(out.read_bytes()), make_grid(tiny_batch, nrow=6))
+    fails(runner, [str(tiny_pngs), "-o", str(tmp_path / "all.png")], "999999.png: cannot read image")
+
+
 def test_stdin_and_options(runner, tmp_path, tiny_batch):
     out = tmp_path / "g.png"
     args = ["-o", str(out), "--nrow", "2", "--padding", "1", "--pad-value", "0", "--scale", "2"]
