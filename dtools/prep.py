@@ -35,6 +35,7 @@ LANCZOS = Image.Resampling.LANCZOS
 # Downscaling by more than this factor first box-reduces by an integer factor (fast, exact average),
 # then finishes with Lanczos: the quality of Lanczos at a fraction of its cost on big photos.
 REDUCING_GAP = 3.0
+SERIAL_BELOW = 64  # fewer images than this are prepared in-process
 
 
 def twemoji_dir() -> Path:
@@ -338,12 +339,16 @@ def run_prep(
     if limit is not None and limit < 1:
         raise DtoolsError(f"--limit must be a positive number of images, got {limit}")
     t0 = time.perf_counter()
+    n_wanted = len(files) if limit is None else min(len(files), limit)
+    if n_wanted < SERIAL_BELOW:
+        jobs = 1  # starting worker processes costs more than it saves
+    chunk_size = int(np.clip(n_wanted // (8 * jobs), 1, 64))  # ~8 chunks per worker: even load, live progress
     width = max(6, len(str(len(files) - 1)))
     skipped: list[tuple[Path, str]] = []
     kept: list[np.ndarray] = []
     written = 0
     with StagedFolder(out, force) if out is not None else _NoFolder() as folder:
-        for path, img, png, err in iter_prepared(files, cfg, jobs, encode=out is not None):
+        for path, img, png, err in iter_prepared(files, cfg, jobs, chunk_size, encode=out is not None):
             if on_progress is not None:
                 on_progress(1)
             if img is None:

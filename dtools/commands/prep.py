@@ -56,8 +56,6 @@ def prep(
       dtools prep twemoji --size 32 --limit 16 --npy - | dtools grid --scale 4 -o emoji.png
       dtools prep scans/ grey/ --size 48 --channels 1 --strict
     """
-    import sys
-
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -69,8 +67,12 @@ def prep(
         raise typer.BadParameter("give an output folder OUT, or --npy FILE (or both)", param_hint="OUT")
     cfg = PrepConfig(size=size, crop=crop, background=parse_color(background), channels=channels)
     err = Console(stderr=True)
+
+    def log(line: str) -> None:  # above the progress bar when there is one; never wrapped or styled
+        err.print(line, soft_wrap=True, markup=False, highlight=False)
+
     if src in BUILTIN_SOURCES and Path(src).is_dir():
-        err.print(f"note: {src!r} is the built-in source; write ./{src} to use your folder of that name")
+        log(f"note: {src!r} is the built-in source; write ./{src} to use your folder of that name")
     # Check every output before the work starts, so a long run never fails at its last step.
     if out is not None:
         check_output_folder(out, force)
@@ -91,7 +93,7 @@ def prep(
         nonlocal skipped_shown
         skipped_shown += 1
         if skipped_shown <= _MAX_WARNINGS:
-            err.print(f"warning: skipped {reason}", markup=False, highlight=False)
+            log(f"warning: skipped {reason}")
 
     with Progress(
         TextColumn("prep"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -111,14 +113,13 @@ def prep(
             raise DtoolsError(f"{e}{where}") from None
     n_skip = len(report.skipped)
     if n_skip > _MAX_WARNINGS:
-        err.print(f"warning: ... and {n_skip - _MAX_WARNINGS} more skipped files")
+        log(f"warning: ... and {n_skip - _MAX_WARNINGS} more skipped files")
     kind = "RGB" if channels == 3 else "grey"
     dests = [f"{out}/"] if out is not None else []
     if npy is not None:
         dests.append("stdout" if is_stdio(npy) else npy)
     dest = " and ".join(dests)
-    print(
+    log(
         f"prep: wrote {report.written} images ({size}x{size} {kind}) to {dest}, skipped {n_skip}, "
-        f"in {report.seconds:.1f} s ({report.jobs} process{'es' if report.jobs > 1 else ''})",
-        file=sys.stderr,
+        f"in {report.seconds:.1f} s ({report.jobs} process{'es' if report.jobs > 1 else ''})"
     )
