@@ -131,7 +131,7 @@ def validate_betas(betas: np.ndarray, name: str = "schedule") -> np.ndarray:
     body, last = arr[:-1], arr[-1]
     if np.any(body <= 0) or np.any(body >= 1) or not 0 < last <= 1:
         bad = int(np.flatnonzero((arr <= 0) | (arr > 1) | np.r_[body >= 1, False])[0])
-        raise DtoolsError(f"{name}: β must lie in (0, 1), but step {bad + 1} has β = {arr[bad]!r}")
+        raise DtoolsError(f"{name}: β must lie in (0, 1), but step {bad + 1} has β = {float(arr[bad])!r}")
     return arr
 
 

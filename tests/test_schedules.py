@@ -167,7 +167,7 @@ def test_zero_terminal_snr_function_directly():
         (np.array([0.0, 0.1]), "step 1"),
         (np.array([0.1, -0.2, 0.3]), "step 2"),
         (np.array([0.1, 1.0, 0.3]), "step 2"),  # β = 1 is allowed only at the very end
-        (np.array([0.1, 1.5]), "step 2"),
+        (np.array([0.1, 1.5]), r"step 2 has β = 1\.5$"),  # a plain number, not np.float64(1.5)
         (np.array([0.1, 0.2], dtype=np.complex128), "real numbers"),
         (np.array(["0.1", "0.2"]), "real numbers"),
         (np.array([0.1, 0.2], dtype=object), "real numbers"),

@@ -63,7 +63,7 @@ def schedule(
     )
     scheds = {}
     for spec in names:
-        label = Path(spec).stem if spec not in SCHEDULES and not is_stdio(spec) else spec
+        label = spec if spec in SCHEDULES else "stdin" if is_stdio(spec) else Path(spec).stem
         scheds[label] = load_schedule(spec, **kwargs)
     if plot is not None:
         from dtools.plots import schedule_plot

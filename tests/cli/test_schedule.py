@@ -188,7 +188,7 @@ def test_shell_redirect_and_pipe(dtools_bin, tmp_path):
     res = sh(pipe, tmp_path)
     assert res.returncode == 0, res.stderr
     row = json.loads(res.stdout)
-    assert row["name"] == "-" and row["T"] == 500 and row["beta_last"] == 0.02
+    assert row["name"] == "stdin" and row["T"] == 500 and row["beta_last"] == 0.02
 
 
 def test_shell_plot(dtools_bin, tmp_path):
