@@ -80,19 +80,28 @@ def noise(
       dtools noise data/000042.png -b linear -b sigmoid.npy -b cosine -t x0,100,300,999 -o noised.npy
       dtools noise data/ --limit 4 -b cosine -t 0,250,500,750,999 | dtools grid --nrow 5 -o emoji.png
     """
-    from dtools.commands.schedule import load_schedule
-    from dtools.fileio import write_npy
-    from dtools.noise import noise_images, parse_timesteps, timestep_label
+    from dtools.fileio import stdout_is_terminal
 
+    # Everything that can be refused without torch is refused first (before the slow import).
     if not sources:
         raise DtoolsError("no image sources given: pass image files, folders, .npy batches, or - for stdin")
     if sum(is_stdio(s) for s in [*sources, *betas]) > 1:
         raise DtoolsError("stdin ('-') can feed only one input: write the others to files first")
-    ts = parse_timesteps(timesteps)
     if T < 2:
         raise DtoolsError(f"-T must be at least 2, got {T}")
-    if output is not None and not is_stdio(output) and Path(output).exists() and not force:
+    if is_stdio(output) and stdout_is_terminal():
+        raise DtoolsError(
+            "refusing to write binary .npy data to a terminal; pipe it (`| dtools grid --nrow K -o out.png`) "
+            "or pass -o FILE"
+        )
+    if not is_stdio(output) and Path(output).exists() and not force:
         raise DtoolsError(f"{output} already exists; pass --force to overwrite it")
+
+    from dtools.commands.schedule import load_schedule
+    from dtools.fileio import write_npy
+    from dtools.noise import noise_images, parse_timesteps, timestep_label
+
+    ts = parse_timesteps(timesteps)
     names = [_label(b) for b in betas]
     scheds = [load_schedule(b, T=T) for b in betas]
     images = _read_first(sources, limit)  # (N, H, W, C) uint8

@@ -108,6 +108,17 @@ def test_real_pipes(images, tmp_path):
         assert g.height == 2 + 4 * 10 and g.width >= 2 + 3 * 10
 
 
+def test_refuses_a_terminal_before_the_work(images, tty_run):
+    """Forgetting `| dtools grid` prints one line, and nothing binary reaches the terminal."""
+    paths, _ = images
+    code, err, seen = tty_run([str(DTOOLS), "noise", str(paths[0]), "-b", "linear"])
+    assert code == 1 and seen == b""
+    assert err.strip().splitlines() == [
+        "Error: refusing to write binary .npy data to a terminal; pipe it "
+        "(`| dtools grid --nrow K -o out.png`) or pass -o FILE"
+    ]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
