@@ -92,6 +92,17 @@ def make_schedule(
         if not (0 < lo < 1 and 0 < hi < 1):
             raise DtoolsError("--beta-start and --beta-end must lie in (0, 1)")
     betas = SCHEDULES[name].fn(T, **kwargs)
+    return adjust(betas, max_beta=max_beta, zero_terminal_snr=zero_terminal_snr, name=name)
+
+
+def adjust(
+    betas: np.ndarray,
+    *,
+    max_beta: float | None = None,
+    zero_terminal_snr: bool = False,
+    name: str = "schedule",
+) -> np.ndarray:
+    """Clip β at `max_beta`, then (optionally) rescale to zero terminal SNR; any schedule, named or loaded."""
     if max_beta is not None:
         if not 0 < max_beta <= 1:
             raise DtoolsError(f"--max-beta must lie in (0, 1], got {max_beta}")

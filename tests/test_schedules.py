@@ -13,6 +13,7 @@ from dtools.diffusion import Schedule, q_sample
 from dtools.errors import DtoolsError
 from dtools.schedules import (
     SCHEDULES,
+    adjust,
     cosine,
     linear,
     make_schedule,
@@ -152,6 +153,16 @@ def test_zero_terminal_snr_function_directly():
     b = rescale_zero_terminal_snr(np.full(10, 0.1))
     assert b[-1] == 1.0 and b[0] == pytest.approx(0.1, rel=1e-12)
     validate_betas(b)  # a final β of exactly 1 is allowed
+
+
+def test_adjust_any_schedule():
+    b = np.linspace(0.01, 0.5, 20)
+    np.testing.assert_array_equal(adjust(b, max_beta=0.1), np.minimum(b, 0.1))
+    z = adjust(b, zero_terminal_snr=True)
+    assert z[-1] == 1.0 and z[0] == pytest.approx(0.01, rel=1e-12)
+    np.testing.assert_array_equal(adjust(b), b)
+    with pytest.raises(DtoolsError, match="my.npy: β is not finite"):
+        adjust(np.array([0.1, np.nan]), name="my.npy")
 
 
 # ---------------------------------------------------------------------------------------- validation

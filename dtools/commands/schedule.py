@@ -11,17 +11,23 @@ import typer
 
 from dtools.errors import DtoolsError
 from dtools.fileio import is_stdio, read_npy, write_npy
-from dtools.schedules import SCHEDULES, make_schedule, summarize, validate_betas
+from dtools.schedules import SCHEDULES, adjust, make_schedule, summarize, validate_betas
 
 _NAMES = ", ".join(SCHEDULES)
 
 
 def load_schedule(spec: str, **kwargs) -> np.ndarray:
-    """A schedule by registry name, or from a `.npy` file / `-`, validated."""
+    """A schedule by registry name, or from a `.npy` file / `-`, validated.
+
+    `max_beta` and `zero_terminal_snr` apply to files too; the other options shape named schedules only.
+    """
     if spec in SCHEDULES:
         return make_schedule(spec, **kwargs)
     if is_stdio(spec) or spec.endswith(".npy") or Path(spec).exists():
-        return validate_betas(read_npy(spec), "stdin" if is_stdio(spec) else spec)
+        name = "stdin" if is_stdio(spec) else spec
+        betas = validate_betas(read_npy(spec), name)
+        zero_snr = kwargs.get("zero_terminal_snr", False)
+        return adjust(betas, max_beta=kwargs.get("max_beta"), zero_terminal_snr=zero_snr, name=name)
     raise DtoolsError(f"{spec!r} is neither a schedule name ({_NAMES}) nor a .npy file")
 
 
@@ -35,10 +41,11 @@ def schedule(
     s: float = typer.Option(0.008, "--s", help="Offset s of the cosine schedule."),
     max_beta: float = typer.Option(
         None, "--max-beta",
-        help="Clip β at this value (the seed report clips at 0.02; the cosine paper at 0.999).",
+        help="Clip β at this value, FILEs too (the seed report clips at 0.02; the cosine paper at 0.999).",
     ),
     zero_terminal_snr: bool = typer.Option(
-        False, "--zero-terminal-snr", help="Rescale so ᾱ_T = 0 (Lin et al. 2023); train with --param v."
+        False, "--zero-terminal-snr",
+        help="Rescale so ᾱ_T = 0 (Lin et al. 2023), also FILEs; train with --param v.",
     ),
     output: str = typer.Option(None, "-o", "--output", help="Write the .npy here instead of stdout."),
     plot: Path = typer.Option(None, "--plot", help="Draw β_t and 1-ᾱ_t of every NAME into this PNG."),

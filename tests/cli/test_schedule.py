@@ -85,6 +85,16 @@ def test_reads_a_schedule_file_and_stdin(runner, tmp_path):
     assert load(ok(runner, [str(tmp_path / "f32.npy")]).stdout_bytes).dtype == np.float64
 
 
+def test_max_beta_and_zero_terminal_snr_apply_to_files(runner, tmp_path):
+    np.save(tmp_path / "c.npy", make_schedule("cosine", 100))
+    b = load(ok(runner, [str(tmp_path / "c.npy"), "--max-beta", "0.02"]).stdout_bytes)
+    np.testing.assert_array_equal(b, make_schedule("cosine", 100, max_beta=0.02))
+    piped = npy_bytes(make_schedule("linear", 100))
+    b = load(ok(runner, ["-", "--zero-terminal-snr"], input=piped).stdout_bytes)
+    np.testing.assert_array_equal(b, make_schedule("linear", 100, zero_terminal_snr=True))
+    fails(runner, [str(tmp_path / "c.npy"), "--max-beta", "2"], "--max-beta must lie in (0, 1]")
+
+
 def test_plot_several_schedules(runner, tmp_path):
     png = tmp_path / "s.png"
     res = ok(runner, ["linear", "cosine", "sigmoid", "-T", "200", "--plot", str(png)])
