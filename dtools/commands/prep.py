@@ -28,7 +28,7 @@ def prep(
         ..., metavar="SRC", help="A folder of images (recursive), one image, or 'twemoji' (built in)."
     ),
     out: Path = typer.Argument(
-        None, metavar="[OUT]", help="The PNG folder to write (000000.png, ...). Optional with --npy."
+        None, metavar="OUT", help="The PNG folder to write (000000.png, ...). Optional with --npy."
     ),
     size: int = typer.Option(..., "--size", "-s", min=1, max=8192, help="Side of the square output images."),
     crop: str = typer.Option(
@@ -41,7 +41,7 @@ def prep(
     limit: int = typer.Option(None, "--limit", "-n", min=1, help="Stop after this many images (in order)."),
     npy: str = typer.Option(None, "--npy", help="Also write the batch, uint8 [N,H,W,C] .npy ('-' = stdout)."),
     strict: bool = typer.Option(False, "--strict", help="Stop with an error at the first unreadable file."),
-    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes [default: 0 = one per core]."),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes; 0 = one per core."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an earlier prep folder / .npy file."),
 ) -> None:
     """Make a training folder: square crop, resize (Lanczos), alpha onto a background, RGB or grey.
