@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from dtools.errors import DtoolsError
-from dtools.fileio import is_stdio, read_npy, write_npy
+from dtools.fileio import check_writable, is_stdio, read_npy, write_npy
 from dtools.schedules import SCHEDULES, adjust, make_schedule, summarize, validate_betas
 
 _NAMES = ", ".join(SCHEDULES)
@@ -73,6 +73,7 @@ def schedule(
         label = spec if spec in SCHEDULES else "stdin" if is_stdio(spec) else Path(spec).stem
         scheds[label] = load_schedule(spec, **kwargs)
     if plot is not None:
+        check_writable(plot, force)  # before matplotlib's import and drawing, which take seconds
         from dtools.plots import schedule_plot
 
         schedule_plot(scheds, plot, force)

@@ -92,6 +92,7 @@ def test_no_overwrite_without_force(runner, tmp_path, tiny_batch):
     out = tmp_path / "g.png"
     out.write_bytes(b"keep")
     fails(runner, ["-o", str(out)], "already exists; pass --force", input=npy_bytes(tiny_batch))
+    fails(runner, ["-o", str(out)], "already exists; pass --force")  # said before reading (empty) stdin
     assert out.read_bytes() == b"keep"
     ok(runner, ["-o", str(out), "--force"], input=npy_bytes(tiny_batch))
     assert png_array(out.read_bytes()).shape == (22, 32, 3)

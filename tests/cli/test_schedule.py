@@ -95,14 +95,13 @@ def test_max_beta_and_zero_terminal_snr_apply_to_files(runner, tmp_path):
     fails(runner, [str(tmp_path / "c.npy"), "--max-beta", "2"], "--max-beta must lie in (0, 1]")
 
 
-def test_plot_several_schedules(runner, tmp_path):
+def test_plot_refuses_to_overwrite(runner, tmp_path):
+    """Checked before drawing (the drawing itself is tested through the shell, test_shell_plot)."""
     png = tmp_path / "s.png"
-    res = ok(runner, ["linear", "cosine", "sigmoid", "-T", "200", "--plot", str(png)])
-    assert res.stdout == "" and f"wrote {png}" in res.stderr
-    with Image.open(png) as im:
-        assert im.format == "PNG" and im.width > 600 and im.height > 300
-    fails(runner, ["linear", "--plot", str(png)], "already exists; pass --force")
-    ok(runner, ["linear", "--plot", str(png), "--force"])
+    png.write_bytes(b"mine")
+    fails(runner, ["linear", "cosine", "--plot", str(png)], "already exists; pass --force")
+    assert png.read_bytes() == b"mine"
+    fails(runner, ["linear", "--plot", str(tmp_path)], "is a directory")
 
 
 def test_summary_table_and_json(runner, tmp_path):
@@ -202,9 +201,12 @@ def test_shell_redirect_and_pipe(dtools_bin, tmp_path):
 
 
 def test_shell_plot(dtools_bin, tmp_path):
-    res = sh(f"'{dtools_bin}' schedule linear cosine sigmoid --plot x.png", tmp_path)
-    assert res.returncode == 0 and res.stdout == b"", res.stderr
-    assert Image.open(tmp_path / "x.png").format == "PNG"
+    (tmp_path / "x.png").write_bytes(b"old")
+    res = sh(f"'{dtools_bin}' schedule linear cosine sigmoid --plot x.png --force", tmp_path)
+    assert res.returncode == 0 and res.stdout == b"" and res.stderr == b"wrote x.png\n", res.stderr
+    with Image.open(tmp_path / "x.png") as im:
+        assert im.format == "PNG" and im.width > 600 and im.height > 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
 
 
 def test_shell_bad_input_and_no_overwrite(dtools_bin, tmp_path):
