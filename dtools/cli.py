@@ -5,7 +5,8 @@ This is the edge where user-facing errors become one line on stderr:
   print ``Error: <message>`` and exit 1;
 - usage errors (unknown option, bad value) keep Click's exit 2;
 - Ctrl-C prints ``Error: interrupted`` and exits 130;
-- SIGPIPE is reset to its default so `dtools ... | head` ends quietly.
+- SIGPIPE is reset to its default so `dtools ... | head` ends quietly;
+- text that the console cannot encode is replaced, not a UnicodeEncodeError.
 """
 
 from __future__ import annotations
@@ -111,4 +112,9 @@ def click_command() -> click.Command:
 def main() -> None:
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # β, ᾱ and table borders on a console that cannot encode them (cp1252, PYTHONIOENCODING=ascii)
+    # become '?' instead of a UnicodeEncodeError traceback
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     app(prog_name="dtools")

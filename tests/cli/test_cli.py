@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -121,3 +122,12 @@ def test_module_entry_point_and_lazy_torch():
     probe = "import sys, dtools.cli; print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def test_console_without_unicode(dtools_bin, tmp_path):
+    """β, ᾱ and box drawing on an ASCII-only console: replaced by '?', never a UnicodeEncodeError."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    res = subprocess.run([dtools_bin, "schedule", "linear", "-T", "10", "--summary"], capture_output=True,
+                         env=env, timeout=60)
+    assert res.returncode == 0 and res.stderr == b"", res.stderr
+    assert b"linear" in res.stdout and b"? first" in res.stdout
