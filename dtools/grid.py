@@ -8,6 +8,8 @@ import numpy as np
 
 from dtools.errors import DtoolsError
 
+MAX_PIXELS = 2**28  # 268 million pixels (805 MB as RGB): far past any useful picture, short of a memory crash
+
 
 def upscale(batch: np.ndarray, scale: int) -> np.ndarray:
     """Nearest-neighbour upscaling by an integer factor: tiny images stay crisp. [N,H,W,C] -> [N,sH,sW,C]."""
@@ -38,16 +40,25 @@ def make_grid(
         raise DtoolsError(f"--padding must be >= 0, got {padding}")
     if not 0 <= pad_value <= 255:
         raise DtoolsError(f"--pad-value must lie in [0, 255], got {pad_value}")
-    batch = upscale(batch, scale)
+    if scale < 1:
+        raise DtoolsError(f"--scale must be a positive integer, got {scale}")
     n, h, w, c = batch.shape
+    h, w = h * scale, w * scale
     ncol = nrow if nrow is not None else math.ceil(math.sqrt(n))
     if ncol < 1:
         raise DtoolsError(f"--nrow must be a positive integer, got {ncol}")
     ncol = min(ncol, n)
     rows = math.ceil(n / ncol)
+    height, width = padding + rows * (h + padding), padding + ncol * (w + padding)
+    if height * width > MAX_PIXELS:
+        raise DtoolsError(
+            f"the grid would be {width}x{height} pixels (over {MAX_PIXELS // 10**6} million); "
+            "use a smaller --scale, fewer images (--limit) or a different --nrow"
+        )
+    batch = upscale(batch, scale)
     if labels is not None and len(labels) > rows:
         raise DtoolsError(f"{len(labels)} row labels for {rows} rows of {ncol} images")
-    grid = np.full((padding + rows * (h + padding), padding + ncol * (w + padding), c), pad_value, np.uint8)
+    grid = np.full((height, width, c), pad_value, np.uint8)
     for i, img in enumerate(batch):
         r, col = divmod(i, ncol)
         y, x = padding + r * (h + padding), padding + col * (w + padding)

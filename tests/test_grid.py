@@ -112,6 +112,7 @@ def test_labels_on_dark_padding_use_light_ink():
         (dict(pad_value=-1), "--pad-value"),
         (dict(scale=0), "--scale"),
         (dict(nrow=2, labels=["a", "b", "c"]), "3 row labels for 2 rows"),
+        (dict(scale=10_000), r"would be 100006x80006 pixels .*smaller --scale"),  # refused before allocating
     ],
 )
 def test_bad_arguments(kwargs, match):
