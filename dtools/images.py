@@ -66,7 +66,7 @@ def load_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarr
     try:
         with Image.open(path) as img:
             return to_array(img, channels)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DtoolsError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 

@@ -166,6 +166,13 @@ def test_corrupt_files_are_one_line_errors(tmp_path, content):
     assert "\n" not in str(e.value)
 
 
+def test_decompression_bomb_is_a_one_line_error(tmp_path, monkeypatch):
+    Image.new("RGB", (8, 8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 64 pixels > 2x the limit: Pillow refuses it
+    with pytest.raises(DtoolsError, match=r"huge\.png: cannot read image \(DecompressionBombError"):
+        load_image(tmp_path / "huge.png")
+
+
 def test_truncated_png(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
