@@ -141,7 +141,7 @@ def sample(
             x = samplers.generate(model_fn, schedule, param, shape, batch, device=dev, clip_x0=clip,
                                   callback=on_step, **opts)
             images = to_uint8(x)  # (B, H, W, C)
-            sink.add(snaps.finish(images, to_uint8) if snaps is not None else images)
+            sink.add(snaps.finish(images) if snaps is not None else images)
     elapsed = time.perf_counter() - start
     what = "trajectories" if trajectory else "images"
     typer.echo(f"sampled {n} {what} in {elapsed:.1f} s ({elapsed / n:.3f} s/image)", err=True)
@@ -224,7 +224,8 @@ class _Snapshots:
             self.x0[event["step"]] = to_uint8(event["x0_hat"])
             self.columns[self.pick.index(event["step"])] = event["t"]
 
-    def finish(self, images, to_uint8):
+    def finish(self, images):
+        """The batch's snapshots as uint8 (B * 2 * K, H, W, C), given its final images (B, H, W, C)."""
         import numpy as np
 
         last = self.pick[-1]
