@@ -12,6 +12,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 import warnings
@@ -188,6 +189,12 @@ def _prepare_chunk(paths: Sequence[Path], cfg: PrepConfig, encode: bool) -> list
     return out
 
 
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group: only the main process reacts (it cancels the rest,
+    # removes the staging folder and reports `Error: interrupted`); workers would print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def default_jobs() -> int:
     """The cores this process may use (respects taskset/cgroup affinity where the OS tells)."""
     try:
@@ -213,7 +220,7 @@ def iter_prepared(
         for chunk in chunks:
             yield from _prepare_chunk(chunk, cfg, encode)
         return
-    pool = ProcessPoolExecutor(max_workers=jobs)
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
     try:
         todo = iter(chunks)
         pending = deque(pool.submit(_prepare_chunk, c, cfg, encode) for c in itertools.islice(todo, 2 * jobs))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -110,3 +113,29 @@ def test_npy_to_a_terminal_is_refused(dtools_bin, tty_run):
     code, err, seen = tty_run([str(dtools_bin), "prep", "twemoji", "--size", "4", "--npy", "-"])
     assert code == 1 and "terminal" in err and seen == b""
     assert "prep: wrote" not in err  # refused before any work
+
+
+def test_ctrl_c_stops_workers_quietly_and_leaves_nothing(dtools_bin, tmp_path):
+    """Ctrl-C reaches the whole process group: one `Error: interrupted`, exit 130, no worker
+    tracebacks, no staging folder left behind."""
+    out = tmp_path / "d"
+    p = subprocess.Popen(
+        [str(dtools_bin), "prep", "twemoji", str(out), "--size", "32", "--jobs", "2"],
+        stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in an interactive shell
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and p.poll() is None:
+            staged = [f for d in tmp_path.glob(".d.*.tmp") for f in d.iterdir()]
+            if len(staged) >= 300:  # the pool is running and writing
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "prep finished before it could be interrupted"
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130 and err.decode().strip() == "Error: interrupted"
+    assert list(tmp_path.iterdir()) == []
