@@ -30,7 +30,7 @@ def make_grid(
 ) -> np.ndarray:
     """uint8 [N, H, W, C] -> one uint8 image [H', W', C] with `nrow` images per row.
 
-    `nrow` defaults to ceil(sqrt(N)); a last, incomplete row is filled with `pad_value`. Every image
+    `nrow` defaults to N / len(labels) with labels, else ceil(sqrt(N)); a last, incomplete row is filled with `pad_value`. Every image
     sits at (padding + r (h + padding), padding + c (w + padding)) before the label margin; `labels`
     (at most one per row) are written in a margin on the left.
     """
@@ -44,7 +44,12 @@ def make_grid(
         raise DtoolsError(f"--scale must be a positive integer, got {scale}")
     n, h, w, c = batch.shape
     h, w = h * scale, w * scale
-    ncol = nrow if nrow is not None else math.ceil(math.sqrt(n))
+    if nrow is not None:
+        ncol = nrow
+    elif labels:  # one row per label: `noise ... | grid --row-labels a,b,c` needs no --nrow
+        ncol = math.ceil(n / len(labels))
+    else:
+        ncol = math.ceil(math.sqrt(n))
     if ncol < 1:
         raise DtoolsError(f"--nrow must be a positive integer, got {ncol}")
     ncol = min(ncol, n)
