@@ -30,9 +30,9 @@ def make_grid(
 ) -> np.ndarray:
     """uint8 [N, H, W, C] -> one uint8 image [H', W', C] with `nrow` images per row.
 
-    `nrow` defaults to N / len(labels) with labels, else ceil(sqrt(N)); a last, incomplete row is filled with `pad_value`. Every image
-    sits at (padding + r (h + padding), padding + c (w + padding)) before the label margin; `labels`
-    (at most one per row) are written in a margin on the left.
+    `nrow` defaults to N / len(labels) with labels, else ceil(sqrt(N)); a last, incomplete row is
+    filled with `pad_value`. Image (r, c) sits at (padding + r (h + padding), padding + c (w + padding))
+    before the label margin; `labels` (at most one per row) are written in a margin on the left.
     """
     if batch.ndim != 4 or batch.dtype != np.uint8 or batch.shape[0] == 0:
         raise DtoolsError(f"grid needs a uint8 batch [N,H,W,C], got {batch.dtype} {list(batch.shape)}")

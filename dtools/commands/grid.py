@@ -16,7 +16,7 @@ def grid(
         None, metavar="SOURCE", help="'-' (.npy on stdin, the default), .npy files, folders, images."
     ),
     output: str = typer.Option(..., "-o", "--output", help="The PNG to write ('-' = stdout, if a pipe)."),
-    nrow: int = typer.Option(None, "--nrow", "-n", min=1, help="Images per row [default: N / labels, else ceil(sqrt N)]."),
+    nrow: int = typer.Option(None, "--nrow", "-n", min=1, help="Images per row [default: N/labels or √N]."),
     padding: int = typer.Option(2, "--padding", min=0, help="Pixels between images and around the grid."),
     pad_value: int = typer.Option(255, "--pad-value", min=0, max=255, help="Grey level of the padding."),
     scale: int = typer.Option(1, "--scale", min=1, help="Enlarge each image by this factor (nearest)."),
