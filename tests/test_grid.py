@@ -93,6 +93,17 @@ def test_labels_add_a_left_margin_and_keep_images_intact():
     assert wide.shape[1] > labelled.shape[1]
 
 
+def test_labels_without_nrow_give_one_row_per_label():
+    """`noise ... | grid --row-labels linear,cosine`: N images, k labels -> k rows of N/k."""
+    batch = numbered(12, 4, 4)
+    labelled = make_grid(batch, labels=["linear", "cosine"], padding=1)
+    plain = make_grid(batch, nrow=6, padding=1)
+    assert plain.shape == (1 + 2 * 5, 1 + 6 * 5, 3)
+    np.testing.assert_array_equal(labelled[:, -plain.shape[1] :], plain)
+    three_rows = make_grid(numbered(7, 4, 4), labels=["a", "b", "c"], padding=0)  # rows of 3, 3 and 1
+    assert three_rows.shape[0] == 3 * 4
+
+
 def test_labels_on_dark_padding_use_light_ink():
     g = make_grid(numbered(2, 8, 8, c=1), nrow=1, pad_value=0, labels=["a", "b"])
     plain = make_grid(numbered(2, 8, 8, c=1), nrow=1, pad_value=0)
