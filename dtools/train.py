@@ -246,6 +246,13 @@ def default_compile(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def schedule_on(schedule: Schedule, device: torch.device) -> Schedule:
+    """The schedule's tables on the training device (MPS has no float64: there they become float32)."""
+    if device.type == "mps":
+        return Schedule(*(getattr(schedule, f).float().to(device) for f in schedule.__dataclass_fields__))
+    return schedule.to(device)
+
+
 def resolved_runtime(cfg: TrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     return {
@@ -409,7 +416,8 @@ def train(
         raise DtoolsError(f"{cfg.data}: these images differ from the ones the run in {run} was trained on")
     cfg.num_images, cfg.data_fingerprint = n, fp
 
-    schedule = Schedule.from_betas(betas).to(device)
+    schedule_cpu = Schedule.from_betas(betas)  # float64; what the samplers get
+    schedule = schedule_on(schedule_cpu, device)
     T, param = schedule.T, cfg.parameterization
 
     # Model, EMA, optimizer (seeded, so a run is reproducible)
@@ -429,6 +437,7 @@ def train(
             raise DtoolsError(f"{cfg.data}: holds {n} images, but the run was trained on {stream.n}")
         step, elapsed_before = int(info["step"]), float(info.get("elapsed", 0.0))
         metrics = read_metrics(run / METRICS_FILE, step)
+        write_metrics(run / METRICS_FILE, metrics)  # drop lines logged after the checkpoint
         del tensors, state
     if use_compile:
         model.compile()
@@ -497,7 +506,7 @@ def train(
 
         seeds = [image_seed(cfg.seed, i) for i in range(cfg.sample_count)]
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            x = generate(model_fn, schedule, param, (cfg.channels, cfg.image_size, cfg.image_size), seeds,
+            x = generate(model_fn, schedule_cpu, param, (cfg.channels, cfg.image_size, cfg.image_size), seeds,
                          sampler=SAMPLE_SAMPLER, steps=SAMPLE_STEPS, device=device)
         nrow = math.ceil(math.sqrt(cfg.sample_count))
         grid = make_grid(to_uint8(x), nrow=nrow, scale=max(1, 64 // cfg.image_size))
@@ -575,6 +584,8 @@ def train(
                 if step % cfg.save_every == 0 or end:
                     save_checkpoint()
                     if not show_bar:
+                        if win_steps:  # a checkpoint between two log lines: the rate so far in this window
+                            ips = win_steps * cfg.batch_size / max(time.perf_counter() - win_start, 1e-9)
                         log(f"step {step}/{total}  loss {metrics[-1]['loss'] if metrics else last_loss:.4g}  "
                             f"{ips:.0f} img/s  elapsed {_fmt_time(elapsed())}  saved {run / MODEL_FILE}")
                 if end:

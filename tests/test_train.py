@@ -105,7 +105,6 @@ def test_short_run_lowers_the_loss_and_writes_every_output(data8, tmp_path):
 
 
 def test_sample_grids_are_written(data8, tmp_path):
-    pytest.importorskip("dtools.grid", reason="dtools.grid (engineer D) not written yet")
     run = tmp_path / "run"
     cfg = config(data8, run, max_steps=4, save_every=4, sample_every=2, sample_count=4)
     fit(cfg)
