@@ -350,6 +350,7 @@ class Weights:
     sha256: str
     origin: str  # a path, or a description of the conversion
     notes: list[str] = field(default_factory=list)  # things the user should know (non-standard, not cached)
+    converted: bool = False  # made from the TorchScript just now (first run, or --weights default_1.pt)
 
     @property
     def has_logits(self) -> bool:
@@ -374,7 +375,7 @@ def read_weights_file(path: str | os.PathLike) -> Weights:
         raise DtoolsError(f"{p}: is a directory, expected a weights file (.safetensors or default_1.pt)")
     if _is_torchscript(p):
         state = convert_torchscript(p)
-        return Weights(state, weights_sha256(state), f"{p} (converted)")
+        return Weights(state, weights_sha256(state), f"{p} (converted)", converted=True)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -434,7 +435,7 @@ def find_weights(path: str | os.PathLike | None = None) -> Weights:
     if source is None:
         raise DtoolsError("no FID Inception weights found: " + INSTALL_HINT.format(cache=cache))
     state = convert_torchscript(source)
-    w = Weights(state, INCEPTION_SHA256, f"{source} (converted)")
+    w = Weights(state, INCEPTION_SHA256, f"{source} (converted)", converted=True)
     try:
         write_cache(state, cache, source)
         w.origin = f"{cache} (converted from {source})"

@@ -95,7 +95,7 @@ def test_conversion_from_scratch_is_offline_verified_and_cached(tmp_path, monkey
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv(fid.WEIGHTS_ENV, raising=False)
     w = fid.find_weights()
-    assert w.sha256 == fid.INCEPTION_SHA256 and w.standard and not w.has_logits
+    assert w.sha256 == fid.INCEPTION_SHA256 and w.standard and not w.has_logits and w.converted
     cache = tmp_path / "dtools" / fid.CACHE_NAME
     assert cache.is_file() and str(cache) in w.origin
     header = read_header(cache, fid.WEIGHTS_FORMAT)
@@ -104,7 +104,7 @@ def test_conversion_from_scratch_is_offline_verified_and_cached(tmp_path, monkey
     # The second time the cache is used: the TorchScript is not opened again.
     monkeypatch.setattr(fid, "load_torchscript", lambda path: pytest.fail("converted twice"))
     again = fid.find_weights()
-    assert again.origin == str(cache) and again.sha256 == w.sha256
+    assert again.origin == str(cache) and again.sha256 == w.sha256 and not again.converted
 
 
 def test_converted_network_matches_the_torchscript_and_a_wrong_mapping_does_not(script, weights, net):

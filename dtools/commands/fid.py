@@ -94,6 +94,8 @@ def fid(
 
         dev = resolve_device(device)
         w = core.find_weights(weights)
+        if w.converted:
+            typer.echo(f"Inception weights converted and verified: {w.origin}", err=True)
         notes += w.notes
         weights_sha = w.sha256
         for s in stats.values():
@@ -107,7 +109,13 @@ def fid(
         core.save_stats(save_stats, stats["reference"], with_features=kid or prc, force=force)
         typer.echo(f"wrote statistics of {stats['reference'].count} images to {save_stats}", err=True)
 
-    result = core.compute_metrics(stats["reference"], stats["samples"], cfg) if "samples" in stats else {}
+    result = {}
+    if "samples" in stats:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status("computing the scores (FID: a 2048x2048 matrix square root)"):
+            result = core.compute_metrics(stats["reference"], stats["samples"], cfg)
     warning = core.bias_warning(s.count for s in stats.values()) if result else None
     notes += [warning] if warning else []
     report = {
