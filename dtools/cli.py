@@ -12,6 +12,7 @@ This is the edge where user-facing errors become one line on stderr:
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 
@@ -117,4 +118,7 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
+    # Sleeping, not spinning, OpenMP threads (read when torch loads, which commands do lazily): with other
+    # processes on the cores, spinning made training 25x slower (2.8 vs 73 img/s on 2 cores, docs/train.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app(prog_name="dtools")
