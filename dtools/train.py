@@ -71,9 +71,9 @@ class TrainPreset:
 TRAIN_PRESETS: dict[str, TrainPreset] = {
     "seed64": TrainPreset(lr=1e-4, batch_size=128, ema_warmup=False, max_steps=25_000, save_every=1000,
                           sample_every=1000, grad_clip=None),
-    "cpu32": TrainPreset(lr=1e-3, batch_size=32, ema_warmup=True, max_steps=2000, save_every=250,
+    "cpu32": TrainPreset(lr=1e-3, batch_size=16, ema_warmup=True, max_steps=2000, save_every=250,
                          sample_every=500, grad_clip=1.0),
-    "cpu16": TrainPreset(lr=1e-3, batch_size=32, ema_warmup=True, max_steps=2000, save_every=250,
+    "cpu16": TrainPreset(lr=1e-3, batch_size=16, ema_warmup=True, max_steps=2000, save_every=250,
                          sample_every=500, grad_clip=1.0),
 }
 assert set(TRAIN_PRESETS) == set(PRESETS)

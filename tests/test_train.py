@@ -289,7 +289,7 @@ def test_bad_data_and_schedules(data8, tmp_path):
 
 
 def test_presets_resolve_by_image_size():
-    expect = ((16, "cpu16", 1e-3, 32), (32, "cpu32", 1e-3, 32), (64, "seed64", 1e-4, 128))
+    expect = ((16, "cpu16", 1e-3, 16), (32, "cpu32", 1e-3, 16), (64, "seed64", 1e-4, 128))
     for size, preset, lr, batch in expect:
         cfg = training.new_config("d", "r", "cosine", BETAS, (100, size, size, 3), {})
         assert (cfg.preset, cfg.lr, cfg.batch_size) == (preset, lr, batch)

@@ -85,7 +85,7 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(data, beta, tmp_p
     out = json.loads(result.stdout)
     cfg = out["config"]
     assert (cfg["preset"], cfg["image_size"], cfg["num_images"], cfg["T"]) == ("cpu16", 8, 20, 50)
-    assert (cfg["lr"], cfg["batch_size"], cfg["ema_warmup"]) == (1e-3, 32, True)
+    assert (cfg["lr"], cfg["batch_size"], cfg["ema_warmup"]) == (1e-3, 16, True)
     assert cfg["parameterization"] == "eps"
     assert out["resolved"] == {**out["resolved"], "device": "cpu", "precision": "fp32", "compile": False,
                                "total_steps": 7}
