@@ -109,7 +109,7 @@ def train(
         None,
         "--compile/--no-compile",
         help="torch.compile the U-Net in place [default: on for CUDA; off on CPU, where compiling "
-        "took 144 s and made steps no faster (measured, docs/train.md)].",
+        "took 108 s and saved 2% per step (measured, docs/train.md)].",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
     force: bool = typer.Option(
