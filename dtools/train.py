@@ -331,11 +331,35 @@ class TrainResult:
     step: int
     total_steps: int
     stopped: str  # "done", "max_minutes" or "interrupted"
-    loss: float | None
+    loss: float | None  # mean of the last --log-every window
     elapsed: float
     run: Path
     checkpoint_step: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Window:
+    """Running sums over the current --log-every window of steps."""
+
+    loss: float = 0.0
+    grad_norm: float = 0.0
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    last_rate: float = 0.0  # img/s of the previous window
+
+    def add(self, loss: float, grad_norm: float) -> None:
+        self.loss, self.grad_norm, self.steps = self.loss + loss, self.grad_norm + grad_norm, self.steps + 1
+
+    def rate(self, batch_size: int) -> float:
+        """img/s in this window so far (the previous window's when this one is empty)."""
+        if not self.steps:
+            return self.last_rate
+        return self.steps * batch_size / max(time.perf_counter() - self.start, 1e-9)
+
+    def reset(self, rate: float) -> None:
+        self.loss, self.grad_norm, self.steps = 0.0, 0.0, 0
+        self.start, self.last_rate = time.perf_counter(), rate
 
 
 class _StopSignals:
@@ -373,6 +397,253 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+class Trainer:
+    """One training session of a run: built from a config (and, with `resume`, the run's state),
+    then `run()` steps until --max-steps / --epochs, --max-minutes or a stop signal."""
+
+    def __init__(
+        self, cfg: TrainConfig, betas: np.ndarray, *, resume: bool = False, force: bool = False,
+        log: Callable[[str], None] = _log, progress: bool | None = None,
+    ):
+        betas = np.asarray(betas, dtype=np.float64)
+        self.cfg, self.log = cfg.validate(betas), log
+        self.run_dir = Path(cfg.out)
+        prepare_run_dir(self.run_dir, resume, force)
+        state = None
+        if resume:
+            from dtools.trainstate import load_state
+
+            state = load_state(self.run_dir / STATE_FILE)  # check the file before spending time on data
+
+        # Device and precision
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.use_compile = default_compile(self.device) if cfg.compile is None else cfg.compile
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        # Data: decoded once, kept as uint8 (N, C, H, W) on the CPU
+        self.images = load_images(cfg.data)
+        n, c, h, w = self.images.shape
+        if (c, h) != (cfg.channels, cfg.image_size):
+            raise DtoolsError(
+                f"{cfg.data}: images are {h}x{w}x{c}, but the run was set up for "
+                f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}"
+            )
+        fp = fingerprint(self.images)
+        if resume and cfg.data_fingerprint and fp != cfg.data_fingerprint:
+            raise DtoolsError(f"{cfg.data}: these are not the images the run in {cfg.out} was trained on")
+        cfg.num_images, cfg.data_fingerprint = n, fp
+
+        self.schedule_cpu = Schedule.from_betas(betas)  # float64; what the samplers get
+        self.schedule = schedule_on(self.schedule_cpu, self.device)
+
+        # Model, EMA, optimizer (seeded, so a run is reproducible)
+        torch.manual_seed(cfg.seed)
+        self.model = UNet(UNetConfig.from_dict(cfg.model)).to(self.device)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.stream = BatchStream(n, cfg.seed)
+        self.step, self.elapsed_before, self.metrics = 0, 0.0, []
+        self.checkpoint_step = -1  # the step of the last checkpoint on disk (-1: none yet)
+        if state is not None:
+            from dtools.trainstate import restore
+
+            tensors, info = state
+            self.stream = restore(
+                self.run_dir / STATE_FILE, tensors, info, self.model, self.ema, self.optimizer, self.scaler
+            )
+            if self.stream.n != n:
+                raise DtoolsError(f"{cfg.data}: holds {n} images, but the run was trained on {self.stream.n}")
+            self.step, self.elapsed_before = int(info["step"]), float(info.get("elapsed", 0.0))
+            self.checkpoint_step = self.step
+            self.metrics = read_metrics(self.run_dir / METRICS_FILE, self.step)
+            write_metrics(self.run_dir / METRICS_FILE, self.metrics)  # drop lines logged after the checkpoint
+        if self.use_compile:
+            self.model.compile()
+
+        self.total = cfg.total_steps()
+        self.header = {
+            "model": cfg.model, "parameterization": cfg.parameterization, "betas": [float(b) for b in betas],
+            "weights": ["ema", "raw"], "ema_decay": cfg.ema_decay, "image_size": cfg.image_size,
+            "channels": cfg.channels,
+        }
+        resolved = {"device": str(self.device), "precision": self.precision, "compile": self.use_compile,
+                    "total_steps": self.total}
+        config_json = json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
+        atomic_write_bytes(self.run_dir / CONFIG_FILE, config_json.encode(), force=True)
+        self.show_bar = sys.stderr.isatty() if progress is None else progress
+        self.session_start = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Seconds of training over all sessions of the run."""
+        return self.elapsed_before + time.monotonic() - self.session_start
+
+    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole batch's images, timesteps and noise, drawn in one fixed order (so --grad-accum
+        splits exactly the batch that an unsplit step would see)."""
+        cfg, device = self.cfg, self.device
+        idx = self.stream.next(cfg.batch_size)
+        x0 = augment(self.images[idx], cfg.flip).to(device, non_blocking=True)
+        x0 = x0.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
+        t = torch.randint(0, self.schedule.T, (cfg.batch_size,), device=device)  # (B,)
+        eps = torch.randn(x0.shape, device=device)  # (B, C, H, W)
+        return x0, t, eps
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step; returns (loss, gradient norm) or raises NonFiniteLoss before updating."""
+        cfg, s, param = self.cfg, self.schedule, self.cfg.parameterization
+        micro = cfg.batch_size // cfg.grad_accum
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss = torch.zeros((), device=self.device)
+        x0_all, t_all, eps_all = self.draw_batch()
+        for x0, t, eps in zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro), strict=True):
+            x_t = q_sample(s, x0, t, eps)
+            target = training_target(s, param, x0, eps, t)
+            with autocast(self.device, self.precision):
+                out = self.model(x_t, t)
+            per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
+            # the mean over the whole batch, accumulated one micro-batch at a time
+            loss = (loss_weight(s, param, t, cfg.min_snr_gamma) * per_sample).sum() / cfg.batch_size
+            self.scaler.scale(loss).backward()
+            total_loss += loss.detach()
+        loss_value = float(total_loss)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"loss is {loss_value}")
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(grad_norm) and self.precision != "fp16":  # fp16: the scaler skips such steps
+            raise NonFiniteLoss(f"gradient norm is {grad_norm}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model)
+        return loss_value, grad_norm
+
+    def write_samples(self) -> None:
+        """samples/step_XXXXXX.png: EMA samples of fixed seeds (those of `dtools sample --seed SEED`)."""
+        from dtools.grid import make_grid
+        from dtools.images import save_png, to_uint8
+        from dtools.samplers import generate, image_seed
+
+        cfg, device = self.cfg, self.device
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with autocast(device, self.precision):
+                return self.ema.module(x_t, t).float()
+
+        seeds = [image_seed(cfg.seed, i) for i in range(cfg.sample_count)]
+        shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        # sampling must not disturb the training RNG streams (exact resume)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            x = generate(model_fn, self.schedule_cpu, cfg.parameterization, shape, seeds,
+                         sampler=SAMPLE_SAMPLER, steps=SAMPLE_STEPS, device=device)
+        nrow = math.ceil(math.sqrt(cfg.sample_count))
+        grid = make_grid(to_uint8(x), nrow=nrow, scale=max(1, 64 // cfg.image_size))
+        save_png(grid, self.run_dir / SAMPLES_DIR / f"step_{self.step:06d}.png", force=True)
+
+    def save_checkpoint(self) -> None:
+        """model.safetensors, metrics.jsonl, loss.png, then train-state.safetensors (the commit point)."""
+        from dtools.plots import loss_curve
+        from dtools.trainstate import capture, save_state
+
+        for name, module in (("weights", self.model), ("EMA weights", self.ema.module)):
+            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                raise NonFiniteLoss(f"the {name} are not finite")
+        tensors, info = capture(self.model, self.ema, self.optimizer, self.stream, self.scaler)
+        meta = {**self.header, "step": self.step, "train": self.cfg.to_dict()}
+        raw = {f"raw.{k}": v for k, v in self.model.state_dict().items()}
+        save_model(self.run_dir / MODEL_FILE, {**self.ema.state_dict(), **raw}, meta, force=True)
+        write_metrics(self.run_dir / METRICS_FILE, self.metrics)
+        if self.metrics:
+            steps, losses = [r["step"] for r in self.metrics], [r["loss"] for r in self.metrics]
+            loss_curve(steps, losses, self.run_dir / LOSS_PLOT, force=True)
+        # The state goes last: it is what --resume trusts, and it only moves once the rest is on disk.
+        save_state(self.run_dir / STATE_FILE, tensors, {**meta, **info, "elapsed": self.elapsed()})
+        self.checkpoint_step = self.step
+
+    def _progress_bar(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(stderr=True), disable=not self.show_bar, transient=False,
+        )
+
+    def run(self) -> TrainResult:
+        cfg, total = self.cfg, self.total
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"training {self.run_dir}: {cfg.num_images} images {cfg.image_size}x{cfg.image_size}x"
+                 f"{cfg.channels}, preset {cfg.preset}, {n_params / 1e6:.2f}M parameters, {self.device} "
+                 f"{self.precision}{' compiled' if self.use_compile else ''}, steps {self.step}->{total}")
+        window, stopped = _Window(), "done"
+        budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+        bar = self._progress_bar()
+        try:
+            with _StopSignals() as signals, bar:
+                task = bar.add_task("train", total=total, completed=self.step, loss="-", ips="-")
+                while self.step < total and stopped == "done":
+                    try:
+                        window.add(*self.train_step())
+                    except NonFiniteLoss as e:
+                        raise self._diverged(str(e), self.step + 1) from None
+                    self.step += 1
+                    if self.step % cfg.log_every == 0 or self.step == total:
+                        rec = self._log_window(window)
+                        bar.update(task, loss=f"{rec['loss']:.4f}", ips=f"{rec['img_per_s']:.0f}")
+                    bar.update(task, completed=self.step)
+                    if signals.requested:
+                        stopped = "interrupted"
+                    elif time.monotonic() - self.session_start >= budget and self.step < total:
+                        stopped = "max_minutes"
+                    self._write_outputs(end=self.step == total or stopped != "done",
+                                        samples=stopped != "interrupted", window=window)
+        except NonFiniteLoss as e:
+            raise self._diverged(str(e), self.step) from None
+        return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
+                           self.checkpoint_step, self.metrics)
+
+    def _write_outputs(self, end: bool, samples: bool, window: _Window) -> None:
+        """Sample grid and checkpoint when they are due (and always at the end)."""
+        cfg = self.cfg
+        if samples and cfg.sample_every and (self.step % cfg.sample_every == 0 or end):
+            self.write_samples()
+        if self.step % cfg.save_every == 0 or end:
+            self.save_checkpoint()
+            if not self.show_bar:
+                loss = self.last_loss()
+                self.log(f"step {self.step}/{self.total}  loss {'-' if loss is None else f'{loss:.4g}'}  "
+                         f"{window.rate(cfg.batch_size):.0f} img/s  elapsed {_fmt_time(self.elapsed())}  "
+                         f"saved {self.run_dir / MODEL_FILE}")
+
+    def _diverged(self, what: str, step: int) -> DtoolsError:
+        kept = (f"the last good checkpoint (step {self.checkpoint_step}) in {self.run_dir} is intact"
+                if self.checkpoint_step >= 0 else "no checkpoint had been written yet")
+        hint = "lower --lr" + ("" if self.cfg.grad_clip else " or set --grad-clip 1")
+        return DtoolsError(f"training diverged at step {step}: {what}; stopped, {kept}; try a {hint}")
+
+    def _log_window(self, window: _Window) -> dict[str, Any]:
+        """Close a --log-every window: one metrics record, kept in memory and appended to metrics.jsonl."""
+        rec = {"step": self.step, "epoch": self.stream.epoch, "loss": window.loss / window.steps,
+               "lr": self.cfg.lr, "grad_norm": window.grad_norm / window.steps,
+               "img_per_s": round(window.rate(self.cfg.batch_size), 2), "elapsed": round(self.elapsed(), 3)}
+        self.metrics.append(rec)
+        append_metric(self.run_dir / METRICS_FILE, rec)
+        window.reset(rec["img_per_s"])
+        return rec
+
+    def last_loss(self) -> float | None:
+        """The mean loss of the last logged window."""
+        return self.metrics[-1]["loss"] if self.metrics else None
+
+
 def train(
     cfg: TrainConfig, betas: np.ndarray, *, resume: bool = False, force: bool = False,
     log: Callable[[str], None] = _log, progress: bool | None = None,
@@ -383,220 +654,4 @@ def train(
     the last checkpoint on disk is untouched). `progress` forces the rich bar on or off (default:
     on when stderr is a terminal).
     """
-    betas = np.asarray(betas, dtype=np.float64)
-    cfg.validate(betas)
-    run = Path(cfg.out)
-    prepare_run_dir(run, resume, force)
-    state_path = run / STATE_FILE
-    state = None
-    if resume:
-        from dtools.trainstate import load_state
-
-        state = load_state(state_path)  # check the file before spending time on data
-
-    # Device and precision
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    use_compile = default_compile(device) if cfg.compile is None else cfg.compile
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    # Data: decoded once, kept as uint8 (N, C, H, W) on the CPU
-    images = load_images(cfg.data)
-    n, c, h, w = images.shape
-    if (c, h) != (cfg.channels, cfg.image_size):
-        raise DtoolsError(
-            f"{cfg.data}: images are {h}x{w}x{c}, but the run was set up for "
-            f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}"
-        )
-    fp = fingerprint(images)
-    if resume and cfg.data_fingerprint and fp != cfg.data_fingerprint:
-        raise DtoolsError(f"{cfg.data}: these images differ from the ones the run in {run} was trained on")
-    cfg.num_images, cfg.data_fingerprint = n, fp
-
-    schedule_cpu = Schedule.from_betas(betas)  # float64; what the samplers get
-    schedule = schedule_on(schedule_cpu, device)
-    T, param = schedule.T, cfg.parameterization
-
-    # Model, EMA, optimizer (seeded, so a run is reproducible)
-    torch.manual_seed(cfg.seed)
-    model = UNet(UNetConfig.from_dict(cfg.model)).to(device)
-    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    stream = BatchStream(n, cfg.seed)
-    step, elapsed_before, metrics = 0, 0.0, []
-    if state is not None:
-        from dtools.trainstate import restore
-
-        tensors, info = state
-        stream = restore(state_path, tensors, info, model, ema, optimizer, scaler)
-        if stream.n != n:
-            raise DtoolsError(f"{cfg.data}: holds {n} images, but the run was trained on {stream.n}")
-        step, elapsed_before = int(info["step"]), float(info.get("elapsed", 0.0))
-        metrics = read_metrics(run / METRICS_FILE, step)
-        write_metrics(run / METRICS_FILE, metrics)  # drop lines logged after the checkpoint
-        del tensors, state
-    if use_compile:
-        model.compile()
-
-    total = cfg.total_steps()
-    header = {
-        "model": cfg.model, "parameterization": param, "betas": [float(b) for b in betas],
-        "weights": ["ema", "raw"], "ema_decay": cfg.ema_decay, "image_size": cfg.image_size,
-        "channels": cfg.channels, "train": cfg.to_dict(),
-    }
-    atomic_write_bytes(run / CONFIG_FILE, (json.dumps(
-        {**cfg.to_dict(), "resolved": {"device": str(device), "precision": precision, "compile": use_compile,
-                                       "total_steps": total}}, indent=2) + "\n").encode(), force=True)
-    micro = cfg.batch_size // cfg.grad_accum
-    session_start = time.monotonic()
-    checkpoint_step = step if resume else -1
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - session_start
-
-    def draw_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A whole batch's images, timesteps and noise, drawn in one fixed order (so --grad-accum
-        splits exactly the batch that an unsplit step would see)."""
-        idx = stream.next(cfg.batch_size)
-        x0 = augment(images[idx], cfg.flip).to(device, non_blocking=True).float() / 127.5 - 1.0  # (B,C,H,W)
-        t = torch.randint(0, T, (cfg.batch_size,), device=device)  # (B,)
-        eps = torch.randn(x0.shape, device=device)  # (B, C, H, W)
-        return x0, t, eps
-
-    def train_step() -> tuple[float, float]:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        total_loss = torch.zeros((), device=device)
-        x0_all, t_all, eps_all = draw_batch()
-        for x0, t, eps in zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro), strict=True):
-            x_t = q_sample(schedule, x0, t, eps)
-            target = training_target(schedule, param, x0, eps, t)
-            with autocast(device, precision):
-                out = model(x_t, t)
-            per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
-            # the mean over the whole batch, accumulated one micro-batch at a time
-            loss = (loss_weight(schedule, param, t, cfg.min_snr_gamma) * per_sample).sum() / cfg.batch_size
-            scaler.scale(loss).backward()
-            total_loss += loss.detach()
-        loss_value = float(total_loss)
-        if not math.isfinite(loss_value):
-            raise NonFiniteLoss(f"loss is {loss_value}")
-        scaler.unscale_(optimizer)
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-        if not math.isfinite(grad_norm) and precision != "fp16":  # fp16: the scaler skips such steps
-            raise NonFiniteLoss(f"gradient norm is {grad_norm}")
-        scaler.step(optimizer)
-        scaler.update()
-        ema.update(model)
-        return loss_value, grad_norm
-
-    def write_samples() -> None:
-        from dtools.grid import make_grid
-        from dtools.images import save_png, to_uint8
-        from dtools.samplers import generate, image_seed
-
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with autocast(device, precision):
-                return ema.module(x_t, t).float()
-
-        seeds = [image_seed(cfg.seed, i) for i in range(cfg.sample_count)]
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            x = generate(model_fn, schedule_cpu, param, (cfg.channels, cfg.image_size, cfg.image_size), seeds,
-                         sampler=SAMPLE_SAMPLER, steps=SAMPLE_STEPS, device=device)
-        nrow = math.ceil(math.sqrt(cfg.sample_count))
-        grid = make_grid(to_uint8(x), nrow=nrow, scale=max(1, 64 // cfg.image_size))
-        save_png(grid, run / SAMPLES_DIR / f"step_{step:06d}.png", force=True)
-
-    def save_checkpoint() -> None:
-        nonlocal checkpoint_step
-        from dtools.plots import loss_curve
-        from dtools.trainstate import capture, save_state
-
-        for name, module in (("weights", model), ("EMA weights", ema.module)):
-            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
-                raise NonFiniteLoss(f"the {name} are not finite")
-        tensors, info = capture(model, ema, optimizer, stream, scaler)
-        meta = {**header, "step": step, "train": cfg.to_dict()}
-        weights = {**ema.state_dict(), **{f"raw.{k}": v for k, v in model.state_dict().items()}}
-        save_model(run / MODEL_FILE, weights, meta, force=True)
-        write_metrics(run / METRICS_FILE, metrics)
-        if metrics:
-            steps, losses = [r["step"] for r in metrics], [r["loss"] for r in metrics]
-            loss_curve(steps, losses, run / LOSS_PLOT, force=True)
-        # The state goes last: it is what --resume trusts, and it only moves once the rest is on disk.
-        save_state(state_path, tensors, {**meta, **info, "elapsed": elapsed()})
-        checkpoint_step = step
-
-    # Logging accumulators over the current --log-every window
-    win_loss, win_norm, win_steps, win_start = 0.0, 0.0, 0, time.perf_counter()
-    last_loss: float | None = None
-    ips = 0.0
-    stopped = "done"
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    log(f"training {run}: {n} images {cfg.image_size}x{cfg.image_size}x{cfg.channels}, preset {cfg.preset}, "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {device} {precision}"
-        f"{' compiled' if use_compile else ''}, steps {step}->{total}")
-
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[ips]} img/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not show_bar, transient=False,
-    )
-    try:
-        with _StopSignals() as signals, bar:
-            task = bar.add_task("train", total=total, completed=step, loss="-", ips="-")
-            while step < total:
-                try:
-                    loss_value, grad_norm = train_step()
-                except NonFiniteLoss as e:
-                    raise _diverged(str(e), step + 1, checkpoint_step, run, cfg) from None
-                step += 1
-                last_loss = loss_value
-                win_loss, win_norm, win_steps = win_loss + loss_value, win_norm + grad_norm, win_steps + 1
-                if step % cfg.log_every == 0 or step == total:
-                    now = time.perf_counter()
-                    ips = win_steps * cfg.batch_size / max(now - win_start, 1e-9)
-                    rec = {"step": step, "epoch": stream.epoch, "loss": win_loss / win_steps, "lr": cfg.lr,
-                           "grad_norm": win_norm / win_steps, "img_per_s": round(ips, 2),
-                           "elapsed": round(elapsed(), 3)}
-                    metrics.append(rec)
-                    append_metric(run / METRICS_FILE, rec)
-                    win_loss, win_norm, win_steps, win_start = 0.0, 0.0, 0, now
-                    bar.update(task, loss=f"{rec['loss']:.4f}", ips=f"{ips:.0f}")
-                bar.update(task, completed=step)
-                budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
-                out_of_time = time.monotonic() - session_start >= budget
-                if signals.requested:
-                    stopped = "interrupted"
-                elif out_of_time and step < total:
-                    stopped = "max_minutes"
-                end = step == total or stopped != "done"
-                if cfg.sample_every and (step % cfg.sample_every == 0 or end) and stopped != "interrupted":
-                    write_samples()
-                if step % cfg.save_every == 0 or end:
-                    save_checkpoint()
-                    if not show_bar:
-                        if win_steps:  # a checkpoint between two log lines: the rate so far in this window
-                            ips = win_steps * cfg.batch_size / max(time.perf_counter() - win_start, 1e-9)
-                        log(f"step {step}/{total}  loss {metrics[-1]['loss'] if metrics else last_loss:.4g}  "
-                            f"{ips:.0f} img/s  elapsed {_fmt_time(elapsed())}  saved {run / MODEL_FILE}")
-                if end:
-                    break
-    except NonFiniteLoss as e:
-        raise _diverged(str(e), step, checkpoint_step, run, cfg) from None
-    return TrainResult(step, total, stopped, last_loss, elapsed(), run, checkpoint_step, metrics)
-
-
-def _diverged(what: str, step: int, checkpoint_step: int, run: Path, cfg: TrainConfig) -> DtoolsError:
-    kept = (f"the last good checkpoint (step {checkpoint_step}) in {run} is intact" if checkpoint_step >= 0
-            else "no checkpoint had been written yet")
-    hint = "lower --lr" + ("" if cfg.grad_clip else " or set --grad-clip 1")
-    return DtoolsError(f"training diverged at step {step}: {what}; stopped, {kept}; try a {hint}")
+    return Trainer(cfg, betas, resume=resume, force=force, log=log, progress=progress).run()

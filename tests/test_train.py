@@ -265,7 +265,7 @@ def test_changed_data_is_refused_on_resume(data8, tmp_path):
     cfg = training.TrainConfig.from_dict({**config(data8, run).to_dict(), "data": str(other)})
     saved = read_header(run / training.STATE_FILE, "dtools.train-state")["train"]
     cfg.data_fingerprint = saved["data_fingerprint"]
-    with pytest.raises(DtoolsError, match="differ from the ones"):
+    with pytest.raises(DtoolsError, match="not the images the run"):
         fit(cfg, resume=True)
 
 
@@ -336,3 +336,15 @@ def test_ema_update_and_warmup():
     warm.num_updates = 10_000
     assert warm.current_decay() == 0.999
     assert all(not p.requires_grad for p in ema.module.parameters())
+
+
+def test_bf16_autocast_on_cpu_and_checkpoint_before_any_log_line(data8, tmp_path):
+    lines: list[str] = []
+    cfg = config(data8, tmp_path / "run", max_steps=3, save_every=2, log_every=10, precision="bf16")
+    result = training.train(cfg, BETAS, progress=False, log=lines.append)
+    assert result.step == 3 and result.loss is not None
+    assert any(line.startswith("step 2/3  loss -  ") for line in lines)  # saved before the first log window
+    tensors, _ = load_model(tmp_path / "run" / training.MODEL_FILE)
+    assert all(v.dtype == torch.float32 for v in tensors.values())  # weights stay fp32 under autocast
+    with pytest.raises(DtoolsError, match="fp16 needs a GPU"):
+        fit(config(data8, tmp_path / "fp16", max_steps=1, precision="fp16", device="cpu"))

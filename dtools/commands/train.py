@@ -218,8 +218,9 @@ def train(
         )
         raise typer.Exit(130)
     how = "time budget (--max-minutes) used up" if result.stopped == "max_minutes" else "done"
+    loss = "-" if result.loss is None else f"{result.loss:.4g}"
     typer.echo(
-        f"{how}: step {result.step}/{result.total_steps}, loss {result.loss:.4g}, "
+        f"{how}: step {result.step}/{result.total_steps}, loss {loss} (mean of {cfg.log_every} steps), "
         f"{result.elapsed / 60:.1f} min in all; wrote {ckpt}",
         err=True,
     )
