@@ -33,8 +33,11 @@ def available_memory() -> int | None:
         return None
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+def _size(n: float) -> str:
+    for unit, e in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 2**e:
+            return f"{n / 2**e:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def check_fits(n_images: int, shape: tuple[int, ...], source: str) -> None:
@@ -42,8 +45,8 @@ def check_fits(n_images: int, shape: tuple[int, ...], source: str) -> None:
     free = available_memory()
     if free is not None and need > MEMORY_SHARE * free:
         raise DtoolsError(
-            f"{source}: {n_images} images of {'x'.join(map(str, shape))} need {_gib(need)} in memory, "
-            f"but only {_gib(free)} is free; use fewer images or smaller ones (dtools prep --size)"
+            f"{source}: {n_images} images of {'x'.join(map(str, shape))} need {_size(need)} in memory, "
+            f"but only {_size(free)} is free; use fewer images or smaller ones (dtools prep --size)"
         )
 
 

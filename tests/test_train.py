@@ -348,3 +348,11 @@ def test_bf16_autocast_on_cpu_and_checkpoint_before_any_log_line(data8, tmp_path
     assert all(v.dtype == torch.float32 for v in tensors.values())  # weights stay fp32 under autocast
     with pytest.raises(DtoolsError, match="fp16 needs a GPU"):
         fit(config(data8, tmp_path / "fp16", max_steps=1, precision="fp16", device="cpu"))
+
+
+def test_data_that_would_not_fit_in_memory_is_refused(data8, monkeypatch):
+    from dtools import dataset
+
+    monkeypatch.setattr(dataset, "available_memory", lambda: 9000)  # 24 images of 8x8x3 need 4,608 bytes
+    with pytest.raises(DtoolsError, match=r"need 4\.5 KiB in memory, but only 8\.8 KiB is free"):
+        load_images(str(data8))

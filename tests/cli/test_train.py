@@ -147,6 +147,35 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, beta, tmp_path):
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
+def test_ctrl_c_saves_and_exits_130(data, beta, tmp_path):
+    """SIGINT to a real process: it finishes the step, saves, says how to resume, exits 130."""
+    run = tmp_path / "run"
+    args = [data, "--beta", beta, "-o", run, "--max-steps", "100000", "--save-every", "5", *TINY]
+    proc = subprocess.Popen([str(DTOOLS), "train", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state, deadline = run / "train-state.safetensors", time.monotonic() + 240
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = read_header(run / "train-state.safetensors", "dtools.train-state")["step"]
+    assert f"interrupted at step {step}/100000" in err and "dtools train --resume -o" in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_data_from_an_npy_batch(data, beta, tmp_path):
+    import numpy as np
+
+    from dtools.images import read_images
+
+    batch = tmp_path / "batch.npy"
+    np.save(batch, read_images([str(data)]))
+    result = invoke(batch, "--beta", beta, "-o", tmp_path / "r", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["config"]["num_images"] == 20
+
+
 def test_bad_inputs_end_in_one_line_errors(data, beta, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
