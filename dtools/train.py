@@ -224,6 +224,13 @@ def new_config(
 
 def resume_config(saved: dict[str, Any], betas: np.ndarray, options: dict[str, Any]) -> TrainConfig:
     """A resumed run's configuration: the saved one, with the few options that may change (RESUMABLE)."""
+    try:
+        return _resume_config(saved, betas, options)
+    except (TypeError, ValueError, AttributeError) as e:  # a hand-edited or damaged header
+        raise DtoolsError(f"the saved training config is damaged ({e})") from None
+
+
+def _resume_config(saved: dict[str, Any], betas: np.ndarray, options: dict[str, Any]) -> TrainConfig:
     cfg = TrainConfig.from_dict(saved)
     for key, value in options.items():
         if value is None:

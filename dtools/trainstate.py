@@ -73,6 +73,12 @@ def read_state_header(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("step", "train", "model", "parameterization", "betas", "data", "ema_updates"):
         if key not in info:
             raise DtoolsError(f"{path}: training state lacks {key!r}; it cannot be resumed")
+    kinds = {"step": int, "train": dict, "model": dict, "betas": list, "data": dict, "ema_updates": int}
+    for key, kind in kinds.items():
+        if not isinstance(info[key], kind) or isinstance(info[key], bool):
+            raise DtoolsError(f"{path}: damaged training state ({key!r} is not a {kind.__name__})")
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in info["betas"]):
+        raise DtoolsError(f"{path}: damaged training state (betas are not all numbers)")
     return info
 
 

@@ -356,3 +356,23 @@ def test_data_that_would_not_fit_in_memory_is_refused(data8, monkeypatch):
     monkeypatch.setattr(dataset, "available_memory", lambda: 9000)  # 24 images of 8x8x3 need 4,608 bytes
     with pytest.raises(DtoolsError, match=r"need 4\.5 KiB in memory, but only 8\.8 KiB is free"):
         load_images(str(data8))
+
+
+def test_hand_edited_state_header_is_a_one_line_error(data8, tmp_path):
+    from safetensors.torch import save_file
+
+    from dtools.trainstate import read_state_header
+
+    run = tmp_path / "run"
+    fit(config(data8, run, max_steps=1))
+    state = run / training.STATE_FILE
+    info = read_state_header(state)
+    tensors = state_tensors(run)
+    for damage in ({"betas": ["x"]}, {"train": [1]}, {"step": "5"}):
+        save_file(tensors, str(state), metadata={"dtools": json.dumps({**info, **damage})})
+        with pytest.raises(DtoolsError, match="damaged training state"):
+            read_state_header(state)
+    bad_lr = {**info, "train": {**info["train"], "lr": "x"}}
+    save_file(tensors, str(state), metadata={"dtools": json.dumps(bad_lr)})
+    with pytest.raises(DtoolsError, match="saved training config is damaged"):
+        training.resume_config(read_state_header(state)["train"], BETAS, {})
