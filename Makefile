@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-DEMO_MINUTES ?= 6
+DEMO_MINUTES ?= 5
 DEMO_OUT     ?= demo/out
 
 .PHONY: install test lint docs demo bench clean

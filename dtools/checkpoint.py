@@ -60,7 +60,7 @@ def read_header(path: str | os.PathLike, expected_format: str) -> dict[str, Any]
         meta = header.get("__metadata__") or {}
         raw = meta.get(HEADER_KEY)
         if raw is None:
-            raise DtoolsError(f"{p}: a safetensors file, but not a dtools checkpoint (no '{HEADER_KEY}' header)")
+            raise DtoolsError(f"{p}: a safetensors file, but not a dtools checkpoint (no {HEADER_KEY!r} key)")
         info = json.loads(raw)
     except DtoolsError:
         raise
@@ -77,7 +77,9 @@ def read_header(path: str | os.PathLike, expected_format: str) -> dict[str, Any]
     return info
 
 
-def load_tensors(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_tensors(
+    path: str | os.PathLike, expected_format: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load tensors and header; any truncation or corruption becomes a one-line DtoolsError."""
     info = read_header(path, expected_format)
     try:

@@ -134,7 +134,9 @@ def reverse_variance(s: Schedule, kind: str, t: torch.Tensor, like: torch.Tensor
     raise DtoolsError(f"unknown variance {kind!r}; choose one of {VARIANCES}")
 
 
-def loss_weight(s: Schedule, parameterization: str, t: torch.Tensor, min_snr_gamma: float | None) -> torch.Tensor:
+def loss_weight(
+    s: Schedule, parameterization: str, t: torch.Tensor, min_snr_gamma: float | None
+) -> torch.Tensor:
     """Per-sample weight [B] on the MSE against `training_target`.
 
     None gives plain MSE (weight 1, the seed's loss). A number γ gives Min-SNR-γ (Hang et al. 2023):

@@ -22,7 +22,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DtoolsError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
+            raise DtoolsError("--device cuda was asked for, but no CUDA GPU is available; use cpu or auto")
         return torch.device(name)
     if name == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
