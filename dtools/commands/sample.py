@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -280,10 +281,25 @@ class _Sink:
 
         if self.kind == "png":
             typer.echo(f"wrote {self.written} PNGs to {self.output}/", err=True)
+            if self.force:
+                self._remove_stale()
             return
         write_npy(np.concatenate(self.parts), None if self.kind == "stdout" else self.output, self.force)
         if self.kind == "npy":
             typer.echo(f"wrote {self.output}", err=True)
+
+
+    def _remove_stale(self) -> None:
+        """With --force, drop higher-numbered samples of an earlier, larger run from the folder, so that
+        it holds exactly this run's images (a later `dtools fid` must not score stale ones)."""
+        stale = [
+            p for p in Path(self.output).glob("*.png")
+            if re.fullmatch(r"\d{6,}", p.stem) and int(p.stem) >= self.written
+        ]
+        for p in stale:
+            p.unlink()
+        if stale:
+            typer.echo(f"removed {len(stale)} higher-numbered PNGs of an earlier run (--force)", err=True)
 
 
 @contextlib.contextmanager

@@ -147,6 +147,17 @@ def test_png_folder_and_npy_file(ckpt, tmp_path):
     one_line_error(invoke(ckpt, "-n", 2, "--steps", 3, "-o", npy), "already exists")
 
 
+def test_force_into_a_folder_of_a_larger_run_leaves_exactly_this_runs_images(ckpt, tmp_path):
+    out = tmp_path / "pngs"
+    assert invoke(ckpt, "-n", 5, "--steps", 3, "-o", out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "cover.png").write_bytes((out / "000000.png").read_bytes())
+    result = invoke(ckpt, "-n", 2, "--steps", 3, "--seed", 1, "-o", out, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert "removed 3 higher-numbered PNGs" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "cover.png", "notes.txt"]
+
+
 def test_trajectory_layout(ckpt):
     k, n = 3, 2
     result = invoke(ckpt, "-n", n, "--steps", 4, "--sampler", "ddim", "--trajectory", k)
