@@ -280,7 +280,7 @@ class _Sink:
         from dtools.fileio import write_npy
 
         if self.kind == "png":
-            typer.echo(f"wrote {self.written} PNGs to {self.output}/", err=True)
+            typer.echo(f"wrote {self.written} PNGs to {self.output.rstrip('/')}/", err=True)
             if self.force:
                 self._remove_stale()
             return
