@@ -46,8 +46,8 @@ def test_demo_runs_end_to_end_and_its_report_is_complete(tmp_path):
     assert len(list((out / "data").glob("*.png"))) == int(TINY["DEMO_IMAGES"])
 
     # The sampler table: every row has its image count and wall time; the fast rows have FID and KID.
-    rows = [line for line in report.splitlines() if line.startswith("| DDPM ancestral") or "| DDIM" in line
-            or line.startswith("| DPM-Solver++ 2M")]
+    heads = ("| DDPM ancestral |", "| DDIM (η = 0) |", "| DPM-Solver++ 2M |")
+    rows = [line for line in report.splitlines() if line.startswith(heads)]
     assert len(rows) == 4, rows
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]

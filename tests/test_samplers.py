@@ -74,13 +74,7 @@ def oracle(schedule: Schedule, parameterization: str, mu: torch.Tensor, sigma: t
     return model_fn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Elementwise float64 math on 65k values: one thread is ~10x faster than two on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @cache  # tests share runs; callers must not modify the returned tensors

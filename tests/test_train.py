@@ -27,14 +27,7 @@ TINY = {"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1, "attent
         "num_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy shared CPU, two spinning OpenMP threads run these tiny models
-    several times slower (measured: 18 s vs 8 s for a 12-step run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def emoji_folder(folder: pathlib.Path, n: int, size: int) -> pathlib.Path:

@@ -28,13 +28,7 @@ CFG = UNetConfig(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 
                  attention_resolutions=(4,), num_heads=1, dropout=0.0, norm_groups=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A tiny network on a busy 2-core box: one thread avoids OpenMP spin-waiting (10-50x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_checkpoint(path: Path, parameterization="eps", betas=None, cfg=CFG, raw=True, **extra) -> Path:

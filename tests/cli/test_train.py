@@ -26,13 +26,7 @@ TINY = ["--base-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1", "-
         "--heads", "2", "--batch", "8", "--lr", "3e-3", "--sample-every", "0", "--log-every", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: a tiny network on a busy 2-core box runs far faster without OpenMP spinning."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
