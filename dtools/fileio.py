@@ -160,16 +160,40 @@ def stdout_is_terminal() -> bool:
     return sys.stdout is None or sys.stdout.isatty()
 
 
-def write_npy(arr: np.ndarray, path: str | os.PathLike | None, force: bool = False) -> None:
-    """Write ``arr`` as `.npy` to ``path`` atomically, or to stdout for ``-``/None (never a terminal)."""
-    data = npy_bytes(arr)
+def refuse_terminal(path: str | os.PathLike | None, message: str) -> None:
+    """Raise DtoolsError(message) when `path` means stdout and stdout is a terminal.
+
+    Commands call it (or `check_output`) before their slow work, with a hint that fits them.
+    """
+    if is_stdio(path) and stdout_is_terminal():
+        raise DtoolsError(message)
+
+
+def check_output(path: str | os.PathLike | None, force: bool, terminal_message: str) -> None:
+    """Refuse early what writing to `path` would refuse late: a terminal for `-`, else an existing file
+    without --force."""
     if is_stdio(path):
-        if stdout_is_terminal():
-            raise DtoolsError(
-                "refusing to write binary .npy data to a terminal; redirect stdout "
-                "(`> file.npy`, `| dtools grid -o out.png`) or pass -o FILE"
-            )
+        refuse_terminal(path, terminal_message)
+    else:
+        check_writable(path, force)
+
+
+def write_bytes(data: bytes, path: str | os.PathLike | None, force: bool = False) -> None:
+    """`data` to stdout for ``-``/None (refuse a terminal first), else to ``path`` atomically."""
+    if is_stdio(path):
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
         atomic_write_bytes(path, data, force)
+
+
+NPY_TO_TERMINAL = (
+    "refusing to write binary .npy data to a terminal; redirect stdout "
+    "(`> file.npy`, `| dtools grid -o out.png`) or pass -o FILE"
+)
+
+
+def write_npy(arr: np.ndarray, path: str | os.PathLike | None, force: bool = False) -> None:
+    """Write ``arr`` as `.npy` to ``path`` atomically, or to stdout for ``-``/None (never a terminal)."""
+    refuse_terminal(path, NPY_TO_TERMINAL)
+    write_bytes(npy_bytes(arr), path, force)

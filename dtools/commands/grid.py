@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import io
-import sys
 
 import typer
 
-from dtools.errors import DtoolsError
-from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, stdout_is_terminal
+from dtools.fileio import check_output, is_stdio, write_bytes
 
 
 def grid(
@@ -39,18 +37,13 @@ def grid(
     from dtools.images import read_images
 
     # refuse before reading all the images
-    if not is_stdio(output):
-        check_writable(output, force)
-    elif stdout_is_terminal():
-        raise DtoolsError("refusing to write PNG data to a terminal; pass -o FILE or pipe stdout")
+    check_output(output, force, "refusing to write PNG data to a terminal; pass -o FILE or pipe stdout")
     batch = read_images(sources or ["-"], limit=limit)
     labels = [s.strip() for s in row_labels.split(",")] if row_labels else None
     picture = make_grid(batch, nrow=nrow, padding=padding, scale=scale, pad_value=pad_value, labels=labels)
     buf = io.BytesIO()
     Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(buf, format="PNG")
+    write_bytes(buf.getvalue(), output, force)
     if is_stdio(output):
-        sys.stdout.buffer.write(buf.getvalue())
-        sys.stdout.buffer.flush()
         return
-    atomic_write_bytes(output, buf.getvalue(), force)
     typer.echo(f"wrote {output} ({batch.shape[0]} images, {picture.shape[1]}x{picture.shape[0]})", err=True)

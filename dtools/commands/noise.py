@@ -80,7 +80,7 @@ def noise(
       dtools noise data/000042.png -b linear -b sigmoid.npy -b cosine -t x0,100,300,999 -o noised.npy
       dtools noise data/ --limit 4 -b cosine -t 0,250,500,750,999 | dtools grid --nrow 5 -o emoji.png
     """
-    from dtools.fileio import stdout_is_terminal
+    from dtools.fileio import refuse_terminal
 
     # Everything that can be refused without torch is refused first (before the slow import).
     if not sources:
@@ -89,11 +89,11 @@ def noise(
         raise DtoolsError("stdin ('-') can feed only one input: write the others to files first")
     if T < 2:
         raise DtoolsError(f"-T must be at least 2, got {T}")
-    if is_stdio(output) and stdout_is_terminal():
-        raise DtoolsError(
-            "refusing to write binary .npy data to a terminal; pipe it (`| dtools grid --nrow K -o out.png`) "
-            "or pass -o FILE"
-        )
+    refuse_terminal(
+        output,
+        "refusing to write binary .npy data to a terminal; pipe it (`| dtools grid --nrow K -o out.png`) "
+        "or pass -o FILE",
+    )
     if not is_stdio(output) and Path(output).exists() and not force:
         raise DtoolsError(f"{output} already exists; pass --force to overwrite it")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from dtools.errors import DtoolsError
-from dtools.fileio import check_writable, is_stdio, stdout_is_terminal, write_npy
+from dtools.fileio import check_output, is_stdio, write_npy
 from dtools.prep import (
     BUILTIN_SOURCES,
     CROPS,
@@ -78,11 +78,11 @@ def prep(
         check_output_folder(out, force)
         if src not in BUILTIN_SOURCES:
             check_not_nested(Path(src), out)
-    if npy is not None and not is_stdio(npy):
-        check_writable(npy, force)
-    if npy is not None and is_stdio(npy) and stdout_is_terminal():
-        raise DtoolsError(
-            "refusing to write binary .npy data to a terminal; pipe it (| dtools grid) or give --npy FILE"
+    if npy is not None:
+        check_output(
+            npy,
+            force,
+            "refusing to write binary .npy data to a terminal; pipe it (| dtools grid) or give --npy FILE",
         )
     files = source_files(src)
     jobs = jobs or default_jobs()

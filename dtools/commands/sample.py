@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from dtools.errors import DtoolsError
-from dtools.fileio import check_writable, is_stdio, stdout_is_terminal
+from dtools.fileio import check_writable, is_stdio, refuse_terminal
 
 # Kept in step with dtools.samplers.SAMPLERS and dtools.diffusion (tests/cli/test_sample.py checks);
 # listed here so that `dtools --help` does not import torch.
@@ -246,11 +246,11 @@ class _Sink:
         self.output, self.force, self.parts, self.written = output, force, [], 0
         if is_stdio(output):
             self.kind = "stdout"
-            if stdout_is_terminal():
-                raise DtoolsError(
-                    "refusing to write binary .npy images to a terminal; pipe them (`| dtools grid -o "
-                    "out.png`), redirect (`> samples.npy`) or pass -o DIR for PNG files"
-                )
+            refuse_terminal(
+                output,
+                "refusing to write binary .npy images to a terminal; pipe them (`| dtools grid -o "
+                "out.png`), redirect (`> samples.npy`) or pass -o DIR for PNG files",
+            )
         elif output.lower().endswith(".npy"):
             self.kind = "npy"
             check_writable(output, force)

@@ -194,8 +194,7 @@ def test_real_shell_pipe(ckpt, tmp_path):
 
 
 def test_refuses_a_terminal(ckpt, monkeypatch):
-    module = importlib.import_module("dtools.commands.sample")  # the package attribute is the function
-    monkeypatch.setattr(module, "stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(importlib.import_module("dtools.fileio"), "stdout_is_terminal", lambda: True)
     one_line_error(invoke(ckpt, "-n", 1), "refusing to write binary .npy images to a terminal")
 
 
