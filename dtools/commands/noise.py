@@ -26,28 +26,6 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def _read_first(sources: list[str], limit: int | None):
-    """read_images(sources)[:limit], without reading more files than needed (folders file by file)."""
-    from dtools.images import list_image_files, match_channels, read_images, stack_batches
-
-    if limit is None:
-        return read_images(sources)
-    expanded = []
-    for s in sources:
-        p = Path(s)
-        files = list_image_files(p) if not is_stdio(s) and p.is_dir() else []
-        expanded += [str(f) for f in files] if files else [s]  # an empty folder fails in read_images
-    batches, n = [], 0
-    for s in expanded:
-        if n >= limit:
-            break
-        batches.append(read_images([s]))
-        n += batches[-1].shape[0]
-    if len({b.shape[-1] for b in batches}) > 1:
-        batches = [match_channels(b, 3) for b in batches]
-    return stack_batches(batches, expanded[: len(batches)])[:limit]
-
-
 def noise(
     sources: list[str] = typer.Argument(
         None, metavar="SOURCE...", help="Image files, folders, .npy batches [N,H,W,C], or '-' (stdin)."
@@ -104,7 +82,9 @@ def noise(
     ts = parse_timesteps(timesteps)
     names = [_label(b) for b in betas]
     scheds = [load_schedule(b, T=T) for b in betas]
-    images = _read_first(sources, limit)  # (N, H, W, C) uint8
+    from dtools.images import read_images
+
+    images = read_images(sources, limit=limit)  # (N, H, W, C) uint8; stops reading at --limit
     batch = noise_images(images, scheds, ts, seed=seed, names=names)
     write_npy(batch, output, force)
 
