@@ -184,7 +184,7 @@ def train(
         betas = np.asarray(info["betas"], dtype=np.float64)
         if beta is not None and not np.array_equal(load_schedule(beta), betas):
             raise DtoolsError(f"--beta {beta} differs from the schedule the run in {out} was trained with")
-        saved = dict(info["train"])
+        saved = {**info["train"], "out": out}  # the folder named now: a run may have been moved or copied
         if data is not None:
             saved["data"] = data
         cfg = training.resume_config(saved, betas, options)
