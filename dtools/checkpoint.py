@@ -1,103 +1,152 @@
-"""Self-describing safetensors checkpoints: weights as tensors, everything else as JSON in the header.
+"""The model checkpoint, written and read in this one place: a safetensors file (dtools.tensorfile)
+whose JSON header says everything needed to rebuild the network and use it.
 
-A *model checkpoint* (what `dtools sample` reads) holds the sampling weights (the EMA by default)
-under their plain `state_dict` keys, and in the header, under the metadata key ``dtools``, a JSON
-object:
+Header (format "dtools.model"):
 
     {"format": "dtools.model", "format_version": 1, "dtools_version": "0.1.0",
-     "model": {...UNetConfig...}, "parameterization": "eps", "betas": [...float64 as JSON...],
-     "step": 2000, "weights": "ema", "image_size": 32, "channels": 3, ...}
+     "model_type": "unet", "model": {...the network's config...}, "weights": ["ema", "raw"],
+     "parameterization": "eps", "betas": [...float64 as JSON...],        (diffusion models)
+     "step": 2000, "image_size": 32, "channels": 3, "ema_decay": 0.999, "train": {...}, ...}
 
-JSON floats round-trip float64 exactly, so `betas` is the exact schedule. No pickle anywhere.
+Tensors: the first set of weights named in "weights" (the EMA, what sampling uses by default) under
+the network's plain `state_dict` keys, every other set under its name as a prefix ("raw.conv_in.weight").
+
+`model_type` picks the entry of MODEL_TYPES that builds the network from "model"; checkpoints of dtools
+0.1.0 have none and hold a U-Net. A new kind of model (a GAN's generator, a VAE's decoder) plugs in
+with one MODEL_TYPES entry; `dtools sample` dispatches on it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
-from safetensors import SafetensorError as SafetensorsError
-from safetensors.torch import load_file, save_file
+from torch import nn
 
-from dtools import __version__
-from dtools.errors import DtoolsError
-from dtools.fileio import atomic_save
+from dtools.diffusion import PARAMETERIZATIONS, Schedule
+from dtools.errors import DtoolsError, mismatch_detail
+from dtools.tensorfile import load_tensors, save_tensors
 
-HEADER_KEY = "dtools"
 MODEL_FORMAT = "dtools.model"
-STATE_FORMAT = "dtools.train-state"
-FORMAT_VERSION = 1
+WEIGHTS = ("ema", "raw")  # the sets of weights `dtools train` writes, the sampling default first
 
 
-def save_tensors(
-    path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any], force: bool = False
-) -> None:
-    """Write tensors + JSON header atomically (temp file, fsync, rename)."""
-    header = {"format_version": FORMAT_VERSION, "dtools_version": __version__, **meta}
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_save(path, lambda tmp: save_file(flat, tmp, metadata={HEADER_KEY: json.dumps(header)}), force)
+@dataclass(frozen=True)
+class ModelType:
+    """A kind of network a model checkpoint can hold."""
+
+    build: Callable[[dict[str, Any]], nn.Module]  # the header's "model" config -> a fresh network
+    diffusion: bool = True  # a denoiser: its header carries "parameterization" and "betas"
 
 
-def read_header(path: str | os.PathLike, expected_format: str) -> dict[str, Any]:
-    """Read and check only the JSON header (cheap: no tensor data is loaded)."""
-    p = Path(path)
-    if not p.exists():
-        raise DtoolsError(f"{p}: no such file")
-    if p.is_dir():
-        raise DtoolsError(f"{p}: is a directory, expected a .safetensors checkpoint")
-    try:
-        with open(p, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError("file too short")
-            n = int.from_bytes(head, "little")
-            if n <= 0 or n > 100_000_000 or n > p.stat().st_size - 8:
-                raise ValueError("bad header length")
-            header = json.loads(f.read(n))
-        meta = header.get("__metadata__") or {}
-        raw = meta.get(HEADER_KEY)
-        if raw is None:
-            raise DtoolsError(f"{p}: a safetensors file, but not a dtools checkpoint (no {HEADER_KEY!r} key)")
-        info = json.loads(raw)
-    except DtoolsError:
-        raise
-    except (ValueError, UnicodeDecodeError, AttributeError) as e:
-        raise DtoolsError(f"{p}: not a safetensors checkpoint ({e})") from None
-    fmt = info.get("format")
-    if fmt != expected_format:
-        raise DtoolsError(f"{p}: is a {fmt!r} file, expected a {expected_format!r} checkpoint")
-    if info.get("format_version", 0) > FORMAT_VERSION:
-        raise DtoolsError(
-            f"{p}: written by dtools {info.get('dtools_version')} in format v{info['format_version']}; "
-            f"this dtools reads up to v{FORMAT_VERSION}, please upgrade"
-        )
-    return info
+def _build_unet(config: dict[str, Any]) -> nn.Module:
+    from dtools.unet import UNet, UNetConfig
+
+    return UNet(UNetConfig.from_dict(config))
 
 
-def load_tensors(
-    path: str | os.PathLike, expected_format: str
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load tensors and header; any truncation or corruption becomes a one-line DtoolsError."""
-    info = read_header(path, expected_format)
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as e:
-        raise DtoolsError(f"{path}: damaged checkpoint ({str(e).splitlines()[0]})") from None
-    return tensors, info
+MODEL_TYPES: dict[str, ModelType] = {"unet": ModelType(_build_unet)}
+LEGACY_MODEL_TYPE = "unet"  # what a header without "model_type" (dtools 0.1.0) holds
+
+
+class LoadedModel(NamedTuple):
+    """A checkpoint's network, ready to run (eval mode), and what using it needs."""
+
+    network: nn.Module
+    schedule: Schedule | None  # float64, on the CPU; None for a model that is not a denoiser
+    parameterization: str | None
+    info: dict[str, Any]  # the whole header
 
 
 def save_model(
-    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict[str, Any], force: bool = False
+    path: str | os.PathLike,
+    weights: dict[str, dict[str, torch.Tensor]],
+    *,
+    config: dict[str, Any],
+    model_type: str = "unet",
+    meta: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> None:
-    save_tensors(path, state_dict, {"format": MODEL_FORMAT, **meta}, force)
+    """Write a model checkpoint atomically.
+
+    `weights` maps a name to a state dict, the sampling default first ({"ema": ..., "raw": ...});
+    `config` rebuilds the network through MODEL_TYPES[model_type]; `meta` adds header fields
+    (for a denoiser at least "parameterization" and "betas").
+    """
+    assert model_type in MODEL_TYPES, model_type
+    names = list(weights)
+    tensors = dict(weights[names[0]])
+    for name in names[1:]:
+        tensors.update({f"{name}.{k}": v for k, v in weights[name].items()})
+    header = {"format": MODEL_FORMAT, **(meta or {}), "model_type": model_type, "model": config,
+              "weights": names}
+    save_tensors(path, tensors, header, force)
 
 
-def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_model(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """A checkpoint's sets of weights by name ({"ema": state dict, "raw": ...}) and its checked header."""
     tensors, info = load_tensors(path, MODEL_FORMAT)
-    for key in ("model", "parameterization", "betas"):
+    info.setdefault("model_type", LEGACY_MODEL_TYPE)
+    kind = MODEL_TYPES.get(info["model_type"])
+    if kind is None:
+        raise DtoolsError(f"{path}: holds a {info['model_type']!r} model, which this dtools cannot use "
+                          f"(it knows {', '.join(MODEL_TYPES)})")
+    for key in ("model", "parameterization", "betas") if kind.diffusion else ("model",):
         if key not in info:
             raise DtoolsError(f"{path}: checkpoint header lacks {key!r}")
-    return tensors, info
+    names = info.get("weights")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        names = list(WEIGHTS)
+    others = names[1:]
+    weights: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
+    for key, value in tensors.items():
+        prefix = next((n for n in others if key.startswith(f"{n}.")), None)
+        if prefix is None:
+            weights[names[0]][key] = value
+        else:
+            weights[prefix][key[len(prefix) + 1:]] = value
+    return {name: sd for name, sd in weights.items() if sd}, info
+
+
+def load_model(
+    path: str | os.PathLike, weights: str = "ema", device: torch.device | str = "cpu"
+) -> LoadedModel:
+    """The network of a checkpoint with the chosen weights, checked, on `device`, in eval mode; and,
+    for a denoiser, its schedule and parameterization. Every problem is a one-line DtoolsError."""
+    if weights not in WEIGHTS:
+        raise DtoolsError(f"unknown --weights {weights!r}; choose ema or raw")
+    sets, info = read_model(path)
+    if weights not in sets:
+        hint = "non-EMA" if weights == "raw" else "EMA"
+        other = next(iter(sets), "ema")
+        raise DtoolsError(f"{path}: holds no {weights} ({hint}) weights; use --weights {other}")
+    kind = MODEL_TYPES[info["model_type"]]
+    network = kind.build(info["model"])
+    try:
+        network.load_state_dict(sets[weights], strict=True)
+    except RuntimeError as e:
+        detail = mismatch_detail(e)
+        raise DtoolsError(f"{path}: the {weights} weights do not fit its model config ({detail})") from None
+    if not all(torch.isfinite(p).all() for p in network.parameters()):
+        raise DtoolsError(f"{path}: the {weights} weights contain NaN or inf (a diverged run?)")
+    network = network.to(device).eval()
+    if not kind.diffusion:
+        return LoadedModel(network, None, None, info)
+    return LoadedModel(network, _schedule(path, info), info["parameterization"], info)
+
+
+def _schedule(path: str | os.PathLike, info: dict[str, Any]) -> Schedule:
+    if info["parameterization"] not in PARAMETERIZATIONS:
+        raise DtoolsError(f"{path}: unknown parameterization {info['parameterization']!r}")
+    betas = info["betas"]
+    if not isinstance(betas, list) or not all(isinstance(b, int | float) for b in betas):
+        raise DtoolsError(f"{path}: 'betas' in the header is not a list of numbers")
+    try:
+        return Schedule.from_betas(np.asarray(betas, dtype=np.float64))
+    except DtoolsError as e:
+        raise DtoolsError(f"{path}: bad schedule in the header ({e})") from None
+

@@ -12,6 +12,7 @@ This is the edge where user-facing errors become one line on stderr:
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ import typer
 from typer.core import TyperGroup
 
 from dtools import __version__
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, OptionError
 
 
 def _error(message: str, code: int = 1) -> None:
@@ -94,12 +95,26 @@ def _root(
     pass
 
 
+def _usage_errors(fn):
+    """Inside the command's own context, a bad option value found by core validation (OptionError)
+    becomes Click's usage error: exit 2 with the command's usage line, as for values Click refuses."""
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OptionError as e:
+            raise typer.BadParameter(e.message, param_hint=e.option) from None
+
+    return command
+
+
 def _register() -> None:
     # Imported here so that `dtools.cli` is the only module that knows every command.
     from dtools.commands import COMMANDS
 
     for name, fn in COMMANDS.items():
-        app.command(name)(fn)
+        app.command(name)(_usage_errors(fn))
 
 
 _register()

@@ -11,6 +11,7 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,57 @@ import torch
 from dtools.errors import DtoolsError
 from dtools.schedules import validate_betas
 
-PARAMETERIZATIONS = ("eps", "x0", "v")
-VARIANCES = ("beta", "posterior")  # Σ = β_t I or β̃_t I
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Parameterization:
+    """What the network predicts, as three maps at the noise level α = sqrt(ᾱ_t), σ = sqrt(1-ᾱ_t):
+
+    - `target(α, σ, x0, ε)`: the regression target;
+    - `split(α, σ, out, x_t)`: the output as (x0_hat, eps_hat);
+    - `min_snr(min(SNR, γ), SNR)`: the weight on its MSE that makes the x0-space weight min(SNR, γ).
+    """
+
+    target: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    split: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    min_snr: Callable[[Tensor, Tensor], Tensor]
+
+
+def _split_eps(a: Tensor, s: Tensor, out: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    # With ᾱ_t = 0 (zero terminal SNR) an ε-prediction says nothing about x0; x0 is then taken as 0.
+    return torch.where(a > 0, (x - s * out) / a.clamp_min(1e-300), torch.zeros_like(x)), out
+
+
+PARAMETERIZATION: dict[str, Parameterization] = {
+    "eps": Parameterization(
+        target=lambda a, s, x0, eps: eps, split=_split_eps, min_snr=lambda clipped, snr: clipped / snr,
+    ),
+    "x0": Parameterization(
+        target=lambda a, s, x0, eps: x0,
+        split=lambda a, s, out, x: (out, (x - a * out) / s.clamp_min(1e-300)),
+        min_snr=lambda clipped, snr: clipped,
+    ),
+    "v": Parameterization(  # Salimans & Ho 2022
+        target=lambda a, s, x0, eps: a * eps - s * x0,
+        split=lambda a, s, out, x: (a * x - s * out, s * x + a * out),
+        min_snr=lambda clipped, snr: clipped / (snr + 1.0),
+    ),
+}
+PARAMETERIZATIONS = tuple(PARAMETERIZATION)
+
+
+def lookup_parameterization(name: str) -> Parameterization:
+    """The registry entry of `name`, or the one error every caller gives for an unknown one."""
+    try:
+        return PARAMETERIZATION[name]
+    except (KeyError, TypeError):
+        raise DtoolsError(f"unknown parameterization {name!r}; choose one of {PARAMETERIZATIONS}") from None
+
+
+# The fixed reverse-process variance Σ_t: β_t ("beta", the upper bound) or β̃_t ("posterior").
+VARIANCE_FIELDS = {"beta": "betas", "posterior": "posterior_variance"}
+VARIANCES = tuple(VARIANCE_FIELDS)
 
 
 def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
@@ -82,15 +132,10 @@ def q_sample(s: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) 
 def training_target(
     s: Schedule, parameterization: str, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
-    """What the network regresses: ε, x0, or v = sqrt(ᾱ_t) ε - sqrt(1-ᾱ_t) x0."""
-    if parameterization == "eps":
-        return eps
-    if parameterization == "x0":
-        return x0
-    if parameterization == "v":
-        ab = s.alphas_cumprod
-        return extract(ab.sqrt(), t, x0) * eps - extract((1.0 - ab).sqrt(), t, x0) * x0
-    raise DtoolsError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+    """What the network regresses: ε, x0, or v = sqrt(ᾱ_t) ε - sqrt(1-ᾱ_t) x0 (in x0's dtype)."""
+    p = lookup_parameterization(parameterization)
+    ab = s.alphas_cumprod
+    return p.target(extract(ab.sqrt(), t, x0), extract((1.0 - ab).sqrt(), t, x0), x0, eps)
 
 
 def split_prediction(
@@ -100,21 +145,10 @@ def split_prediction(
 
     With ᾱ_t = 0 (zero terminal SNR) an ε-prediction says nothing about x0; x0 is then taken as 0.
     """
+    p = lookup_parameterization(parameterization)
     out, x = model_out.double(), x_t.double()
     ab = extract(s.alphas_cumprod, t, x)
-    sa, s1 = ab.sqrt(), (1.0 - ab).sqrt()
-    if parameterization == "eps":
-        eps = out
-        x0 = torch.where(sa > 0, (x - s1 * eps) / sa.clamp_min(1e-300), torch.zeros_like(x))
-    elif parameterization == "x0":
-        x0 = out
-        eps = (x - sa * x0) / s1.clamp_min(1e-300)
-    elif parameterization == "v":
-        x0 = sa * x - s1 * out
-        eps = s1 * x + sa * out
-    else:
-        raise DtoolsError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
-    return x0, eps
+    return p.split(ab.sqrt(), (1.0 - ab).sqrt(), out, x)
 
 
 def q_posterior(
@@ -127,11 +161,9 @@ def q_posterior(
 
 def reverse_variance(s: Schedule, kind: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The fixed reverse-process variance Σ_t: β_t ("beta", the upper bound) or β̃_t ("posterior")."""
-    if kind == "beta":
-        return extract(s.betas, t, like)
-    if kind == "posterior":
-        return extract(s.posterior_variance, t, like)
-    raise DtoolsError(f"unknown variance {kind!r}; choose one of {VARIANCES}")
+    if kind not in VARIANCE_FIELDS:
+        raise DtoolsError(f"unknown variance {kind!r}; choose one of {VARIANCES}")
+    return extract(getattr(s, VARIANCE_FIELDS[kind]), t, like)
 
 
 def loss_weight(
@@ -142,24 +174,32 @@ def loss_weight(
     None gives plain MSE (weight 1, the seed's loss). A number γ gives Min-SNR-γ (Hang et al. 2023):
     the effective x0-space weight min(SNR, γ), expressed for each parameterization.
     """
+    p = lookup_parameterization(parameterization)
     if min_snr_gamma is None:
         return torch.ones(t.shape, dtype=torch.float32, device=t.device)
     if min_snr_gamma <= 0:
         raise DtoolsError(f"--min-snr-gamma must be positive, got {min_snr_gamma}")
     snr = s.snr().to(t.device)[t]
-    clipped = torch.clamp(snr, max=min_snr_gamma)
-    if parameterization == "eps":
-        w = clipped / snr
-    elif parameterization == "x0":
-        w = clipped
-    elif parameterization == "v":
-        w = clipped / (snr + 1.0)
-    else:
-        raise DtoolsError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
-    return w.float()
+    return p.min_snr(torch.clamp(snr, max=min_snr_gamma), snr).float()
 
 
-SPACINGS = ("linspace", "leading", "trailing")
+def _linspace(T: int, steps: int) -> np.ndarray:
+    return np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
+
+
+def _leading(T: int, steps: int) -> np.ndarray:
+    return np.arange(steps, dtype=np.int64) * (T // steps)
+
+
+def _trailing(T: int, steps: int) -> np.ndarray:
+    # T - k·T/steps for k < steps; np.arange(T, 0, -T/steps) would sometimes add a spurious ~0 value
+    return np.round(T - np.arange(steps) * (T / steps)).astype(np.int64)[::-1] - 1
+
+
+SPACING: dict[str, Callable[[int, int], np.ndarray]] = {
+    "linspace": _linspace, "leading": _leading, "trailing": _trailing,
+}
+SPACINGS = tuple(SPACING)
 
 
 def spaced_timesteps(T: int, steps: int, spacing: str = "trailing") -> np.ndarray:
@@ -171,16 +211,9 @@ def spaced_timesteps(T: int, steps: int, spacing: str = "trailing") -> np.ndarra
     """
     if not 1 <= steps <= T:
         raise DtoolsError(f"--steps must lie in [1, {T}], got {steps}")
-    if spacing == "linspace":
-        ts = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
-    elif spacing == "leading":
-        ts = np.arange(steps, dtype=np.int64) * (T // steps)
-    elif spacing == "trailing":
-        # T - k·T/steps for k < steps; np.arange(T, 0, -T/steps) would sometimes add a spurious ~0 value
-        ts = np.round(T - np.arange(steps) * (T / steps)).astype(np.int64)[::-1] - 1
-    else:
+    if spacing not in SPACING:
         raise DtoolsError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
-    ts = np.unique(ts)
+    ts = np.unique(SPACING[spacing](T, steps))
     assert ts.shape[0] == steps and ts[0] >= 0 and ts[-1] <= T - 1, (T, steps, spacing, ts)
     return ts
 

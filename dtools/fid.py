@@ -63,10 +63,10 @@ from torch_fidelity.metric_prc import (
     prc_features_to_metric,
 )
 
-from dtools.checkpoint import load_tensors, read_header, save_tensors
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, first_line, mismatch_detail
 from dtools.fileio import is_stdio, read_npy
 from dtools.images import list_image_files, load_image, validate_batch
+from dtools.tensorfile import load_tensors, read_header, save_tensors
 
 FEATURE_DIM = 2048  # Inception pool3 features used by FID, KID and precision/recall
 NUM_LOGITS = 1008  # the TF Inception's classifier head (1000 ImageNet classes + 8 unused)
@@ -141,9 +141,7 @@ class InceptionV3(FeatureExtractorInceptionV3):
         try:
             self.load_state_dict(state_dict)  # strict: a missing, extra or misshapen tensor is an error
         except RuntimeError as e:
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            detail = (lines[1] if len(lines) > 1 else lines[0])[:160]  # line 0 is a generic heading
-            msg = f"these are not Inception v3 weights in torch-fidelity's layout ({detail})"
+            msg = f"these are not Inception v3 weights in torch-fidelity's layout ({mismatch_detail(e)})"
             raise DtoolsError(msg) from None
         self.requires_grad_(False)
         self.eval()
@@ -151,11 +149,6 @@ class InceptionV3(FeatureExtractorInceptionV3):
     @property
     def has_logits(self) -> bool:
         return self.fc is not None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,7 +375,7 @@ def read_weights_file(path: str | os.PathLike) -> Weights:
     try:
         state = load_file(str(p), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise DtoolsError(f"{p}: not a readable .safetensors weights file ({_first_line(e)})") from None
+        raise DtoolsError(f"{p}: not a readable .safetensors weights file ({first_line(e)})") from None
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise DtoolsError(f"{p}: tensor {bad!r} holds NaN or infinite values")

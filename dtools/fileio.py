@@ -1,4 +1,5 @@
-"""Plain-file plumbing shared by every command: atomic writes, `.npy` on pipes, stdin/stdout.
+"""Plain-file plumbing shared by every command: atomic writes, `.npy` on pipes, stdin/stdout, and
+schedules read from a name or a `.npy` file.
 
 Contracts (docs/formats.md):
 - `-` or an omitted path means stdin/stdout.
@@ -27,6 +28,7 @@ from typing import BinaryIO
 import numpy as np
 
 from dtools.errors import DtoolsError
+from dtools.schedules import SCHEDULES, adjust, make_schedule, validate_betas
 
 STDIO = "-"
 
@@ -71,38 +73,18 @@ def _final_mode(p: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, force: bool = False) -> Iterator[BinaryIO]:
-    """Open ``path`` for binary writing through a temp file that is renamed into place on success."""
-    p = check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        os.fchmod(fd, _final_mode(p))
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
+    """The one atomic-write core: a temp file name beside ``path`` that replaces it when the block ends
+    without an exception (after fsync, with the final file's mode); on any exception it is removed.
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
-    with atomic_open(path, force) as f:
-        f.write(data)
-
-
-def atomic_save(path: str | os.PathLike, writer: Callable[[str], None], force: bool = False) -> None:
-    """Atomic write for libraries that insist on a file name (PIL, matplotlib, safetensors).
-
-    ``writer(tmp_name)`` writes the file; it keeps the target's suffix so format sniffing works.
+    The temp name keeps the target's suffix, so libraries that sniff the format (PIL, matplotlib,
+    safetensors) write the right one.
     """
     p = check_writable(path, force)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}", dir=p.parent)
     os.close(fd)
     try:
-        writer(tmp)
+        yield tmp
         os.chmod(tmp, _final_mode(p))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -111,6 +93,25 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[str], None], force: b
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, force: bool = False) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary writing through a temp file that is renamed into place on success."""
+    with atomic_path(path, force) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
+    with atomic_open(path, force) as f:
+        f.write(data)
+
+
+def atomic_save(path: str | os.PathLike, writer: Callable[[str], None], force: bool = False) -> None:
+    """Atomic write for libraries that insist on a file name (PIL, matplotlib, safetensors):
+    ``writer(tmp_name)`` writes the file."""
+    with atomic_path(path, force) as tmp:
+        writer(tmp)
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -197,3 +198,19 @@ def write_npy(arr: np.ndarray, path: str | os.PathLike | None, force: bool = Fal
     """Write ``arr`` as `.npy` to ``path`` atomically, or to stdout for ``-``/None (never a terminal)."""
     refuse_terminal(path, NPY_TO_TERMINAL)
     write_bytes(npy_bytes(arr), path, force)
+
+
+def load_schedule(spec: str, **kwargs) -> np.ndarray:
+    """A schedule (betas, float64 [T]) by registry name, or from a `.npy` file or ``-``, validated.
+
+    `kwargs` shape named schedules (dtools.schedules.make_schedule); `max_beta` and
+    `zero_terminal_snr` apply to files too.
+    """
+    if spec in SCHEDULES:
+        return make_schedule(spec, **kwargs)
+    if is_stdio(spec) or spec.endswith(".npy") or Path(spec).exists():
+        name = "stdin" if is_stdio(spec) else spec
+        betas = validate_betas(read_npy(spec), name)
+        zero_snr = kwargs.get("zero_terminal_snr", False)
+        return adjust(betas, max_beta=kwargs.get("max_beta"), zero_terminal_snr=zero_snr, name=name)
+    raise DtoolsError(f"{spec!r} is neither a schedule name ({', '.join(SCHEDULES)}) nor a .npy file")

@@ -6,7 +6,9 @@ folder of images (searched recursively, sorted by path so the order is stable).
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dtools.errors import DtoolsError
-from dtools.fileio import atomic_save, is_stdio, read_npy
+from dtools.fileio import atomic_write_bytes, is_stdio, read_npy
 
 # Extensions Pillow can open; anything else in a folder is ignored (not an error).
 IMAGE_EXTS = frozenset(
@@ -154,21 +156,45 @@ def stack_batches(batches: list[np.ndarray], names: list[str]) -> np.ndarray:
     return np.concatenate(batches) if len(batches) > 1 else batches[0]
 
 
+# The one naming rule of numbered image folders (prep's output, sample -o DIR): 000000.png, 000001.png,
+# ... zero-padded to at least six digits, so that `ls` order is image order.
+NUMBERED_PNG = re.compile(r"^\d{6,}\.png$")
+
+
+def numbered_png(i: int, count: int) -> str:
+    """The name of image i in a folder of `count` numbered images."""
+    return f"{i:0{max(6, len(str(count - 1)))}d}.png"
+
+
+def numbered_index(path: str | os.PathLike) -> int | None:
+    """The image number in a numbered PNG's name, or None for any other file name."""
+    name = Path(path).name
+    return int(name[:-4]) if NUMBERED_PNG.match(name) else None
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    """One uint8 [H, W, C] image encoded as PNG (grey for C = 1)."""
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_png(arr: np.ndarray, path: str | os.PathLike, force: bool = False) -> None:
     """One uint8 [H, W, C] image as a PNG, atomically."""
-    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    atomic_save(path, lambda tmp: img.save(tmp, format="PNG"), force)
+    atomic_write_bytes(path, png_bytes(arr), force)
 
 
 def write_png_folder(
-    batch: np.ndarray, folder: str | os.PathLike, force: bool = False, start: int = 0
+    batch: np.ndarray, folder: str | os.PathLike, force: bool = False, start: int = 0,
+    count: int | None = None,
 ) -> list[Path]:
-    """Write a batch as `folder/000000.png, 000001.png, ...` (zero-padded, so names sort in order)."""
+    """Write a batch as images start, start+1, ... of a numbered folder of `count` images
+    (default: just these), named by `numbered_png`."""
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise DtoolsError(f"{out} exists and is not a folder")
-    width = max(6, len(str(start + batch.shape[0] - 1)))
-    paths = [out / f"{start + i:0{width}d}.png" for i in range(batch.shape[0])]
+    count = start + batch.shape[0] if count is None else count
+    paths = [out / numbered_png(start + i, count) for i in range(batch.shape[0])]
     if not force:
         clash = next((p for p in paths if p.exists()), None)
         if clash is not None:
@@ -180,11 +206,14 @@ def write_png_folder(
 
 
 def to_uint8(x) -> np.ndarray:
-    """A float tensor (B, C, H, W) in [-1, 1] as uint8 [B, H, W, C] (round to nearest, clipped)."""
+    """A float tensor (B, C, H, W) in [-1, 1] as uint8 [B, H, W, C]: clipped, then rounded to the
+    nearest level, in float64 for a float64 tensor and in float32 otherwise."""
     import torch
 
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    x = x.detach()
+    x = x if x.dtype == torch.float64 else x.float()
+    q = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return q.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def from_uint8(arr: np.ndarray):

@@ -1,6 +1,6 @@
 """The forward process q(x_t | x_0) made visible: noise images under several schedules and timesteps.
 
-Pure math on arrays and tensors; `dtools.commands.noise` does the I/O. No typer, no PIL.
+Math on arrays and tensors; `dtools.commands.noise` does the I/O.
 
 Timesteps follow the project's 0-based convention (dtools.diffusion): index t = 0..T-1 draws
 
@@ -23,6 +23,7 @@ import torch
 
 from dtools.diffusion import Schedule, q_sample
 from dtools.errors import DtoolsError
+from dtools.images import to_uint8
 
 CLEAN = "x0"  # timestep token: the un-noised image x_0
 Timestep = int | None  # None = CLEAN
@@ -92,12 +93,6 @@ def forward_noise(
     return torch.stack(rows, dim=1)  # (N, S, K, C, H, W)
 
 
-def quantize(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> uint8 [B, H, W, C]: clip, then round to the nearest level (in x's dtype)."""
-    q = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return q.permute(0, 2, 3, 1).numpy()
-
-
 def noise_images(
     images: np.ndarray,
     betas: Sequence[np.ndarray],
@@ -108,7 +103,7 @@ def noise_images(
     """uint8 [N, H, W, C] -> uint8 [N·S·K, H, W, C], ordered image-major, then schedule, then timestep.
 
     The math runs in float64 on data scaled to [-1, 1] (images.from_uint8's scaling); x_t is clipped to
-    [-1, 1] and rounded to the nearest grey level only at the end (as images.to_uint8 does). Lay the
+    [-1, 1] and rounded to the nearest grey level (in float64) only at the end. Lay the
     result out with `dtools grid --nrow K` (K = len(timesteps)): one row per (image, schedule), one
     column per timestep.
     """
@@ -127,5 +122,5 @@ def noise_images(
         x0 = torch.tensor(img).permute(2, 0, 1)[None].double() / 127.5 - 1.0  # (1, C, H, W)
         eps = image_eps(tuple(x0.shape[1:]), seed, i)[None]  # (1, C, H, W)
         x = forward_noise(x0, schedules, timesteps, eps)  # (1, S, K, C, H, W)
-        out.append(quantize(x.reshape(-1, *x.shape[3:])))  # (S·K, H, W, C)
+        out.append(to_uint8(x.reshape(-1, *x.shape[3:])))  # (S·K, H, W, C)
     return np.concatenate(out)

@@ -7,10 +7,8 @@ output PNG folder so that it appears all at once or not at all. No typer here.
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -27,9 +25,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, OptionError, first_line
 from dtools.fileio import default_mode
-from dtools.images import list_image_files, to_array
+from dtools.images import NUMBERED_PNG, list_image_files, numbered_png, png_bytes, to_array
 
 TWEMOJI = "twemoji"
 LANCZOS = Image.Resampling.LANCZOS
@@ -125,11 +123,11 @@ class PrepConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.size <= 8192:
-            raise DtoolsError(f"--size must lie in [1, 8192], got {self.size}")
+            raise OptionError("--size", f"must lie in [1, 8192], got {self.size}")
         if self.crop not in CROPS:
-            raise DtoolsError(f"unknown --crop {self.crop!r}; choose one of: {', '.join(CROPS)}")
+            raise OptionError("--crop", f"choose one of: {', '.join(CROPS)}")
         if self.channels not in (1, 3):
-            raise DtoolsError(f"--channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+            raise OptionError("--channels", "must be 1 (grey) or 3 (RGB)")
 
 
 def prepare_image(img: Image.Image, cfg: PrepConfig) -> np.ndarray:
@@ -154,15 +152,8 @@ def prepare_file(path: str | os.PathLike, cfg: PrepConfig) -> np.ndarray:
     except DtoolsError:
         raise
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        msg = f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
         raise DtoolsError(f"{path}: cannot read image ({msg})") from None
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    """One uint8 [H, W, C] image encoded as PNG."""
-    buf = io.BytesIO()
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class Prepared(NamedTuple):
@@ -236,15 +227,6 @@ def iter_prepared(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-# What a `prep` output folder may hold; anything else in it means it is not ours to replace.
-_OUTPUT_NAME = re.compile(r"^\d{6,}\.png$")
-
-
-def png_name(i: int, width: int = 6) -> str:
-    """Output names 000000.png, 000001.png, ...: zero-padded, so `ls` order is image order."""
-    return f"{i:0{width}d}.png"
-
-
 class StagedFolder:
     """Write a PNG folder beside OUT, then swap it in: OUT is either the old one or the whole new one.
 
@@ -297,7 +279,7 @@ def check_output_folder(out: Path, force: bool) -> None:
         return
     if not force:
         raise DtoolsError(f"{out} already exists and is not empty; pass --force to replace it")
-    foreign = [e for e in entries if not (e.is_file() and _OUTPUT_NAME.match(e.name))]
+    foreign = [e for e in entries if not (e.is_file() and NUMBERED_PNG.match(e.name))]  # not ours
     if foreign:
         raise DtoolsError(
             f"{out} holds files dtools prep did not write (e.g. {foreign[0].name}); "
@@ -350,7 +332,6 @@ def run_prep(
     if n_wanted < SERIAL_BELOW:
         jobs = 1  # starting worker processes costs more than it saves
     chunk_size = int(np.clip(n_wanted // (8 * jobs), 1, 64))  # ~8 chunks per worker: even load, live progress
-    width = max(6, len(str(len(files) - 1)))
     skipped: list[tuple[Path, str]] = []
     kept: list[np.ndarray] = []
     written = 0
@@ -368,7 +349,7 @@ def run_prep(
                 continue
             if folder is not None:
                 # inside a StagedFolder: the folder's rename is the atomic step, not each file's
-                folder.path(png_name(written, width)).write_bytes(png)
+                folder.path(numbered_png(written, len(files))).write_bytes(png)
             if keep_batch:
                 kept.append(img)
             written += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
@@ -53,3 +54,31 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_compile(device: torch.device) -> bool:
+    """torch.compile pays off on a GPU; on a 2-core CPU its minute of compiling does not (docs/train.md)."""
+    return device.type == "cuda"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a network runs: the resolved --device, --precision and --compile."""
+
+    device: torch.device
+    precision: str
+    compile: bool
+
+    def autocast(self):
+        return autocast(self.device, self.precision)
+
+    def describe(self) -> str:
+        """e.g. 'cpu fp32' or 'cuda bf16 compiled', for log lines."""
+        return f"{self.device.type} {self.precision}{' compiled' if self.compile else ''}"
+
+
+def resolve(device: str = "auto", precision: str = "auto", compile: bool | None = None) -> Runtime:
+    """The one place where `auto` and an unset --compile become concrete choices."""
+    dev = resolve_device(device)
+    compiled = default_compile(dev) if compile is None else compile
+    return Runtime(dev, resolve_precision(precision, dev), compiled)

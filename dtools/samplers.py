@@ -38,11 +38,11 @@ import numpy as np
 import torch
 
 from dtools.diffusion import (
-    PARAMETERIZATIONS,
     SPACINGS,
     VARIANCES,
     Schedule,
     alphas_cumprod,
+    lookup_parameterization,
     q_posterior,
     respace,
     reverse_variance,
@@ -249,8 +249,7 @@ def check_options(sampler: str, parameterization: str, spacing: str, eta: float,
     """Raise a one-line DtoolsError for a bad sampler name or option value."""
     if sampler not in SAMPLERS:
         raise DtoolsError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if parameterization not in PARAMETERIZATIONS:
-        raise DtoolsError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+    lookup_parameterization(parameterization)
     if spacing not in SPACINGS:
         raise DtoolsError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if variance not in VARIANCES:
@@ -312,7 +311,6 @@ def generate(
         raise DtoolsError("no images to generate (an empty list of seeds)")
     if len(shape) != 3 or any(int(n) < 1 for n in shape):
         raise DtoolsError(f"image shape must be (C, H, W) with positive sizes, got {tuple(shape)}")
-    check_options(sampler, parameterization, spacing, eta, variance)
     device = torch.device(device)
     if device.type == "mps":  # no float64 on Apple GPUs: the sampler's math stays on the CPU
         net = model_fn

@@ -475,8 +475,7 @@ class Trainer:
         self.total = cfg.total_steps()
         self.header = {
             "model": cfg.model, "parameterization": cfg.parameterization, "betas": [float(b) for b in betas],
-            "weights": ["ema", "raw"], "ema_decay": cfg.ema_decay, "image_size": cfg.image_size,
-            "channels": cfg.channels,
+            "ema_decay": cfg.ema_decay, "image_size": cfg.image_size, "channels": cfg.channels,
         }
         resolved = {"device": str(self.device), "precision": self.precision, "compile": self.use_compile,
                     "total_steps": self.total}
@@ -563,8 +562,8 @@ class Trainer:
                 raise NonFiniteLoss(f"the {name} are not finite")
         tensors, info = capture(self.model, self.ema, self.optimizer, self.stream, self.scaler)
         meta = {**self.header, "step": self.step, "train": self.cfg.to_dict()}
-        raw = {f"raw.{k}": v for k, v in self.model.state_dict().items()}
-        save_model(self.run_dir / MODEL_FILE, {**self.ema.state_dict(), **raw}, meta, force=True)
+        weights = {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}
+        save_model(self.run_dir / MODEL_FILE, weights, config=self.cfg.model, meta=meta, force=True)
         write_metrics(self.run_dir / METRICS_FILE, self.metrics)
         if self.metrics:
             steps, losses = [r["step"] for r in self.metrics], [r["loss"] for r in self.metrics]

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from dtools.checkpoint import STATE_FORMAT, load_tensors, read_header, save_tensors
 from dtools.dataset import BatchStream
 from dtools.ema import EMA
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, first_line
+from dtools.tensorfile import load_tensors, read_header, save_tensors
 
+STATE_FORMAT = "dtools.train-state"
 ADAM_FIELDS = ("exp_avg", "exp_avg_sq", "step")
 
 
@@ -127,6 +128,5 @@ def restore(
     except KeyError as e:
         raise DtoolsError(f"{path}: damaged training state (missing {e.args[0]!s})") from None
     except (RuntimeError, ValueError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DtoolsError(f"{path}: training state does not fit this model ({first})") from None
+        raise DtoolsError(f"{path}: training state does not fit this model ({first_line(e)})") from None
     return stream

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dtools import fid
-from dtools.checkpoint import read_header
 from dtools.errors import DtoolsError
 from dtools.images import save_png
+from dtools.tensorfile import read_header
 
 
 def _twemoji_files() -> list[Path]:
@@ -326,7 +326,7 @@ def test_statistics_of_other_weights_are_refused(tmp_path):
 
 
 def test_damaged_and_foreign_statistics_files(tmp_path):
-    from dtools.checkpoint import save_tensors
+    from dtools.tensorfile import save_tensors
 
     truncated = tmp_path / "cut.safetensors"
     fid.save_stats(truncated, _stats(torch.rand(4, 2048)), with_features=True)

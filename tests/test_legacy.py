@@ -18,8 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("weights", ["ema", "raw"])
 def test_a_0_1_0_checkpoint_samples_what_it_sampled_then(runner, tmp_path, weights):
     out = tmp_path / f"{weights}.npy"
-    result = runner.invoke(app, ["sample", str(FIXTURE / "run" / "model.safetensors"), "-n", "2", "--steps", "5",
-                                 "--sampler", "ddim", "--weights", weights, "-o", str(out)])
+    ckpt = FIXTURE / "run" / "model.safetensors"
+    result = runner.invoke(app, ["sample", str(ckpt), "-n", "2", "--steps", "5", "--sampler", "ddim",
+                                 "--weights", weights, "-o", str(out)])
     assert result.exit_code == 0, result.output
     then = np.load(FIXTURE / f"{weights}.npy", allow_pickle=False)
     now = np.load(out, allow_pickle=False)
@@ -31,7 +32,7 @@ def test_a_0_1_0_checkpoint_samples_what_it_sampled_then(runner, tmp_path, weigh
 def test_a_0_1_0_run_resumes(runner, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(FIXTURE / "run", run)
-    result = runner.invoke(app, ["train", str(FIXTURE / "data"), "--resume", "-o", str(run), "--max-steps", "6",
-                                 "--sample-every", "0"])
+    result = runner.invoke(app, ["train", str(FIXTURE / "data"), "--resume", "-o", str(run),
+                                 "--max-steps", "6", "--sample-every", "0"])
     assert result.exit_code == 0, result.output
     assert "step 6/6" in result.output

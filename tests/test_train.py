@@ -14,11 +14,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dtools import train as training
-from dtools.checkpoint import load_model, read_header
+from dtools.checkpoint import read_model
 from dtools.dataset import BatchStream, load_images
 from dtools.ema import EMA
 from dtools.errors import DtoolsError
 from dtools.schedules import make_schedule
+from dtools.tensorfile import read_header
 
 BETAS = make_schedule("cosine", 100)
 
@@ -77,14 +78,13 @@ def test_short_run_lowers_the_loss_and_writes_every_output(data8, tmp_path):
     first, last = np.mean(losses[:2]), np.mean(losses[-2:])
     assert last < 0.6 * first, (first, last)  # untrained it predicts 0: loss ≈ E[ε²] = 1
 
-    tensors, info = load_model(run / training.MODEL_FILE)
+    weights, info = read_model(run / training.MODEL_FILE)
     assert info["format"] == "dtools.model" and info["step"] == 60
     assert info["parameterization"] == "eps" and info["weights"] == ["ema", "raw"]
     assert info["betas"] == BETAS.tolist()  # the exact float64 schedule
     assert (info["image_size"], info["channels"], info["ema_decay"]) == (8, 3, 0.999)
     assert info["model"]["base_channels"] == 8 and info["train"]["max_steps"] == 60
-    raw = {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")}
-    ema = {k: v for k, v in tensors.items() if not k.startswith("raw.")}
+    raw, ema = weights["raw"], weights["ema"]
     assert set(raw) == set(ema) and "conv_in.weight" in ema
     assert not torch.equal(raw["conv_out.weight"], ema["conv_out.weight"])
 
@@ -166,8 +166,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data8, tmp_pat
     state = state_tensors(run)
     assert read_header(run / training.STATE_FILE, "dtools.train-state")["step"] == 5
     assert all(torch.isfinite(v).all() for k, v in state.items() if v.is_floating_point())
-    tensors, info = load_model(run / training.MODEL_FILE)
-    assert info["step"] == 5 and all(torch.isfinite(v).all() for v in tensors.values())
+    weights, info = read_model(run / training.MODEL_FILE)
+    assert info["step"] == 5 and all(torch.isfinite(v).all() for sd in weights.values() for v in sd.values())
     # and the run resumes from it
     monkeypatch.setattr(training, "q_sample", real_q_sample)
     result = fit(config(data8, run, max_steps=7), resume=True)
@@ -337,8 +337,9 @@ def test_bf16_autocast_on_cpu_and_checkpoint_before_any_log_line(data8, tmp_path
     result = training.train(cfg, BETAS, progress=False, log=lines.append)
     assert result.step == 3 and result.loss is not None
     assert any(line.startswith("step 2/3  loss -  ") for line in lines)  # saved before the first log window
-    tensors, _ = load_model(tmp_path / "run" / training.MODEL_FILE)
-    assert all(v.dtype == torch.float32 for v in tensors.values())  # weights stay fp32 under autocast
+    weights, _ = read_model(tmp_path / "run" / training.MODEL_FILE)
+    # weights stay fp32 under autocast
+    assert all(v.dtype == torch.float32 for sd in weights.values() for v in sd.values())
     with pytest.raises(DtoolsError, match="fp16 needs a GPU"):
         fit(config(data8, tmp_path / "fp16", max_steps=1, precision="fp16", device="cpu"))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import typer
 
 from dtools.fileio import check_output, is_stdio, write_bytes
@@ -31,19 +29,15 @@ def grid(
       dtools noise face.png --beta linear --beta cosine -t 0,100,500,999 \\
           | dtools grid --row-labels linear,cosine --scale 3 -o noising.png
     """
-    from PIL import Image
-
     from dtools.grid import make_grid
-    from dtools.images import read_images
+    from dtools.images import png_bytes, read_images
 
     # refuse before reading all the images
     check_output(output, force, "refusing to write PNG data to a terminal; pass -o FILE or pipe stdout")
     batch = read_images(sources or ["-"], limit=limit)
     labels = [s.strip() for s in row_labels.split(",")] if row_labels else None
     picture = make_grid(batch, nrow=nrow, padding=padding, scale=scale, pad_value=pad_value, labels=labels)
-    buf = io.BytesIO()
-    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(buf, format="PNG")
-    write_bytes(buf.getvalue(), output, force)
+    write_bytes(png_bytes(picture), output, force)
     if is_stdio(output):
         return
     typer.echo(f"wrote {output} ({batch.shape[0]} images, {picture.shape[1]}x{picture.shape[0]})", err=True)

@@ -75,8 +75,7 @@ def noise(
     if not is_stdio(output) and Path(output).exists() and not force:
         raise DtoolsError(f"{output} already exists; pass --force to overwrite it")
 
-    from dtools.commands.schedule import load_schedule
-    from dtools.fileio import write_npy
+    from dtools.fileio import load_schedule, write_npy
     from dtools.noise import noise_images, parse_timesteps, timestep_label
 
     ts = parse_timesteps(timesteps)

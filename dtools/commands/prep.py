@@ -10,7 +10,6 @@ from dtools.errors import DtoolsError
 from dtools.fileio import check_output, is_stdio, write_npy
 from dtools.prep import (
     BUILTIN_SOURCES,
-    CROPS,
     PrepConfig,
     check_not_nested,
     check_output_folder,
@@ -59,13 +58,9 @@ def prep(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    if crop not in CROPS:
-        raise typer.BadParameter(f"choose one of: {', '.join(CROPS)}", param_hint="--crop")
-    if channels not in (1, 3):
-        raise typer.BadParameter("must be 1 (grey) or 3 (RGB)", param_hint="--channels")
+    cfg = PrepConfig(size=size, crop=crop, background=parse_color(background), channels=channels)
     if out is None and npy is None:
         raise typer.BadParameter("give an output folder OUT, or --npy FILE (or both)", param_hint="OUT")
-    cfg = PrepConfig(size=size, crop=crop, background=parse_color(background), channels=channels)
     err = Console(stderr=True)
 
     def log(line: str) -> None:  # above the progress bar when there is one; never wrapped or styled

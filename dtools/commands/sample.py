@@ -22,7 +22,6 @@ SAMPLER_HELP = {
     "dpm++2m": "DPM-Solver++(2M), 1 call/step, good at 10-50 steps",
     "heun": "Heun (Karras et al.), 2 calls/step",
 }
-WEIGHTS = ("ema", "raw")
 
 
 def sample(
@@ -96,14 +95,11 @@ def sample(
         raise DtoolsError(f"--eta applies to --sampler ddim, not {sampler}")
     if variance is not None and sampler != "ddpm":
         raise DtoolsError(f"--variance applies to --sampler ddpm, not {sampler}")
-    if weights not in WEIGHTS:
-        raise DtoolsError(f"unknown --weights {weights!r}; choose ema or raw")
     # refuse a bad target before any work
     sink = _Sink(output, n * 2 * trajectory if trajectory else n, force)
 
-    model, info, dev, prec, compiled = _load(checkpoint, weights, device, precision, compile_model)
-    schedule = _schedule(checkpoint, info)
-    param = info["parameterization"]
+    (model, schedule, param, info), rt = _load(checkpoint, weights, device, precision, compile_model)
+    dev = rt.device
     steps = steps if steps is not None else (schedule.T if sampler == "ddpm" else 20)
     if trajectory is not None and trajectory > steps + 1:
         raise DtoolsError(f"--trajectory {trajectory}: the chain has only {steps + 1} states to show")
@@ -114,17 +110,15 @@ def sample(
     cfg = model.cfg
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
 
-    from dtools.runtime import autocast
-
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with autocast(dev, prec):
+        with rt.autocast():
             return model(x_t, t).float()
 
     calls = samplers.NFE[sampler](steps)
     typer.echo(
         f"sampling {n} {'trajectories' if trajectory else 'images'} of {shape[1]}x{shape[2]}x{shape[0]} from "
         f"{checkpoint} (step {info.get('step', '?')}, {param}, {weights} weights): {sampler}, {steps} steps "
-        f"({calls} network calls/image), {dev.type} {prec}{' compiled' if compiled else ''}",
+        f"({calls} network calls/image), {rt.describe()}",
         err=True,
     )
     seeds = [samplers.image_seed(seed, i) for i in range(n)]
@@ -154,53 +148,15 @@ def sample(
 
 
 def _load(checkpoint: Path, weights: str, device: str, precision: str, compile_model: bool | None):
-    """The network from the checkpoint header and tensors, on the chosen device."""
-    import torch
-
+    """The network from the checkpoint, on the chosen device, compiled if asked."""
+    from dtools import runtime
     from dtools.checkpoint import load_model
-    from dtools.runtime import resolve_device, resolve_precision
-    from dtools.unet import UNet, UNetConfig
 
-    tensors, info = load_model(checkpoint)
-    cfg = UNetConfig.from_dict(info["model"])
-    if weights == "raw":
-        state = {k.removeprefix("raw."): v for k, v in tensors.items() if k.startswith("raw.")}
-        if not state:
-            raise DtoolsError(f"{checkpoint}: holds no raw (non-EMA) weights; use --weights ema")
-    else:
-        state = {k: v for k, v in tensors.items() if not k.startswith("raw.")}
-    model = UNet(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        msg = f"{checkpoint}: the {weights} weights do not fit its model config ({first})"
-        raise DtoolsError(msg) from None
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise DtoolsError(f"{checkpoint}: the {weights} weights contain NaN or inf (a diverged run?)")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    compiled = dev.type == "cuda" if compile_model is None else compile_model
-    model = model.to(dev).eval()
-    if compiled:
-        model.compile()
-    return model, info, dev, prec, compiled
-
-
-def _schedule(checkpoint: Path, info: dict):
-    import numpy as np
-
-    from dtools.diffusion import PARAMETERIZATIONS, Schedule
-
-    if info["parameterization"] not in PARAMETERIZATIONS:
-        raise DtoolsError(f"{checkpoint}: unknown parameterization {info['parameterization']!r}")
-    betas = info["betas"]
-    if not isinstance(betas, list) or not all(isinstance(b, int | float) for b in betas):
-        raise DtoolsError(f"{checkpoint}: 'betas' in the header is not a list of numbers")
-    try:
-        return Schedule.from_betas(np.asarray(betas, dtype=np.float64))
-    except DtoolsError as e:
-        raise DtoolsError(f"{checkpoint}: bad schedule in the header ({e})") from None
+    rt = runtime.resolve(device, precision, compile_model)
+    loaded = load_model(checkpoint, weights, rt.device)
+    if rt.compile:
+        loaded.network.compile()
+    return loaded, rt
 
 
 class _Snapshots:

@@ -6,29 +6,13 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from dtools.errors import DtoolsError
-from dtools.fileio import check_writable, is_stdio, read_npy, write_npy
-from dtools.schedules import SCHEDULES, adjust, make_schedule, summarize, validate_betas
+from dtools.fileio import check_writable, is_stdio, load_schedule, write_npy
+from dtools.schedules import SCHEDULES, summarize
 
 _NAMES = ", ".join(SCHEDULES)
-
-
-def load_schedule(spec: str, **kwargs) -> np.ndarray:
-    """A schedule by registry name, or from a `.npy` file / `-`, validated.
-
-    `max_beta` and `zero_terminal_snr` apply to files too; the other options shape named schedules only.
-    """
-    if spec in SCHEDULES:
-        return make_schedule(spec, **kwargs)
-    if is_stdio(spec) or spec.endswith(".npy") or Path(spec).exists():
-        name = "stdin" if is_stdio(spec) else spec
-        betas = validate_betas(read_npy(spec), name)
-        zero_snr = kwargs.get("zero_terminal_snr", False)
-        return adjust(betas, max_beta=kwargs.get("max_beta"), zero_terminal_snr=zero_snr, name=name)
-    raise DtoolsError(f"{spec!r} is neither a schedule name ({_NAMES}) nor a .npy file")
 
 
 def schedule(

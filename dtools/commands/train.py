@@ -140,7 +140,7 @@ def train(
 
     from dtools import dataset
     from dtools import train as training
-    from dtools.commands.schedule import load_schedule
+    from dtools.fileio import load_schedule
 
     if resume and force:
         raise typer.BadParameter(

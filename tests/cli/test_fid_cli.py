@@ -174,7 +174,7 @@ def test_statistics_without_features_for_kid(tmp_path, data):
 
 
 def test_a_model_checkpoint_is_not_statistics(tmp_path, data):
-    from dtools.checkpoint import save_tensors
+    from dtools.tensorfile import save_tensors
 
     save_tensors(tmp_path / "model.safetensors", {"w": torch.zeros(1)}, {"format": "dtools.model"})
     _fails(str(tmp_path / "model.safetensors"), str(data["gen"]), match="expected a 'dtools.fid-stats'")

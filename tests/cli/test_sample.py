@@ -39,12 +39,11 @@ def make_checkpoint(path: Path, parameterization="eps", betas=None, cfg=CFG, raw
         for p in model.parameters():
             p.normal_(0, 0.2)
     state = model.state_dict()
-    tensors = {**state, **({f"raw.{k}": 1.1 * v for k, v in state.items()} if raw else {})}
-    meta = {"model": cfg.to_dict(), "parameterization": parameterization,
+    weights = {"ema": state, **({"raw": {k: 1.1 * v for k, v in state.items()}} if raw else {})}
+    meta = {"parameterization": parameterization,
             "betas": (make_schedule("cosine", T) if betas is None else betas).tolist(), "step": 7,
-            "weights": ["ema", "raw"] if raw else ["ema"], "image_size": cfg.image_size,
-            "channels": cfg.in_channels, **extra}
-    save_model(path, tensors, meta)
+            "image_size": cfg.image_size, "channels": cfg.in_channels, **extra}
+    save_model(path, weights, config=cfg.to_dict(), meta=meta)
     return path
 
 
@@ -231,11 +230,10 @@ def test_bad_checkpoint_contents(tmp_path):
     wrong = make_checkpoint(tmp_path / "wrong.safetensors")
     other = UNetConfig(**{**CFG.to_dict(), "base_channels": 16})
     path = tmp_path / "mismatch.safetensors"
-    from dtools.checkpoint import load_model
+    from dtools.checkpoint import read_model
 
-    tensors, info = load_model(wrong)
-    save_model(path, tensors, {**{k: v for k, v in info.items() if k not in ("format", "format_version")},
-                               "model": other.to_dict()})
+    weights, info = read_model(wrong)
+    save_model(path, weights, config=other.to_dict(), meta=info)
     one_line_error(invoke(path, "-n", 1), "weights do not fit its model config")
     one_line_error(invoke(make_checkpoint(tmp_path / "noraw.safetensors", raw=False), "--weights", "raw"),
                    "holds no raw")
@@ -244,10 +242,9 @@ def test_bad_checkpoint_contents(tmp_path):
     one_line_error(invoke(make_checkpoint(tmp_path / "b.safetensors", betas=np.array([0.1, 1.5])), "-n", 1),
                    "bad schedule in the header")
     nan = make_checkpoint(tmp_path / "nan.safetensors")
-    tensors, info = load_model(nan)
-    tensors["conv_in.weight"][0] = float("nan")
-    meta = {k: v for k, v in info.items() if k not in ("format", "format_version")}
-    save_model(nan, tensors, meta, force=True)
+    weights, info = read_model(nan)
+    weights["ema"]["conv_in.weight"][0] = float("nan")
+    save_model(nan, weights, config=info["model"], meta=info, force=True)
     one_line_error(invoke(nan, "-n", 1), "NaN or inf")
 
 

@@ -16,9 +16,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from dtools.checkpoint import read_header
 from dtools.cli import app
 from dtools.errors import DtoolsError
+from dtools.tensorfile import read_header
 
 DTOOLS = pathlib.Path(sys.executable).parent / "dtools"
 # A tiny U-Net on 8x8 images, a short schedule, no sample grids: a few ms per step.

@@ -1,0 +1,81 @@
+"""Progress on stderr for every long job: the one place that builds rich progress bars and spinners.
+
+A bar is drawn only when stderr is a terminal (or when `show` says so), so pipes and logs stay clean;
+lines logged through `Bar.log` appear above a live bar instead of breaking it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True)
+
+
+class Bar:
+    """One task of a live progress display: `advance`, `update` its fields, `log` a line above it."""
+
+    def __init__(self, progress: Progress, task, console: Console):
+        self._progress, self._task, self.console = progress, task, console
+
+    def advance(self, n: int = 1) -> None:
+        self._progress.advance(self._task, n)
+
+    def update(self, completed: int | None = None, **fields: str) -> None:
+        self._progress.update(self._task, completed=completed, **fields)
+
+    def log(self, line: str) -> None:
+        """A plain line on stderr (above the bar while it is live); never wrapped or styled."""
+        self.console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    description: str,
+    total: int,
+    *,
+    completed: int = 0,
+    fields: dict[str, str] | None = None,
+    columns: Sequence[str] = (),
+    count: bool = True,
+    elapsed: bool = False,
+    transient: bool = True,
+    show: bool | None = None,
+) -> Iterator[Bar]:
+    """A bar for `total` units of work: `description`, the bar, [N/M], `columns`, [elapsed], time left.
+
+    `description` and `columns` are rich format strings ('{task.completed}', '{task.fields[loss]}');
+    `fields` gives the initial values of the fields they name. `show` forces the bar on or off
+    (default: on when stderr is a terminal); `transient` bars vanish when done.
+    """
+    console = stderr_console()
+    parts = [TextColumn(description), BarColumn()]
+    if count:
+        parts.append(MofNCompleteColumn())
+    parts += [TextColumn(c) for c in columns]
+    if elapsed:
+        parts += [TimeElapsedColumn(), TextColumn("ETA")]
+    parts.append(TimeRemainingColumn())
+    visible = console.is_terminal if show is None else show
+    with Progress(*parts, console=console, transient=transient, disable=not visible) as progress:
+        task = progress.add_task(description, total=total, completed=completed, **(fields or {}))
+        yield Bar(progress, task, console)
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner with `message` on stderr while a step without measurable progress runs."""
+    with stderr_console().status(message):
+        yield
