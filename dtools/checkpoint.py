@@ -40,6 +40,7 @@ class ModelType:
     """A kind of network a model checkpoint can hold."""
 
     build: Callable[[dict[str, Any]], nn.Module]  # the header's "model" config -> a fresh network
+    image_shape: Callable[[dict[str, Any]], tuple[int, int, int]]  # the same config -> (C, H, W) it makes
     diffusion: bool = True  # a denoiser: its header carries "parameterization" and "betas"
 
 
@@ -49,7 +50,11 @@ def _build_unet(config: dict[str, Any]) -> nn.Module:
     return UNet(UNetConfig.from_dict(config))
 
 
-MODEL_TYPES: dict[str, ModelType] = {"unet": ModelType(_build_unet)}
+def _unet_shape(config: dict[str, Any]) -> tuple[int, int, int]:
+    return int(config["in_channels"]), int(config["image_size"]), int(config["image_size"])
+
+
+MODEL_TYPES: dict[str, ModelType] = {"unet": ModelType(_build_unet, _unet_shape)}
 LEGACY_MODEL_TYPE = "unet"  # what a header without "model_type" (dtools 0.1.0) holds
 
 
@@ -60,6 +65,11 @@ class LoadedModel(NamedTuple):
     schedule: Schedule | None  # float64, on the CPU; None for a model that is not a denoiser
     parameterization: str | None
     info: dict[str, Any]  # the whole header
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the network makes."""
+        return MODEL_TYPES[self.info["model_type"]].image_shape(self.info["model"])
 
 
 def save_model(

@@ -1,0 +1,209 @@
+"""Drawing images from a model checkpoint: the job behind `dtools sample`.
+
+`SampleConfig` holds the command's options and checks those that need no checkpoint; `Sink` is where
+the images go (a .npy on stdout, a .npy file or a numbered PNG folder), checked before any work and
+written batch by batch; `run` loads the model, samples batch after batch under one progress bar and
+says what it did through `log`. `Snapshots` collects the rows of --trajectory. Image i depends only on
+(seed, i), never on the batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dtools import samplers
+from dtools.checkpoint import LoadedModel, load_model
+from dtools.errors import DtoolsError
+from dtools.fileio import check_writable, is_stdio, refuse_terminal, write_npy
+from dtools.images import numbered_index, numbered_png, to_uint8, write_png_folder
+from dtools.progress import progress_bar
+from dtools.runtime import Runtime, resolve
+
+DEFAULT_STEPS = 20  # every sampler but ddpm, whose default is the whole chain (T steps)
+TERMINAL_HINT = (
+    "refusing to write binary .npy images to a terminal; pipe them (`| dtools grid -o out.png`), "
+    "redirect (`> samples.npy`) or pass -o DIR for PNG files"
+)
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """One `dtools sample` run; a field per option."""
+
+    checkpoint: Path
+    n: int = 64
+    sampler: str = "dpm++2m"
+    steps: int | None = None  # None: T for ddpm, DEFAULT_STEPS otherwise
+    seed: int = 0
+    eta: float | None = None  # ddim only (None: 0)
+    variance: str | None = None  # ddpm only (None: posterior)
+    spacing: str = "trailing"
+    batch_size: int = 64
+    weights: str = "ema"
+    clip: bool = True
+    trajectory: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool | None = None
+
+    def check(self) -> None:
+        """The checks that need no checkpoint; run before the output is even looked at."""
+        if self.sampler not in samplers.SAMPLERS:
+            names = ", ".join(samplers.SAMPLERS)
+            raise DtoolsError(f"unknown sampler {self.sampler!r}; choose one of {names}")
+        if self.eta is not None and self.sampler != "ddim":
+            raise DtoolsError(f"--eta applies to --sampler ddim, not {self.sampler}")
+        if self.variance is not None and self.sampler != "ddpm":
+            raise DtoolsError(f"--variance applies to --sampler ddpm, not {self.sampler}")
+
+    @property
+    def count(self) -> int:
+        """Images written: one per sample, or per sample two rows of --trajectory snapshots."""
+        return self.n * 2 * self.trajectory if self.trajectory else self.n
+
+
+class Snapshots:
+    """Collects K states of one batch for --trajectory: x_t and x0_hat at evenly spaced steps.
+
+    The chain has `steps` states before its last update plus the final image; column j shows state
+    round(j * steps / (K - 1)), so the first column is x_T and the last the final image.
+    """
+
+    def __init__(self, k: int, steps: int):
+        assert 2 <= k <= steps + 1, (k, steps)
+        self.pick = [int(s) for s in np.round(np.linspace(0, steps, k))]
+        self.x, self.x0, self.columns = {}, {}, [None] * k
+
+    def take(self, event: dict) -> None:
+        if event["step"] in self.pick:
+            self.x[event["step"]] = to_uint8(event["x"])  # (B, H, W, C); x_t beyond [-1, 1] is clipped
+            self.x0[event["step"]] = to_uint8(event["x0_hat"])
+            self.columns[self.pick.index(event["step"])] = event["t"]
+
+    def finish(self, images: np.ndarray) -> np.ndarray:
+        """The batch's snapshots as uint8 (B * 2 * K, H, W, C), given its final images (B, H, W, C)."""
+        last = self.pick[-1]
+        self.x.setdefault(last, images)
+        self.x0.setdefault(last, images)
+        self.columns[-1] = self.columns[-1] if self.columns[-1] is not None else "x0"
+        xs = np.stack([self.x[s] for s in self.pick], axis=1)  # (B, K, H, W, C)
+        x0s = np.stack([self.x0[s] for s in self.pick], axis=1)  # (B, K, H, W, C)
+        rows = np.stack([xs, x0s], axis=1)  # (B, 2, K, H, W, C): per image a row of x_t, then of x0_hat
+        return rows.reshape(-1, *rows.shape[3:])  # (B * 2 * K, H, W, C)
+
+
+class Sink:
+    """Where the images go: stdout (.npy), a .npy file, or a PNG folder; checked when made."""
+
+    def __init__(self, output: str | None, count: int, force: bool, log: Callable[[str], None] = _log):
+        self.output, self.count, self.force, self.log = output, count, force, log
+        self.parts: list[np.ndarray] = []
+        self.written = 0
+        if is_stdio(output):
+            self.kind = "stdout"
+            refuse_terminal(output, TERMINAL_HINT)
+        elif output.lower().endswith(".npy"):
+            self.kind = "npy"
+            check_writable(output, force)
+        else:
+            self.kind = "png"
+            folder = Path(output)
+            if folder.exists() and not folder.is_dir():
+                raise DtoolsError(f"{folder} exists and is not a folder")
+            clash = next((p for i in range(count) if (p := folder / numbered_png(i, count)).exists()), None)
+            if clash is not None and not force:
+                raise DtoolsError(f"{clash} already exists; pass --force to overwrite, or choose another "
+                                  "folder")
+
+    def add(self, batch: np.ndarray) -> None:
+        if self.kind == "png":  # written as they come, so an interrupted run keeps its finished images
+            write_png_folder(batch, self.output, force=True, start=self.written, count=self.count)
+        else:
+            self.parts.append(batch)
+        self.written += batch.shape[0]
+
+    def close(self) -> None:
+        if self.kind == "png":
+            self.log(f"wrote {self.written} PNGs to {self.output.rstrip('/')}/")
+            if self.force:
+                self._remove_stale()
+            return
+        write_npy(np.concatenate(self.parts), None if self.kind == "stdout" else self.output, self.force)
+        if self.kind == "npy":
+            self.log(f"wrote {self.output}")
+
+    def _remove_stale(self) -> None:
+        """With --force, drop higher-numbered samples of an earlier, larger run from the folder, so that
+        it holds exactly this run's images (a later `dtools fid` must not score stale ones)."""
+        stale = [p for p in Path(self.output).glob("*.png")
+                 if (i := numbered_index(p)) is not None and i >= self.written]
+        for p in stale:
+            p.unlink()
+        if stale:
+            self.log(f"removed {len(stale)} higher-numbered PNGs of an earlier run (--force)")
+
+
+def load(cfg: SampleConfig) -> tuple[LoadedModel, Runtime]:
+    """The checkpoint's network on the chosen device, compiled if asked."""
+    rt = resolve(cfg.device, cfg.precision, cfg.compile)
+    loaded = load_model(cfg.checkpoint, cfg.weights, rt.device)
+    if rt.compile:
+        loaded.network.compile()
+    return loaded, rt
+
+
+def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = _log) -> float:
+    """Sample `cfg.n` images (or trajectories) into `sink`; returns the seconds spent sampling."""
+    loaded, rt = load(cfg)
+    model, schedule, param, info = loaded
+    steps = cfg.steps if cfg.steps is not None else (schedule.T if cfg.sampler == "ddpm" else DEFAULT_STEPS)
+    if cfg.trajectory is not None and cfg.trajectory > steps + 1:
+        raise DtoolsError(f"--trajectory {cfg.trajectory}: the chain has only {steps + 1} states to show")
+    eta, variance = cfg.eta or 0.0, cfg.variance or "posterior"
+    samplers.check_options(cfg.sampler, param, cfg.spacing, eta, variance)
+    samplers.Chain.make(schedule.betas.numpy(), steps, cfg.spacing)  # --steps out of range: fail now
+    opts = dict(sampler=cfg.sampler, steps=steps, spacing=cfg.spacing, eta=eta, variance=variance)
+    shape = loaded.image_shape
+
+    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with rt.autocast():
+            return model(x_t, t).float()
+
+    what = "trajectories" if cfg.trajectory else "images"
+    log(f"sampling {cfg.n} {what} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
+        f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights): {cfg.sampler}, {steps} steps "
+        f"({samplers.NFE[cfg.sampler](steps)} network calls/image), {rt.describe()}")
+    seeds = [samplers.image_seed(cfg.seed, i) for i in range(cfg.n)]
+    batches = [seeds[i:i + cfg.batch_size] for i in range(0, cfg.n, cfg.batch_size)]
+    start = time.perf_counter()
+    snaps = None
+    with progress_bar("sampling", len(batches) * steps) as bar:
+        for batch in batches:
+            snaps = Snapshots(cfg.trajectory, steps) if cfg.trajectory else None
+
+            def on_step(event: dict, snaps=snaps) -> None:
+                if snaps is not None:
+                    snaps.take(event)
+                bar.advance()
+
+            x = samplers.generate(model_fn, schedule, param, shape, batch, device=rt.device, clip_x0=cfg.clip,
+                                  callback=on_step, **opts)
+            images = to_uint8(x)  # (B, H, W, C)
+            sink.add(snaps.finish(images) if snaps is not None else images)
+    elapsed = time.perf_counter() - start
+    log(f"sampled {cfg.n} {what} in {elapsed:.1f} s ({elapsed / cfg.n:.3f} s/image)")
+    if snaps is not None:
+        log(f"trajectory columns: t = {', '.join(map(str, snaps.columns))} (x0 = the final image); "
+            "rows per image: x_t, then predicted x0")
+    return elapsed
