@@ -1,12 +1,13 @@
 """Progress on stderr for every long job: the one place that builds rich progress bars and spinners.
 
-A bar is drawn only when stderr is a terminal (or when `show` says so), so pipes and logs stay clean;
-lines logged through `Bar.log` appear above a live bar instead of breaking it.
+A bar is drawn only when stderr is a terminal (or when `show` says so), so pipes and logs stay clean.
+`log` is how jobs write their lines to stderr; while a bar is live, rich moves them above it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 
 from rich.console import Console
@@ -24,21 +25,22 @@ def stderr_console() -> Console:
     return Console(stderr=True)
 
 
-class Bar:
-    """One task of a live progress display: `advance`, `update` its fields, `log` a line above it."""
+def log(line: str) -> None:
+    """One plain line on stderr (above a live progress bar, if one is drawn)."""
+    print(line, file=sys.stderr, flush=True)
 
-    def __init__(self, progress: Progress, task, console: Console):
-        self._progress, self._task, self.console = progress, task, console
+
+class Bar:
+    """One task of a live progress display: `advance` it, `update` its fields."""
+
+    def __init__(self, progress: Progress, task):
+        self._progress, self._task = progress, task
 
     def advance(self, n: int = 1) -> None:
         self._progress.advance(self._task, n)
 
     def update(self, completed: int | None = None, **fields: str) -> None:
         self._progress.update(self._task, completed=completed, **fields)
-
-    def log(self, line: str) -> None:
-        """A plain line on stderr (above the bar while it is live); never wrapped or styled."""
-        self.console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 @contextlib.contextmanager
@@ -71,7 +73,7 @@ def progress_bar(
     visible = console.is_terminal if show is None else show
     with Progress(*parts, console=console, transient=transient, disable=not visible) as progress:
         task = progress.add_task(description, total=total, completed=completed, **(fields or {}))
-        yield Bar(progress, task, console)
+        yield Bar(progress, task)
 
 
 @contextlib.contextmanager

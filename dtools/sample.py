@@ -9,7 +9,6 @@ says what it did through `log`. `Snapshots` collects the rows of --trajectory. I
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from dtools.checkpoint import LoadedModel, load_model
 from dtools.errors import DtoolsError
 from dtools.fileio import check_writable, is_stdio, refuse_terminal, write_npy
 from dtools.images import numbered_index, numbered_png, to_uint8, write_png_folder
+from dtools.progress import log as log_line
 from dtools.progress import progress_bar
 from dtools.runtime import Runtime, resolve
 
@@ -31,10 +31,6 @@ TERMINAL_HINT = (
     "refusing to write binary .npy images to a terminal; pipe them (`| dtools grid -o out.png`), "
     "redirect (`> samples.npy`) or pass -o DIR for PNG files"
 )
-
-
-def _log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -59,9 +55,7 @@ class SampleConfig:
 
     def check(self) -> None:
         """The checks that need no checkpoint; run before the output is even looked at."""
-        if self.sampler not in samplers.SAMPLERS:
-            names = ", ".join(samplers.SAMPLERS)
-            raise DtoolsError(f"unknown sampler {self.sampler!r}; choose one of {names}")
+        samplers.check_sampler(self.sampler)
         if self.eta is not None and self.sampler != "ddim":
             raise DtoolsError(f"--eta applies to --sampler ddim, not {self.sampler}")
         if self.variance is not None and self.sampler != "ddpm":
@@ -106,7 +100,7 @@ class Snapshots:
 class Sink:
     """Where the images go: stdout (.npy), a .npy file, or a PNG folder; checked when made."""
 
-    def __init__(self, output: str | None, count: int, force: bool, log: Callable[[str], None] = _log):
+    def __init__(self, output: str | None, count: int, force: bool, log: Callable[[str], None] = log_line):
         self.output, self.count, self.force, self.log = output, count, force, log
         self.parts: list[np.ndarray] = []
         self.written = 0
@@ -163,7 +157,7 @@ def load(cfg: SampleConfig) -> tuple[LoadedModel, Runtime]:
     return loaded, rt
 
 
-def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = _log) -> float:
+def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) -> float:
     """Sample `cfg.n` images (or trajectories) into `sink`; returns the seconds spent sampling."""
     loaded, rt = load(cfg)
     model, schedule, param, info = loaded

@@ -245,10 +245,14 @@ NFE: dict[str, Callable[[int], int]] = {
 }
 
 
-def check_options(sampler: str, parameterization: str, spacing: str, eta: float, variance: str) -> None:
-    """Raise a one-line DtoolsError for a bad sampler name or option value."""
+def check_sampler(sampler: str) -> None:
     if sampler not in SAMPLERS:
         raise DtoolsError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def check_options(sampler: str, parameterization: str, spacing: str, eta: float, variance: str) -> None:
+    """Raise a one-line DtoolsError for a bad sampler name or option value."""
+    check_sampler(sampler)
     lookup_parameterization(parameterization)
     if spacing not in SPACINGS:
         raise DtoolsError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")

@@ -55,17 +55,11 @@ def prep(
       dtools prep twemoji --size 32 --limit 16 --npy - | dtools grid --scale 4 -o emoji.png
       dtools prep scans/ grey/ --size 48 --channels 1 --strict
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from dtools.progress import log, progress_bar
 
     cfg = PrepConfig(size=size, crop=crop, background=parse_color(background), channels=channels)
     if out is None and npy is None:
         raise typer.BadParameter("give an output folder OUT, or --npy FILE (or both)", param_hint="OUT")
-    err = Console(stderr=True)
-
-    def log(line: str) -> None:  # above the progress bar when there is one; never wrapped or styled
-        err.print(line, soft_wrap=True, markup=False, highlight=False)
-
     if src in BUILTIN_SOURCES and Path(src).is_dir():
         log(f"note: {src!r} is the built-in source; write ./{src} to use your folder of that name")
     # Check every output before the work starts, so a long run never fails at its last step.
@@ -90,14 +84,10 @@ def prep(
         if skipped_shown <= _MAX_WARNINGS:
             log(f"warning: skipped {reason}")
 
-    with Progress(
-        TextColumn("prep"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, transient=True, disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("prep", total=min(len(files), limit) if limit else len(files))
+    with progress_bar("prep", min(len(files), limit) if limit else len(files)) as bar:
         report = run_prep(
             files, cfg, out, force=force, jobs=jobs, limit=limit, strict=strict, keep_batch=npy is not None,
-            on_skip=warn, on_progress=lambda n: bar.advance(task, n),
+            on_skip=warn, on_progress=bar.advance,
         )
     if npy is not None:
         assert report.batch is not None
