@@ -214,7 +214,7 @@ def test_usage_errors_exit_2(data, beta, tmp_path):
 
 def test_core_errors_are_dtools_errors():
     # The command relies on the core raising DtoolsError (exit 1), never a bare exception.
-    from dtools.dataset import peek
+    from dtools.train.data import peek
 
     with pytest.raises(DtoolsError):
         peek("/nonexistent/folder")
