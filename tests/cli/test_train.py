@@ -218,3 +218,14 @@ def test_core_errors_are_dtools_errors():
 
     with pytest.raises(DtoolsError):
         peek("/nonexistent/folder")
+
+
+def test_each_option_is_the_parameter_named_like_its_config_field():
+    """The command hands the core its parameters by name: each of the core's OPTIONS is a parameter of
+    `dtools train` with the flag the core names in its messages."""
+    from dtools import train as training
+    from dtools.cli import click_command
+
+    params = {p.name: p for p in click_command().commands["train"].params}
+    for name in training.OPTIONS:
+        assert training.flag(name) in params[name].opts, name

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +83,51 @@ def test_resume_refuses_changes_that_break_the_run(betas):
     with pytest.raises(DtoolsError, match="--batch cannot change"):
         training.resume_config(saved, betas, {"batch_size": 3})
     assert training.resume_config(saved, betas, {"lr": saved["lr"]}).lr == saved["lr"]  # same value is fine
+
+
+def test_the_betas_travel_inside_the_config_but_not_in_its_dict(betas):
+    cfg = training.new_config("d", "r", "cosine", betas, (100, 16, 16, 3), {})
+    assert cfg.betas.dtype == np.float64 and np.array_equal(cfg.betas, betas) and cfg.T == len(betas)
+    d = cfg.to_dict()
+    assert "betas" not in d and list(d)[:3] == ["data", "out", "beta"] and list(d)[-1] == "data_fingerprint"
+    again = training.TrainConfig.from_dict(d, betas)
+    assert again.to_dict() == d and np.array_equal(again.betas, betas)
+    with pytest.raises(DtoolsError, match="incomplete"):
+        training.TrainConfig.from_dict({"data": "d"}, betas)
+
+
+def test_every_option_names_its_flag_once(betas):
+    assert [training.flag(n) for n in ("batch_size", "parameterization", "ema_decay", "sample_count")] == [
+        "--batch", "--param", "--ema", "--samples"]
+    assert [training.flag(n) for n in ("num_heads", "num_res_blocks", "attention_resolutions")] == [
+        "--heads", "--res-blocks", "--attention"]
+    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    assert set(training.OPTIONS) <= fields | set(training.MODEL_OPTIONS)
+    assert not {"data", "out", "beta", "betas", "model", "T", "num_images"} & set(training.OPTIONS)
+    # messages name the flags, not the fields
+    saved = training.new_config("d", "r", "cosine", betas, (100, 16, 16, 3), {}).to_dict()
+    with pytest.raises(DtoolsError, match="^--heads cannot change"):
+        training.resume_config(saved, betas, {"num_heads": 1})
+    with pytest.raises(DtoolsError, match="^--res-blocks cannot change"):
+        training.resume_config(saved, betas, {"num_res_blocks": 1})
+    with pytest.raises(DtoolsError, match="^--samples must be positive"):
+        training.resume_config(saved, betas, {"sample_count": 0})
+
+
+def test_configure_parses_integer_lists_and_asks_for_data_and_schedule(data8, tmp_path):
+    from dtools.errors import OptionError
+
+    opts = {"channel_mult": "1, 2", "attention_resolutions": "none", "num_heads": 1, "max_steps": 3}
+    cfg = training.configure(str(tmp_path / "r"), str(data8), "cosine", opts)
+    assert (cfg.model["channel_mult"], cfg.model["attention_resolutions"]) == ([1, 2], [])
+    with pytest.raises(OptionError, match="expected integers like 1,2,2, got '1,x'") as e:
+        training.configure(str(tmp_path / "r"), str(data8), "cosine", {"channel_mult": "1,x"})
+    assert e.value.option == "--channel-mult"
+    with pytest.raises(OptionError) as e:
+        training.configure(str(tmp_path / "r"), None, "cosine", {})
+    assert e.value.option == "DATA"
+    with pytest.raises(OptionError) as e:
+        training.configure(str(tmp_path / "r"), str(data8), None, {})
+    assert e.value.option == "--beta"
+    assert not (tmp_path / "r").exists()
+

@@ -173,3 +173,13 @@ def test_bf16_autocast_on_cpu_and_checkpoint_before_any_log_line(data8, tmp_path
     assert all(v.dtype == torch.float32 for sd in weights.values() for v in sd.values())
     with pytest.raises(DtoolsError, match="fp16 needs a GPU"):
         fit(config(data8, tmp_path / "fp16", max_steps=1, precision="fp16", device="cpu"))
+
+
+def test_a_trainer_does_nothing_until_it_runs(data8, tmp_path, config):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / training.MODEL_FILE).write_bytes(b"an earlier run")
+    trainer = training.Trainer(config(data8, run, max_steps=1), force=True)
+    assert [p.name for p in run.iterdir()] == [training.MODEL_FILE]
+    assert (run / training.MODEL_FILE).read_bytes() == b"an earlier run"
+    assert not hasattr(trainer, "images") and not hasattr(trainer, "model")
