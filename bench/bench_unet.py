@@ -21,7 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dtools.unet import UNet, count_parameters, preset_config
+from dtools.train.config import preset_config
+from dtools.unet import UNet, count_parameters
 
 
 def diffusers_twin(cfg):

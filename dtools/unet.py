@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,54 +128,6 @@ class UNetConfig:
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
         return d
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets, chosen by image size. "seed64" is the seed report's network; the CPU presets were sized
-# by measurement on a 2-core CPU (docs/train.md) to learn emoji-like blobs in minutes.
-
-
-@dataclass(frozen=True)
-class Preset:
-    summary: str
-    build: Callable[[int, int], UNetConfig]  # (image_size, channels) -> config
-
-
-def _seed64(size: int, channels: int) -> UNetConfig:
-    # 3 levels, 64 base channels doubling, attention at the deepest level (16x16 for 64x64 input)
-    return UNetConfig(size, channels, 64, (1, 2, 4), 2, (size // 4,), num_heads=4, dropout=0.1)
-
-
-def _cpu32(size: int, channels: int) -> UNetConfig:
-    return UNetConfig(size, channels, 32, (1, 2, 2), 1, (size // 4,), num_heads=2, dropout=0.0, norm_groups=8)
-
-
-def _cpu16(size: int, channels: int) -> UNetConfig:
-    return UNetConfig(size, channels, 32, (1, 2), 1, (size // 2,), num_heads=2, dropout=0.0, norm_groups=8)
-
-
-PRESETS: dict[str, Preset] = {
-    "cpu16": Preset("16x16: 2 levels, 32 base channels (1,2), 1 block per level, attention at 8x8", _cpu16),
-    "cpu32": Preset("32x32: 3 levels, 32 base channels (1,2,2), 1 block per level, attention at 8x8", _cpu32),
-    "seed64": Preset("64x64, the seed: 3 levels, 64 base channels (1,2,4), 2 blocks, attention 16", _seed64),
-}
-
-
-def preset_for_size(image_size: int) -> str:
-    """The preset `auto` picks: cpu16 up to 16 pixels, cpu32 up to 32, else the seed's network."""
-    if image_size <= 16:
-        return "cpu16"
-    if image_size <= 32:
-        return "cpu32"
-    return "seed64"
-
-
-def preset_config(name: str, image_size: int, channels: int) -> UNetConfig:
-    if name == "auto":
-        name = preset_for_size(image_size)
-    if name not in PRESETS:
-        raise DtoolsError(f"unknown model preset {name!r}; choose auto or one of {', '.join(PRESETS)}")
-    return PRESETS[name].build(image_size, channels)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The U-Net: shapes, presets, config validation, receptive field, and compile on/off agreement."""
+"""The U-Net: shapes, config validation, receptive field, and compile on/off agreement."""
 
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ import pytest
 import torch
 
 from dtools.errors import DtoolsError
-from dtools.unet import (
-    PRESETS,
-    UNet,
-    UNetConfig,
-    count_parameters,
-    preset_config,
-    preset_for_size,
-    timestep_embedding,
-)
+from dtools.train.config import preset_config
+from dtools.unet import UNet, UNetConfig, timestep_embedding
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,28 +47,6 @@ def test_output_shape_follows_input(size, channels):
     with torch.no_grad():
         out = model(x, torch.tensor([0, 999]))
     assert out.shape == x.shape and out.dtype == torch.float32
-
-
-def test_seed_preset_is_the_seed_network():
-    cfg = preset_config("auto", 64, 3)
-    assert preset_for_size(64) == "seed64"
-    assert (cfg.base_channels, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions) == (
-        64, (1, 2, 4), 2, (16,))
-    assert cfg.resolutions == [64, 32, 16]
-    model = UNet(cfg)
-    assert 10e6 < count_parameters(model) < 20e6
-    with torch.no_grad():
-        assert model.eval()(torch.randn(1, 3, 64, 64), torch.tensor([5])).shape == (1, 3, 64, 64)
-
-
-def test_presets_pick_by_size():
-    assert [preset_for_size(s) for s in (8, 16, 17, 32, 48, 64, 128)] == [
-        "cpu16", "cpu16", "cpu32", "cpu32", "seed64", "seed64", "seed64"]
-    for name in PRESETS:
-        cfg = preset_config(name, 64, 3).validate()
-        assert cfg.image_size == 64
-    with pytest.raises(DtoolsError, match="preset"):
-        preset_config("huge", 32, 3)
 
 
 def test_untrained_network_predicts_zero():

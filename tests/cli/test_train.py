@@ -214,7 +214,18 @@ def test_usage_errors_exit_2(data, beta, tmp_path):
 
 def test_core_errors_are_dtools_errors():
     # The command relies on the core raising DtoolsError (exit 1), never a bare exception.
-    from dtools.dataset import peek
+    from dtools.train.data import peek
 
     with pytest.raises(DtoolsError):
         peek("/nonexistent/folder")
+
+
+def test_each_option_is_the_parameter_named_like_its_config_field():
+    """The command hands the core its parameters by name: each of the core's OPTIONS is a parameter of
+    `dtools train` with the flag the core names in its messages."""
+    from dtools import train as training
+    from dtools.cli import click_command
+
+    params = {p.name: p for p in click_command().commands["train"].params}
+    for name in training.OPTIONS:
+        assert training.flag(name) in params[name].opts, name

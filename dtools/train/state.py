@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from dtools.dataset import BatchStream
 from dtools.ema import EMA
 from dtools.errors import DtoolsError, first_line
 from dtools.tensorfile import load_tensors, read_header, save_tensors
+from dtools.train.data import BatchStream
 
 STATE_FORMAT = "dtools.train-state"
 ADAM_FIELDS = ("exp_avg", "exp_avg_sq", "step")

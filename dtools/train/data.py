@@ -50,13 +50,19 @@ def check_fits(n_images: int, shape: tuple[int, ...], source: str) -> None:
         )
 
 
+def _image_files(p: Path) -> list[Path]:
+    """The images of folder `p`, or an error when it holds none."""
+    files = list_image_files(p)
+    if not files:
+        raise DtoolsError(f"{p}: no images found; prepare some with `dtools prep SRC {p} --size 32`")
+    return files
+
+
 def peek(source: str) -> tuple[int, int, int, int]:
     """(N, H, W, C) of a data source without decoding all of it (a folder: first image + file count)."""
     p = Path(source)
     if p.is_dir():
-        files = list_image_files(p)
-        if not files:
-            raise DtoolsError(f"{p}: no images found; prepare some with `dtools prep SRC {p} --size 32`")
+        files = _image_files(p)
         h, w, c = load_image(files[0]).shape
         return len(files), h, w, c
     arr = read_images([source])
@@ -67,9 +73,7 @@ def load_images(source: str) -> torch.Tensor:
     """All images of `source` as a uint8 tensor (N, C, H, W); they must be square and of one size."""
     p = Path(source)
     if p.is_dir():
-        files = list_image_files(p)
-        if not files:
-            raise DtoolsError(f"{p}: no images found; prepare some with `dtools prep SRC {p} --size 32`")
+        files = _image_files(p)
         check_fits(len(files), load_image(files[0]).shape, source)
     arr = read_images([source])  # (N, H, W, C) uint8, one size (or a DtoolsError)
     n, h, w, c = arr.shape

@@ -1,0 +1,49 @@
+"""Training of `dtools train`: a DDPM noise predictor trained as the seed report describes.
+
+One step (Ho et al. 2020, Algorithm 1): take a batch x0 of images in [-1, 1] (randomly flipped),
+draw t ~ U{0..T-1} and ε ~ N(0, I), form x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) ε, and regress the network
+output on the target of the parameterization (ε, x0 or v) with a per-sample weighted MSE (plain by
+default, Min-SNR-γ optionally). Adam updates the weights; an EMA of them is what `sample` uses.
+
+A run folder RUN holds (all written atomically, every --save-every steps and at the end):
+  model.safetensors        EMA weights + raw weights ("raw." prefix) + JSON header (dtools.checkpoint)
+  train-state.safetensors  everything --resume needs to continue bit for bit (dtools.train.state)
+  metrics.jsonl            one JSON line per --log-every steps: step, loss, lr, grad_norm, img_per_s, elapsed
+  loss.png                 the loss curve (raw and smoothed, log scale)
+  samples/step_XXXXXX.png  grids of EMA samples (dpm++2m, 20 steps, fixed seeds) every --sample-every steps
+  config.json              the resolved configuration
+
+The modules: config (TrainConfig, the presets, a new or resumed run's configuration), run (the run
+folder and its text files), loop (Trainer: one session of a run), state (train-state.safetensors),
+data (the images in memory and the seeded batch stream).
+"""
+
+from dtools.train.config import (
+    MODEL_OPTIONS,
+    OPTIONS,
+    PRESETS,
+    TrainConfig,
+    configure,
+    dry_run,
+    flag,
+    new_config,
+    preset_config,
+    preset_for_size,
+    resume_config,
+)
+from dtools.train.loop import Trainer, TrainResult, train
+from dtools.train.run import (
+    CONFIG_FILE,
+    LOSS_PLOT,
+    METRICS_FILE,
+    MODEL_FILE,
+    SAMPLES_DIR,
+    STATE_FILE,
+    append_metric,
+)
+
+__all__ = [
+    "CONFIG_FILE", "LOSS_PLOT", "METRICS_FILE", "MODEL_FILE", "MODEL_OPTIONS", "OPTIONS", "PRESETS",
+    "SAMPLES_DIR", "STATE_FILE", "TrainConfig", "TrainResult", "Trainer", "append_metric", "configure",
+    "dry_run", "flag", "new_config", "preset_config", "preset_for_size", "resume_config", "train",
+]

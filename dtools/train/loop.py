@@ -1,0 +1,387 @@
+"""The training loop: one session of a run, from its folder's state to a checkpoint.
+
+Trainer(cfg) has no side effects; `run()` first calls `setup()` (prepare RUN, load the data and, with
+--resume, the state, build model, EMA and optimizer, write config.json), then steps until --max-steps /
+--epochs, --max-minutes or a stop signal (SIGINT/SIGTERM finish the step and save). A non-finite loss,
+gradient or weight stops the run before anything is written, so the last checkpoint stays good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dtools.checkpoint import save_model
+from dtools.diffusion import Schedule, loss_weight, q_sample, training_target
+from dtools.ema import EMA
+from dtools.errors import DtoolsError
+from dtools.progress import Bar, progress_bar
+from dtools.runtime import resolve
+from dtools.train.config import TrainConfig, resolved
+from dtools.train.data import BatchStream, augment, fingerprint, load_images
+from dtools.train.run import (
+    LOSS_PLOT,
+    METRICS_FILE,
+    MODEL_FILE,
+    SAMPLES_DIR,
+    STATE_FILE,
+    append_metric,
+    prepare_run_dir,
+    read_metrics,
+    write_config,
+    write_metrics,
+)
+from dtools.train.state import capture, load_state, restore, save_state
+from dtools.unet import UNet, UNetConfig, count_parameters
+
+SAMPLE_SAMPLER, SAMPLE_STEPS = "dpm++2m", 20
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+@dataclass
+class TrainResult:
+    step: int
+    total_steps: int
+    stopped: str  # "done", "max_minutes" or "interrupted"
+    loss: float | None  # mean of the last --log-every window
+    elapsed: float
+    run: Path
+    checkpoint_step: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Window:
+    """Running sums over the current --log-every window of steps."""
+
+    loss: float = 0.0
+    grad_norm: float = 0.0
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    last_rate: float = 0.0  # img/s of the previous window
+
+    def add(self, loss: float, grad_norm: float) -> None:
+        self.loss, self.grad_norm, self.steps = self.loss + loss, self.grad_norm + grad_norm, self.steps + 1
+
+    def rate(self, batch_size: int) -> float:
+        """img/s in this window so far (the previous window's when this one is empty)."""
+        if not self.steps:
+            return self.last_rate
+        return self.steps * batch_size / max(time.perf_counter() - self.start, 1e-9)
+
+    def reset(self, rate: float) -> None:
+        self.loss, self.grad_norm, self.steps = 0.0, 0.0, 0
+        self.start, self.last_rate = time.perf_counter(), rate
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag, so the loop stops at the next step boundary with a checkpoint.
+
+    A second Ctrl-C raises KeyboardInterrupt at once. Only installed from the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def schedule_on(schedule: Schedule, device: torch.device) -> Schedule:
+    """The schedule's tables on the training device (MPS has no float64: there they become float32)."""
+    if device.type == "mps":
+        return Schedule(*(getattr(schedule, f).float().to(device) for f in schedule.__dataclass_fields__))
+    return schedule.to(device)
+
+
+class Trainer:
+    """One training session of a run: built from a config (nothing happens yet), then `run()` sets it
+    up (`setup()`) and steps until --max-steps / --epochs, --max-minutes or a stop signal."""
+
+    def __init__(
+        self, cfg: TrainConfig, *, resume: bool = False, force: bool = False,
+        log: Callable[[str], None] = _log, progress: bool | None = None,
+    ):
+        self.cfg, self.log = cfg.validate(), log
+        self.resume, self.force = resume, force
+        self.run_dir = Path(cfg.out)
+        self.total = cfg.total_steps()
+        self.show_bar = sys.stderr.isatty() if progress is None else progress
+        self.step, self.elapsed_before, self.metrics = 0, 0.0, []
+        self.checkpoint_step = -1  # the step of the last checkpoint on disk (-1: none yet)
+
+    def setup(self) -> None:
+        """Prepare RUN, load the data (and with --resume the state), build model, EMA and optimizer,
+        write config.json."""
+        cfg = self.cfg
+        prepare_run_dir(self.run_dir, self.resume, self.force)
+        # with --resume, check the state file before spending time on data
+        state = load_state(self.run_dir / STATE_FILE) if self.resume else None
+        self.rt = resolve(cfg.device, cfg.precision, cfg.compile)
+        self.device = self.rt.device
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        n = self._load_data()
+        self.schedule_cpu = Schedule.from_betas(cfg.betas)  # float64; what the samplers get
+        self.schedule = schedule_on(self.schedule_cpu, self.device)
+
+        # Model, EMA, optimizer (seeded, so a run is reproducible)
+        torch.manual_seed(cfg.seed)
+        self.model = UNet(UNetConfig.from_dict(cfg.model)).to(self.device)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
+        self.stream = BatchStream(n, cfg.seed)
+        if state is not None:
+            self._restore(*state, n)
+        if self.rt.compile:
+            self.model.compile()
+
+        self.header = {
+            "model": cfg.model, "parameterization": cfg.parameterization,
+            "betas": [float(b) for b in cfg.betas],  # the exact float64 schedule
+            "ema_decay": cfg.ema_decay, "image_size": cfg.image_size, "channels": cfg.channels,
+        }
+        write_config(self.run_dir, {**cfg.to_dict(), "resolved": resolved(cfg, self.rt)})
+        self.session_start = time.monotonic()
+
+    def _load_data(self) -> int:
+        """Decode the images once, kept as uint8 (N, C, H, W) on the CPU; returns N."""
+        cfg = self.cfg
+        self.images = load_images(cfg.data)
+        n, c, h, w = self.images.shape
+        if (c, h) != (cfg.channels, cfg.image_size):
+            raise DtoolsError(
+                f"{cfg.data}: images are {h}x{w}x{c}, but the run was set up for "
+                f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}"
+            )
+        fp = fingerprint(self.images)
+        if self.resume and cfg.data_fingerprint and fp != cfg.data_fingerprint:
+            raise DtoolsError(f"{cfg.data}: these are not the images the run in {cfg.out} was trained on")
+        cfg.num_images, cfg.data_fingerprint = n, fp
+        return n
+
+    def _restore(self, tensors: dict[str, torch.Tensor], info: dict[str, Any], n: int) -> None:
+        """Continue where the state on disk left off; metrics logged after it are dropped."""
+        self.stream = restore(
+            self.run_dir / STATE_FILE, tensors, info, self.model, self.ema, self.optimizer, self.scaler
+        )
+        if self.stream.n != n:
+            raise DtoolsError(f"{self.cfg.data}: holds {n} images, but the run was trained on "
+                              f"{self.stream.n}")
+        self.step, self.elapsed_before = int(info["step"]), float(info.get("elapsed", 0.0))
+        self.checkpoint_step = self.step
+        self.metrics = read_metrics(self.run_dir / METRICS_FILE, self.step)
+        write_metrics(self.run_dir / METRICS_FILE, self.metrics)
+
+    def elapsed(self) -> float:
+        """Seconds of training over all sessions of the run."""
+        return self.elapsed_before + time.monotonic() - self.session_start
+
+    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole batch's images, timesteps and noise, drawn in one fixed order (so --grad-accum
+        splits exactly the batch that an unsplit step would see)."""
+        cfg, device = self.cfg, self.device
+        idx = self.stream.next(cfg.batch_size)
+        x0 = augment(self.images[idx], cfg.flip).to(device, non_blocking=True)
+        x0 = x0.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
+        t = torch.randint(0, self.schedule.T, (cfg.batch_size,), device=device)  # (B,)
+        eps = torch.randn(x0.shape, device=device)  # (B, C, H, W)
+        return x0, t, eps
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step; returns (loss, gradient norm) or raises NonFiniteLoss before updating."""
+        cfg, s, param = self.cfg, self.schedule, self.cfg.parameterization
+        micro = cfg.batch_size // cfg.grad_accum
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss = torch.zeros((), device=self.device)
+        x0_all, t_all, eps_all = self.draw_batch()
+        for x0, t, eps in zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro), strict=True):
+            x_t = q_sample(s, x0, t, eps)
+            target = training_target(s, param, x0, eps, t)
+            with self.rt.autocast():
+                out = self.model(x_t, t)
+            per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
+            # the mean over the whole batch, accumulated one micro-batch at a time
+            loss = (loss_weight(s, param, t, cfg.min_snr_gamma) * per_sample).sum() / cfg.batch_size
+            self.scaler.scale(loss).backward()
+            total_loss += loss.detach()
+        loss_value = float(total_loss)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"loss is {loss_value}")
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(grad_norm) and self.rt.precision != "fp16":  # fp16: the scaler skips such steps
+            raise NonFiniteLoss(f"gradient norm is {grad_norm}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model)
+        return loss_value, grad_norm
+
+    def write_samples(self) -> None:
+        """samples/step_XXXXXX.png: EMA samples of fixed seeds (those of `dtools sample --seed SEED`)."""
+        from dtools.grid import make_grid
+        from dtools.images import save_png, to_uint8
+        from dtools.samplers import generate, image_seed
+
+        cfg, device = self.cfg, self.device
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self.rt.autocast():
+                return self.ema.module(x_t, t).float()
+
+        seeds = [image_seed(cfg.seed, i) for i in range(cfg.sample_count)]
+        shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        # sampling must not disturb the training RNG streams (exact resume)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            x = generate(model_fn, self.schedule_cpu, cfg.parameterization, shape, seeds,
+                         sampler=SAMPLE_SAMPLER, steps=SAMPLE_STEPS, device=device)
+        nrow = math.ceil(math.sqrt(cfg.sample_count))
+        grid = make_grid(to_uint8(x), nrow=nrow, scale=max(1, 64 // cfg.image_size))
+        save_png(grid, self.run_dir / SAMPLES_DIR / f"step_{self.step:06d}.png", force=True)
+
+    def save_checkpoint(self) -> None:
+        """model.safetensors, metrics.jsonl, loss.png, then train-state.safetensors (the commit point)."""
+        from dtools.plots import loss_curve
+
+        for name, module in (("weights", self.model), ("EMA weights", self.ema.module)):
+            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                raise NonFiniteLoss(f"the {name} are not finite")
+        tensors, info = capture(self.model, self.ema, self.optimizer, self.stream, self.scaler)
+        meta = {**self.header, "step": self.step, "train": self.cfg.to_dict()}
+        weights = {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}
+        save_model(self.run_dir / MODEL_FILE, weights, config=self.cfg.model, meta=meta, force=True)
+        write_metrics(self.run_dir / METRICS_FILE, self.metrics)
+        if self.metrics:
+            steps, losses = [r["step"] for r in self.metrics], [r["loss"] for r in self.metrics]
+            loss_curve(steps, losses, self.run_dir / LOSS_PLOT, force=True)
+        # The state goes last: it is what --resume trusts, and it only moves once the rest is on disk.
+        save_state(self.run_dir / STATE_FILE, tensors, {**meta, **info, "elapsed": self.elapsed()})
+        self.checkpoint_step = self.step
+
+    def run(self) -> TrainResult:
+        """Set up, then train to the end of the session; returns what happened."""
+        self.setup()
+        cfg, total, rt = self.cfg, self.total, self.rt
+        n_params = count_parameters(self.model)
+        self.log(f"training {self.run_dir}: {cfg.num_images} images {cfg.image_size}x{cfg.image_size}x"
+                 f"{cfg.channels}, preset {cfg.preset}, {n_params / 1e6:.2f}M parameters, {rt.device} "
+                 f"{rt.precision}{' compiled' if rt.compile else ''}, steps {self.step}->{total}")
+        window, stopped = _Window(), "done"
+        budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+        try:
+            with _StopSignals() as signals, self._progress_bar() as bar:
+                while self.step < total and stopped == "done":
+                    try:
+                        window.add(*self.train_step())
+                    except NonFiniteLoss as e:
+                        raise self._diverged(str(e), self.step + 1) from None
+                    self.step += 1
+                    if self.step % cfg.log_every == 0 or self.step == total:
+                        rec = self._log_window(window)
+                        bar.update(loss=f"{rec['loss']:.4f}", ips=f"{rec['img_per_s']:.0f}")
+                    bar.update(completed=self.step)
+                    if signals.requested:
+                        stopped = "interrupted"
+                    elif time.monotonic() - self.session_start >= budget and self.step < total:
+                        stopped = "max_minutes"
+                    self._write_outputs(end=self.step == total or stopped != "done",
+                                        samples=stopped != "interrupted", window=window)
+        except NonFiniteLoss as e:
+            raise self._diverged(str(e), self.step) from None
+        return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
+                           self.checkpoint_step, self.metrics)
+
+    def _progress_bar(self) -> contextlib.AbstractContextManager[Bar]:
+        """step N/M, the bar, loss, img/s, elapsed, ETA, time left; it stays on screen when done."""
+        return progress_bar(
+            "step {task.completed}/{task.total}", self.total, completed=self.step,
+            fields={"loss": "-", "ips": "-"},
+            columns=("loss {task.fields[loss]}", "{task.fields[ips]} img/s"),
+            count=False, elapsed=True, transient=False, show=self.show_bar,
+        )
+
+    def _write_outputs(self, end: bool, samples: bool, window: _Window) -> None:
+        """Sample grid and checkpoint when they are due (and always at the end)."""
+        cfg = self.cfg
+        if samples and cfg.sample_every and (self.step % cfg.sample_every == 0 or end):
+            self.write_samples()
+        if self.step % cfg.save_every == 0 or end:
+            self.save_checkpoint()
+            if not self.show_bar:
+                loss = self.last_loss()
+                self.log(f"step {self.step}/{self.total}  loss {'-' if loss is None else f'{loss:.4g}'}  "
+                         f"{window.rate(cfg.batch_size):.0f} img/s  elapsed {_fmt_time(self.elapsed())}  "
+                         f"saved {self.run_dir / MODEL_FILE}")
+
+    def _diverged(self, what: str, step: int) -> DtoolsError:
+        kept = (f"the last good checkpoint (step {self.checkpoint_step}) in {self.run_dir} is intact"
+                if self.checkpoint_step >= 0 else "no checkpoint had been written yet")
+        hint = "lower --lr" + ("" if self.cfg.grad_clip else " or set --grad-clip 1")
+        return DtoolsError(f"training diverged at step {step}: {what}; stopped, {kept}; try a {hint}")
+
+    def _log_window(self, window: _Window) -> dict[str, Any]:
+        """Close a --log-every window: one metrics record, kept in memory and appended to metrics.jsonl."""
+        rec = {"step": self.step, "epoch": self.stream.epoch, "loss": window.loss / window.steps,
+               "lr": self.cfg.lr, "grad_norm": window.grad_norm / window.steps,
+               "img_per_s": round(window.rate(self.cfg.batch_size), 2), "elapsed": round(self.elapsed(), 3)}
+        self.metrics.append(rec)
+        append_metric(self.run_dir / METRICS_FILE, rec)
+        window.reset(rec["img_per_s"])
+        return rec
+
+    def last_loss(self) -> float | None:
+        """The mean loss of the last logged window."""
+        return self.metrics[-1]["loss"] if self.metrics else None
+
+
+def train(
+    cfg: TrainConfig, *, resume: bool = False, force: bool = False,
+    log: Callable[[str], None] = _log, progress: bool | None = None,
+) -> TrainResult:
+    """Train (or, with `resume`, continue) the run described by `cfg`.
+
+    Raises DtoolsError for anything the user can fix, including a non-finite loss (after which
+    the last checkpoint on disk is untouched). `progress` forces the progress bar on or off (default:
+    on when stderr is a terminal).
+    """
+    return Trainer(cfg, resume=resume, force=force, log=log, progress=progress).run()
