@@ -26,6 +26,7 @@ from dtools.diffusion import Schedule, loss_weight, q_sample, training_target
 from dtools.ema import EMA
 from dtools.errors import DtoolsError
 from dtools.progress import Bar, progress_bar
+from dtools.progress import log as log_line
 from dtools.runtime import resolve
 from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import BatchStream, augment, fingerprint, load_images
@@ -113,10 +114,6 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _fmt_time(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -135,7 +132,7 @@ class Trainer:
 
     def __init__(
         self, cfg: TrainConfig, *, resume: bool = False, force: bool = False,
-        log: Callable[[str], None] = _log, progress: bool | None = None,
+        log: Callable[[str], None] = log_line, progress: bool | None = None,
     ):
         self.cfg, self.log = cfg.validate(), log
         self.resume, self.force = resume, force
@@ -376,7 +373,7 @@ class Trainer:
 
 def train(
     cfg: TrainConfig, *, resume: bool = False, force: bool = False,
-    log: Callable[[str], None] = _log, progress: bool | None = None,
+    log: Callable[[str], None] = log_line, progress: bool | None = None,
 ) -> TrainResult:
     """Train (or, with `resume`, continue) the run described by `cfg`.
 
