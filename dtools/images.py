@@ -135,18 +135,18 @@ def open_source(
     "no images found" + `empty_hint`. Arrays are checked (`validate_batch`) and matched to `channels`."""
     source = str(source)
     name = "stdin" if is_stdio(source) else source
-    if is_stdio(source) or source.lower().endswith(".npy"):
-        arr = match_channels(validate_batch(read_npy(source), name)[:limit], channels)
-        return ImageSource(name, len(arr), array=arr)
     p = Path(source)
-    if not p.exists():
-        raise DtoolsError(f"{p}: no such file or folder")
-    if p.is_dir():
+    if not is_stdio(source) and p.is_dir():  # a folder, even one named like a .npy file
         files = list_image_files(p)
         if not files:
             raise DtoolsError(f"{p}: no images found{empty_hint}")
         files = files[:limit]
         return ImageSource(name, len(files), files=files, channels=channels)
+    if is_stdio(source) or source.lower().endswith(".npy"):
+        arr = match_channels(validate_batch(read_npy(source), name)[:limit], channels)
+        return ImageSource(name, len(arr), array=arr)
+    if not p.exists():
+        raise DtoolsError(f"{p}: no such file or folder")
     arr = load_image(p, channels)[None]
     return ImageSource(name, 1, array=arr)
 

@@ -236,6 +236,10 @@ def test_open_source_reads_a_folder_lazily_in_runs_of_one_size(tmp_path):
     with pytest.raises(DtoolsError, match="e.png: cannot read image"):
         next(batches)
     assert open_source(str(tmp_path), limit=2).count == 2
+    (tmp_path / "e.png").rename(tmp_path / "e.txt")
+    (tmp_path / "folder.npy").mkdir()
+    (tmp_path / "a.png").rename(tmp_path / "folder.npy" / "a.png")  # a folder, whatever its name
+    assert read_source(str(tmp_path / "folder.npy")).shape == (1, 12, 10, 1)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DtoolsError, match="empty: no images found in here$"):
         open_source(str(tmp_path / "empty"), empty_hint=" in here")
