@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from dtools.errors import DtoolsError
-from dtools.fid.evaluate import extract_features, open_images
+from dtools.errors import DtoolsError, OptionError
+from dtools.fid.evaluate import FidConfig, evaluate, extract_features, open_images
 from dtools.fid.metrics import MetricsConfig, compute_metrics
-from dtools.fid.stats import stats_from_features
+from dtools.fid.stats import save_stats, stats_from_features
+from dtools.fid.weights import INCEPTION_SHA256, WEIGHTS_ENV
 from dtools.images import save_png
 
 
@@ -83,6 +85,40 @@ def _npy(tmp_path, arr) -> str:
 def test_bad_image_inputs(tmp_path, make, match):
     with pytest.raises(DtoolsError, match=match):
         open_images(make(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline: refusals before any file is read, and the report
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        (FidConfig("ref/"), "REFERENCE alone with --save-stats FILE"),
+        (FidConfig("-", "-"), "only one of REFERENCE and SAMPLES can be '-'"),
+        (FidConfig("ref/", save_stats="s.pkl"), "--save-stats s.pkl: give a file name ending in"),
+        (FidConfig("r.safetensors", save_stats="s.safetensors"), "already a statistics file"),
+        (FidConfig("ref/", "s.safetensors", isc=True), "needs the sample images, not a statistics file"),
+    ],
+)
+def test_requests_refused_before_anything_is_read(cfg, match):
+    with pytest.raises(DtoolsError, match=match) as e:
+        evaluate(cfg, log=pytest.fail)
+    assert isinstance(e.value, OptionError) == (cfg.samples is cfg.save_stats is None)  # usage error: exit 2
+
+
+def test_two_statistics_files_need_no_weights_and_make_the_report(tmp_path, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "nowhere.safetensors"))  # would fail if looked up
+    feats = torch.rand(10, 2048, generator=torch.Generator().manual_seed(0))
+    save_stats(tmp_path / "a.safetensors", stats_from_features({"2048": feats}, "a/", INCEPTION_SHA256), True)
+    a = str(tmp_path / "a.safetensors")
+    report = evaluate(FidConfig(a, a, kid=True), log=pytest.fail)
+    keys = ["fid", "kid_mean", "kid_std", "kid_subset_size", "reference", "samples", "weights_sha256",
+            "standard_weights", "saved_stats", "warnings"]
+    assert list(report) == keys and abs(report["fid"]) < 0.01
+    assert report["reference"] == {"source": "a/", "images": 10, "stats_file": a}
+    assert report["standard_weights"] and report["saved_stats"] is None
+    assert len(report["warnings"]) == 1 and "FID from 10 images is biased" in report["warnings"][0]
 
 
 # ------------------------------------------------------------------------------------------------
