@@ -1,15 +1,18 @@
 """Image batches as uint8 arrays [N, H, W, C] (C = 1 or 3), read from and written to plain files.
 
 Sources a command accepts: ``-`` (a `.npy` batch on stdin), a `.npy` file, an image file, or a
-folder of images (searched recursively, sorted by path so the order is stable).
+folder of images (searched recursively, sorted by path so the order is stable). `open_source` opens
+one lazily (a folder's images are read batch by batch); `read_source` and `read_images` stack them.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,23 +90,74 @@ def validate_batch(arr: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+NO_IMAGES_HINT = " (looked for .jpg, .png, .webp …)"
+
+
+@dataclass
+class ImageSource:
+    """One opened source (see module doc): its name, its number of images, and a way to read them.
+
+    A `.npy` batch or a single image file is read when it is opened (`array`); a folder is only
+    listed (`files`), and each of its images is read when `images` or `batches` reaches it.
+    """
+
+    name: str  # "stdin" or the path as given
+    count: int
+    array: np.ndarray | None = None  # uint8 [N, H, W, C]: the whole batch, already read
+    files: list[Path] | None = None  # a folder's image files, read lazily
+    channels: int | None = None  # what each file is converted to (see `to_array`)
+
+    def images(self) -> Iterator[np.ndarray]:
+        """Every image in order, one uint8 [H, W, C] at a time."""
+        if self.files is None:
+            yield from self.array
+        else:
+            for f in self.files:
+                yield load_image(f, self.channels)
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """uint8 [B, H, W, C] batches of at most `batch_size` images, in order. A batch must share one
+        size, so a folder's images of different sizes are split into runs of equal shape."""
+        if self.files is None:
+            for i in range(0, self.count, batch_size):
+                yield self.array[i : i + batch_size]
+            return
+        images = self.images()
+        while chunk := list(itertools.islice(images, batch_size)):
+            for _, run in itertools.groupby(chunk, key=lambda im: im.shape):
+                yield np.stack(list(run))
+
+
+def open_source(
+    source: str, channels: int | None = None, limit: int | None = None, empty_hint: str = NO_IMAGES_HINT
+) -> ImageSource:
+    """Open one source (see module doc) with at most `limit` images; a folder with none is an error
+    "no images found" + `empty_hint`. Arrays are checked (`validate_batch`) and matched to `channels`."""
+    source = str(source)
+    name = "stdin" if is_stdio(source) else source
+    p = Path(source)
+    if not is_stdio(source) and p.is_dir():  # a folder, even one named like a .npy file
+        files = list_image_files(p)
+        if not files:
+            raise DtoolsError(f"{p}: no images found{empty_hint}")
+        files = files[:limit]
+        return ImageSource(name, len(files), files=files, channels=channels)
+    if is_stdio(source) or source.lower().endswith(".npy"):
+        arr = match_channels(validate_batch(read_npy(source), name)[:limit], channels)
+        return ImageSource(name, len(arr), array=arr)
+    if not p.exists():
+        raise DtoolsError(f"{p}: no such file or folder")
+    arr = load_image(p, channels)[None]
+    return ImageSource(name, 1, array=arr)
+
+
 def read_source(source: str, channels: int | None = None, limit: int | None = None) -> np.ndarray:
     """One source (see module doc) as a uint8 batch [N, H, W, C]; at most `limit` images, and from a
     folder only the first `limit` files are opened."""
-    source = str(source)
-    if is_stdio(source) or source.lower().endswith(".npy"):
-        arr = validate_batch(read_npy(source), "stdin" if is_stdio(source) else source)
-        return match_channels(arr[:limit], channels)
-    p = Path(source)
-    if not p.exists():
-        raise DtoolsError(f"{p}: no such file or folder")
-    if p.is_dir():
-        files = list_image_files(p)
-        if not files:
-            raise DtoolsError(f"{p}: no images found (looked for .jpg, .png, .webp …)")
-        files = files[:limit]
-        return stack([load_image(f, channels) for f in files], files)
-    return load_image(p, channels)[None]
+    src = open_source(source, channels, limit)
+    if src.files is None:
+        return src.array
+    return stack(list(src.images()), src.files)
 
 
 def read_images(sources: Iterable[str], channels: int | None = None, limit: int | None = None) -> np.ndarray:

@@ -17,6 +17,7 @@ from dtools.images import (
     list_image_files,
     load_image,
     match_channels,
+    open_source,
     read_images,
     read_source,
     save_png,
@@ -220,6 +221,40 @@ def test_npy_file_stdin_and_single_image(tmp_path, monkeypatch, tiny_pngs, tiny_
     one = read_source(str(tiny_pngs / "000003.png"))
     assert one.shape == (1, 8, 8, 3)
     np.testing.assert_array_equal(one[0], tiny_batch[3])
+
+
+def test_open_source_reads_a_folder_lazily_in_runs_of_one_size(tmp_path):
+    Image.new("L", (10, 12), 7).save(tmp_path / "a.png")
+    Image.new("RGB", (10, 12), (1, 2, 3)).save(tmp_path / "b.png")
+    Image.new("RGB", (20, 20), (4, 5, 6)).save(tmp_path / "c.png")
+    Image.new("RGB", (10, 12), (8, 8, 8)).save(tmp_path / "d.png")
+    (tmp_path / "e.png").write_bytes(b"corrupt, sorted last: read only when a batch reaches it")
+    src = open_source(str(tmp_path), channels=3)
+    assert src.name == str(tmp_path) and src.count == 5 and src.array is None
+    batches = src.batches(4)
+    assert [next(batches).shape for _ in range(3)] == [(2, 12, 10, 3), (1, 20, 20, 3), (1, 12, 10, 3)]
+    with pytest.raises(DtoolsError, match="e.png: cannot read image"):
+        next(batches)
+    assert open_source(str(tmp_path), limit=2).count == 2
+    (tmp_path / "e.png").rename(tmp_path / "e.txt")
+    (tmp_path / "folder.npy").mkdir()
+    (tmp_path / "a.png").rename(tmp_path / "folder.npy" / "a.png")  # a folder, whatever its name
+    assert read_source(str(tmp_path / "folder.npy")).shape == (1, 12, 10, 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DtoolsError, match="empty: no images found in here$"):
+        open_source(str(tmp_path / "empty"), empty_hint=" in here")
+
+
+def test_open_source_of_arrays_matches_channels_and_slices_batches(tmp_path, monkeypatch, tiny_batch):
+    grey = tiny_batch[..., :1]
+    monkeypatch.setattr("sys.stdin", FakeStdin(npy_bytes(grey)))
+    src = open_source("-", channels=3)
+    assert src.name == "stdin" and src.count == 6 and src.files is None
+    assert [b.shape for b in src.batches(4)] == [(4, 8, 8, 3), (2, 8, 8, 3)]
+    np.testing.assert_array_equal(np.concatenate(list(src.batches(4))), np.repeat(grey, 3, axis=-1))
+    np.save(tmp_path / "b.npy", tiny_batch)
+    np.testing.assert_array_equal(np.stack(list(open_source(str(tmp_path / "b.npy"), limit=3).images())),
+                                  tiny_batch[:3])
 
 
 def test_read_images_concatenates_in_order(tmp_path, tiny_pngs, tiny_batch):

