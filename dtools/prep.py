@@ -26,8 +26,10 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
 from dtools.errors import DtoolsError, OptionError, first_line
-from dtools.fileio import default_mode
+from dtools.fileio import check_output, default_mode, write_npy
 from dtools.images import NUMBERED_PNG, list_image_files, numbered_png, png_bytes, to_array
+from dtools.progress import log as log_line
+from dtools.progress import progress_bar
 
 TWEMOJI = "twemoji"
 LANCZOS = Image.Resampling.LANCZOS
@@ -361,6 +363,52 @@ def run_prep(
             folder.commit()
     batch = np.stack(kept) if keep_batch else None
     return PrepReport(written, skipped, time.perf_counter() - t0, jobs, batch)
+
+
+MAX_WARNINGS = 10  # skipped files named one by one; the rest are counted
+NPY_TO_TERMINAL = (
+    "refusing to write binary .npy data to a terminal; pipe it (| dtools grid) or give --npy FILE"
+)
+
+
+def run(
+    src: str, cfg: PrepConfig, out: Path | None, npy: str | None, *, force: bool = False, jobs: int = 0,
+    limit: int | None = None, strict: bool = False, log: Callable[[str], None] = log_line,
+) -> PrepReport:
+    """`dtools prep`: every output checked before the work starts (so a long run never fails at its
+    last step), then the images of SRC into the folder `out` and/or the .npy `npy`; skipped files are
+    named (the first MAX_WARNINGS) and counted."""
+    if src in BUILTIN_SOURCES and Path(src).is_dir():
+        log(f"note: {src!r} is the built-in source; write ./{src} to use your folder of that name")
+    if out is not None:
+        check_output_folder(out, force)
+        if src not in BUILTIN_SOURCES:
+            check_not_nested(Path(src), out)
+    if npy is not None:
+        check_output(npy, force, NPY_TO_TERMINAL)
+    files = source_files(src)
+
+    def warn(path: Path, reason: str) -> None:
+        if len(skipped) < MAX_WARNINGS:
+            log(f"warning: skipped {reason}")
+        skipped.append(path)
+
+    skipped: list[Path] = []
+    with progress_bar("prep", min(len(files), limit) if limit else len(files)) as bar:
+        report = run_prep(
+            files, cfg, out, force=force, jobs=jobs or default_jobs(), limit=limit, strict=strict,
+            keep_batch=npy is not None, on_skip=warn, on_progress=bar.advance,
+        )
+    if npy is not None:
+        assert report.batch is not None
+        try:
+            write_npy(report.batch, npy, force)
+        except DtoolsError as e:
+            where = f" (the PNG folder {out} was written)" if out is not None else ""
+            raise DtoolsError(f"{e}{where}") from None
+    if len(report.skipped) > MAX_WARNINGS:
+        log(f"warning: ... and {len(report.skipped) - MAX_WARNINGS} more skipped files")
+    return report
 
 
 class _NoFolder:

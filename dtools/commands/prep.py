@@ -6,20 +6,8 @@ from pathlib import Path
 
 import typer
 
-from dtools.errors import DtoolsError
-from dtools.fileio import check_output, is_stdio, write_npy
-from dtools.prep import (
-    BUILTIN_SOURCES,
-    PrepConfig,
-    check_not_nested,
-    check_output_folder,
-    default_jobs,
-    parse_color,
-    run_prep,
-    source_files,
-)
-
-_MAX_WARNINGS = 10  # skipped files named one by one; the rest are counted
+from dtools.fileio import is_stdio
+from dtools.prep import PrepConfig, parse_color, run
 
 
 def prep(
@@ -55,56 +43,18 @@ def prep(
       dtools prep twemoji --size 32 --limit 16 --npy - | dtools grid --scale 4 -o emoji.png
       dtools prep scans/ grey/ --size 48 --channels 1 --strict
     """
-    from dtools.progress import log, progress_bar
+    from dtools.progress import log
 
     cfg = PrepConfig(size=size, crop=crop, background=parse_color(background), channels=channels)
     if out is None and npy is None:
         raise typer.BadParameter("give an output folder OUT, or --npy FILE (or both)", param_hint="OUT")
-    if src in BUILTIN_SOURCES and Path(src).is_dir():
-        log(f"note: {src!r} is the built-in source; write ./{src} to use your folder of that name")
-    # Check every output before the work starts, so a long run never fails at its last step.
-    if out is not None:
-        check_output_folder(out, force)
-        if src not in BUILTIN_SOURCES:
-            check_not_nested(Path(src), out)
-    if npy is not None:
-        check_output(
-            npy,
-            force,
-            "refusing to write binary .npy data to a terminal; pipe it (| dtools grid) or give --npy FILE",
-        )
-    files = source_files(src)
-    jobs = jobs or default_jobs()
-
-    skipped_shown = 0
-
-    def warn(path: Path, reason: str) -> None:
-        nonlocal skipped_shown
-        skipped_shown += 1
-        if skipped_shown <= _MAX_WARNINGS:
-            log(f"warning: skipped {reason}")
-
-    with progress_bar("prep", min(len(files), limit) if limit else len(files)) as bar:
-        report = run_prep(
-            files, cfg, out, force=force, jobs=jobs, limit=limit, strict=strict, keep_batch=npy is not None,
-            on_skip=warn, on_progress=bar.advance,
-        )
-    if npy is not None:
-        assert report.batch is not None
-        try:
-            write_npy(report.batch, npy, force)
-        except DtoolsError as e:
-            where = f" (the PNG folder {out} was written)" if out is not None else ""
-            raise DtoolsError(f"{e}{where}") from None
-    n_skip = len(report.skipped)
-    if n_skip > _MAX_WARNINGS:
-        log(f"warning: ... and {n_skip - _MAX_WARNINGS} more skipped files")
+    report = run(src, cfg, out, npy, force=force, jobs=jobs, limit=limit, strict=strict)
     kind = "RGB" if channels == 3 else "grey"
     dests = [f"{out}/"] if out is not None else []
     if npy is not None:
         dests.append("stdout" if is_stdio(npy) else npy)
-    dest = " and ".join(dests)
+    processes = f"{report.jobs} process{'es' if report.jobs > 1 else ''}"
     log(
-        f"prep: wrote {report.written} images ({size}x{size} {kind}) to {dest}, skipped {n_skip}, "
-        f"in {report.seconds:.1f} s ({report.jobs} process{'es' if report.jobs > 1 else ''})"
+        f"prep: wrote {report.written} images ({size}x{size} {kind}) to {' and '.join(dests)}, skipped "
+        f"{len(report.skipped)}, in {report.seconds:.1f} s ({processes})"
     )
