@@ -34,7 +34,8 @@ def export(
       dtools export runs/emoji/model.safetensors -o emoji-ddpm/
       python -c "from diffusers import DDPMPipeline; DDPMPipeline.from_pretrained('emoji-ddpm')"
       dtools export runs/emoji/model.safetensors -o emoji-raw/ --weights raw --variance beta
-      dtools export ckpt.safetensors -o out/ && dtools import out/ -o back.safetensors
+      dtools export ckpt.safetensors -o out/ && dtools import out/ -o back.safetensors \\
+          && dtools sample back.safetensors | dtools grid -o same-as-ckpt.png
     """
     from dtools.diffusers_folder import export as export_model
 
