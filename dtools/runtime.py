@@ -129,10 +129,13 @@ class Runtime:
 
     def adam(self, params: Iterable[torch.Tensor], **kw) -> torch.optim.Adam:
         """torch.optim.Adam, as one fused kernel on the CPU and on CUDA (2-5 % of a CPU training step
-        saved); keyword arguments go to Adam. Moments restored from a file must be laid out like their
-        parameters (`train.state` takes care of it): the fused CPU kernel walks them as flat memory."""
+        saved); keyword arguments go to Adam. Moments loaded with `load_state_dict` (a resumed run's,
+        written NCHW) are laid out like their parameters again: the fused CPU kernel walks parameter,
+        gradient and moments as flat memory, and mixed layouts would silently mix up elements."""
         fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(params, fused=fused or None, **kw)
+        optimizer = torch.optim.Adam(params, fused=fused or None, **kw)
+        optimizer.register_load_state_dict_post_hook(_moments_like_params)
+        return optimizer
 
     def model_fn(self, network: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """`fn(x_t, t)` for the samplers: the network in this precision and memory format, fp32 out.
@@ -143,6 +146,16 @@ class Runtime:
                 return network(self.layout(x_t), t).float()
 
         return fn
+
+
+def _moments_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Lay every per-parameter state tensor out like its parameter (channels-last weights)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, v in state.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def resolve(device: str = "auto", precision: str = "auto", compile: bool | None = None) -> Runtime:
@@ -171,7 +184,7 @@ class ThreadGuard:
     """
 
     def __init__(self, threads: int, *, factor: float = 2.0, warmup: int = 2, trial: int = 3,
-                 patience: int = 2, retry_s: float = 30.0, max_retry_s: float = 480.0):
+                 patience: int = 2, retry_s: float = 30.0, max_retry_s: float = 240.0):
         assert threads > 1 and factor > 1 and trial >= 1 and patience >= 1
         self.full, self.factor, self.trial, self.patience = threads, factor, trial, patience
         self.retry_base, self.max_retry_s = retry_s, max_retry_s
