@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dtools import samplers
 from dtools.checkpoint import LoadedModel, load_model
@@ -152,6 +151,7 @@ def load(cfg: SampleConfig) -> tuple[LoadedModel, Runtime]:
     """The checkpoint's network on the chosen device, compiled if asked."""
     rt = resolve(cfg.device, cfg.precision, cfg.compile)
     loaded = load_model(cfg.checkpoint, cfg.weights, rt.device)
+    rt.prepare(loaded.network)  # channels-last, as train's grids run it
     if rt.compile:
         loaded.network.compile()
     return loaded, rt
@@ -170,10 +170,7 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
     opts = dict(sampler=cfg.sampler, steps=steps, spacing=cfg.spacing, eta=eta, variance=variance)
     shape = loaded.image_shape
 
-    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with rt.autocast():
-            return model(x_t, t).float()
-
+    model_fn = rt.model_fn(model)  # precision and memory format as in train's grids
     what = "trajectories" if cfg.trajectory else "images"
     log(f"sampling {cfg.n} {what} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
         f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights): {cfg.sampler}, {steps} steps "

@@ -55,8 +55,8 @@ def sample(
     clip: bool = typer.Option(True, "--clip/--no-clip", help="Clip each predicted x0 to [-1, 1]."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto, fp32, bf16, fp16. auto: bf16 on a CUDA GPU (fp16 on older ones), "
-        "fp32 on the CPU."
+        "auto", "--precision", help="auto, fp32, bf16, fp16. auto: bf16 on a CUDA GPU (fp16 on older ones) "
+        "and on a CPU with AMX, else fp32 (the rule of `dtools train`, docs/performance.md)."
     ),
     compile_model: bool = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the network. "

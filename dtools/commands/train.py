@@ -78,7 +78,8 @@ def train(
     log_every: int = typer.Option(None, "--log-every", min=1,
                                   help="A metrics.jsonl line every N steps [10]."),
     precision: str = typer.Option(
-        None, "--precision", help="auto (bf16 on GPUs with it, else fp16; fp32 on CPU), bf16, fp16 or fp32."
+        None, "--precision", help="auto, bf16, fp16 or fp32. auto: bf16 on GPUs with it (else fp16) and on "
+        "CPUs with AMX (else fp32); docs/performance.md."
     ),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda [default: auto]."),
     compile: bool = typer.Option(

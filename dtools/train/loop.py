@@ -27,7 +27,7 @@ from dtools.ema import EMA
 from dtools.errors import DtoolsError
 from dtools.progress import Bar, progress_bar
 from dtools.progress import log as log_line
-from dtools.runtime import resolve
+from dtools.runtime import ThreadGuard, resolve
 from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import BatchStream, augment, fingerprint, load_images
 from dtools.train.run import (
@@ -161,9 +161,10 @@ class Trainer:
 
         # Model, EMA, optimizer (seeded, so a run is reproducible)
         torch.manual_seed(cfg.seed)
-        self.model = UNet(UNetConfig.from_dict(cfg.model)).to(self.device)
+        self.model = UNet(UNetConfig.from_dict(cfg.model))
+        self.model = self.rt.prepare(self.model)  # on the device, channels-last (runtime.py)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = self.rt.adam(self.model.parameters(), lr=cfg.lr)  # fused where supported
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
         self.stream = BatchStream(n, cfg.seed)
         if state is not None:
@@ -233,6 +234,7 @@ class Trainer:
         x0_all, t_all, eps_all = self.draw_batch()
         for x0, t, eps in zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro), strict=True):
             x_t = q_sample(s, x0, t, eps)
+            x_t = self.rt.layout(x_t)  # the network's memory format
             target = training_target(s, param, x0, eps, t)
             with self.rt.autocast():
                 out = self.model(x_t, t)
@@ -262,10 +264,7 @@ class Trainer:
 
         cfg, device = self.cfg, self.device
 
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with self.rt.autocast():
-                return self.ema.module(x_t, t).float()
-
+        model_fn = self.rt.model_fn(self.ema.module)  # as `dtools sample` runs it
         seeds = [image_seed(cfg.seed, i) for i in range(cfg.sample_count)]
         shape = (cfg.channels, cfg.image_size, cfg.image_size)
         # sampling must not disturb the training RNG streams (exact resume)
@@ -305,13 +304,17 @@ class Trainer:
                  f"{rt.precision}{' compiled' if rt.compile else ''}, steps {self.step}->{total}")
         window, stopped = _Window(), "done"
         budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+        guard, threads = ThreadGuard.for_runtime(rt), torch.get_num_threads()  # CPU threads by step times
         try:
             with _StopSignals() as signals, self._progress_bar() as bar:
                 while self.step < total and stopped == "done":
+                    started = time.perf_counter()
                     try:
                         window.add(*self.train_step())
                     except NonFiniteLoss as e:
                         raise self._diverged(str(e), self.step + 1) from None
+                    if guard is not None:
+                        guard.apply(time.perf_counter() - started)
                     self.step += 1
                     if self.step % cfg.log_every == 0 or self.step == total:
                         rec = self._log_window(window)
@@ -325,6 +328,8 @@ class Trainer:
                                         samples=stopped != "interrupted", window=window)
         except NonFiniteLoss as e:
             raise self._diverged(str(e), self.step) from None
+        finally:
+            torch.set_num_threads(threads)
         return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
                            self.checkpoint_step, self.metrics)
 
