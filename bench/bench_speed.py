@@ -1,7 +1,7 @@
 """Training and sampling speed of dtools against diffusers' UNet2DModel at matched sizes, one process.
 
-    python bench/bench_speed.py                     # the three CPU configurations of docs/performance.md
-    python bench/bench_speed.py --configs cpu32 --compile   # also dtools' best flags (--compile)
+    python bench/bench_speed.py                     # the CPU configurations of docs/performance.md
+    python bench/bench_speed.py --configs seed32 --compile  # also --compile, on both sides
     python bench/bench_speed.py --toy               # seconds: checks that it runs (the CI test)
 
 dtools is measured on its default path, what `dtools train` and `dtools sample` do with no flags: the
@@ -9,7 +9,8 @@ Trainer of dtools.train (built on random images, the batch stream and augmentati
 Runtime.model_fn of its EMA network; with --compile also on its best flags. diffusers' UNet2DModel
 with the same widths, blocks, attention placement and groups (bench_unet.diffusers_twin) runs a plain
 loop (noising, forward, MSE, backward, clipping when dtools clips, fused Adam, EMA lerp) in fp32 and
-bf16 autocast, each with and without channels-last; the ratio is against the fastest of them. All
+bf16 autocast, the latter also channels-last (--diffusers-modes; with --compile also compiled); the
+ratio is against the fastest of them. All
 modes alternate round by round (bench/benchlib.py); peak memory is VmHWM of a fresh process per mode
 (build, then 3 training steps). GFLOP/s count a training step as 3x the forward FLOPs and are put
 against the best GEMM rate of this run in the same precision.
@@ -38,7 +39,7 @@ from dtools.schedules import make_schedule
 from dtools.unet import UNetConfig, count_parameters
 
 CL = torch.channels_last
-DIFFUSERS_MODES = ("fp32", "fp32-cl", "bf16", "bf16-cl")
+DIFFUSERS_MODES = ("fp32", "fp32-cl", "bf16", "bf16-cl")  # "-compiled" may follow any of them
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class Spec:
         return {"preset": self.preset, "batch_size": self.batch, "sample_every": 0, **dict(self.model)}
 
 
-SPECS = {
+SPECS = {  # the issue's reference sizes (seed64, seed32), and the preset `dtools train` picks at 32x32
     "seed64": Spec("seed64", "seed64", 64, 16),
+    "seed32": Spec("seed32", "seed64", 32, 32),  # the seed's network on 32x32 images (attention at 8x8)
     "cpu32": Spec("cpu32", "cpu32", 32, 32),
     "w124": Spec("w124", "cpu32", 32, 32, (("channel_mult", (1, 2, 4)),)),  # widths (32, 64, 128)
 }
@@ -98,7 +100,13 @@ class DtoolsSide:
         if self.rt.compile:
             ema = copy.deepcopy(ema)
             ema.compile()
-        self.sample_fn = self.rt.model_fn(ema)  # what the samplers call, in train's grids and `dtools sample`
+        model_fn = self.rt.model_fn(ema)  # what the samplers call, in train's grids and `dtools sample`
+
+        def sample_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():  # as samplers.generate calls it
+                return model_fn(x, t)
+
+        self.sample_fn = sample_fn
         self.batch = spec.batch
 
     def loader(self) -> torch.Tensor:
@@ -121,12 +129,15 @@ class DiffusersSide:
         from bench_unet import diffusers_twin
 
         torch.manual_seed(0)
-        self.cl, self.bf16, self.clip, self.device = "cl" in mode, "bf16" in mode, clip, device
+        self.cl, self.bf16, self.clip, self.device = "-cl" in mode, "bf16" in mode, clip, device
         net = diffusers_twin(cfg).to(device)
         self.net = net.to(memory_format=CL) if self.cl else net
         fused = device.type in ("cpu", "cuda") or None
         self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-4, fused=fused)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        if mode.endswith("-compiled"):  # in place, as dtools compiles (state-dict keys unchanged)
+            self.net.compile()
+            self.ema.compile()
         self.shape = (batch, cfg.in_channels, cfg.image_size, cfg.image_size)
         self.x0 = torch.rand(self.shape, device=device) * 2 - 1
         self.ab = torch.cumprod(1 - torch.from_numpy(make_schedule("cosine", 1000)), 0).float().to(device)
@@ -155,7 +166,7 @@ class DiffusersSide:
             e, o = self.ema.state_dict(), self.net.state_dict()
             keys = [k for k, v in e.items() if v.is_floating_point()]
             torch._foreach_lerp_([e[k] for k in keys], [o[k] for k in keys], 0.001)
-        return float(loss)
+        return float(loss.detach())
 
     def sample_fn(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self._autocast():
@@ -166,7 +177,7 @@ class DiffusersSide:
 
 
 def build(spec: Spec, mode: str, workdir: Path):
-    """'dtools' (the default path), 'dtools --compile', or 'diffusers MODE' (DIFFUSERS_MODES)."""
+    """'dtools' (the default path), 'dtools --compile', or 'diffusers MODE' (DIFFUSERS_MODES[-compiled])."""
     if mode.startswith("dtools"):
         return DtoolsSide(spec, workdir, compile_=True if "--compile" in mode else None)
     cfg = train_config(spec, workdir / "data.npy", workdir / "unused")
@@ -203,10 +214,12 @@ def bench(spec: Spec, args, gemm: dict[str, float]) -> dict:
     reps = 2 if args.toy else args.reps
     with tempfile.TemporaryDirectory() as d:
         workdir = Path(d)
+        dif_modes = args.diffusers_modes.split(",")
         modes = ["dtools"] + (["dtools --compile"] if args.compile else [])
-        modes += [f"diffusers {m}" for m in DIFFUSERS_MODES]
+        modes += [f"diffusers {m}" for m in dif_modes]
+        modes += [f"diffusers {dif_modes[-1]}-compiled"] if args.compile else []
         sides = {m: build(spec, m, workdir) for m in modes}
-        dt, dif = sides["dtools"], sides[f"diffusers {DIFFUSERS_MODES[0]}"]
+        dt, dif = sides["dtools"], sides[f"diffusers {dif_modes[0]}"]
         device = dt.rt.device
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         shape = (spec.batch, dt.cfg.channels, spec.size, spec.size)
@@ -214,14 +227,17 @@ def bench(spec: Spec, args, gemm: dict[str, float]) -> dict:
         flops = {"dtools": benchlib.forward_flops(lambda: dt.net(x, t)),
                  "diffusers": benchlib.forward_flops(lambda: dif.net(x, t))}
         params = {"dtools": count_parameters(dt.net), "diffusers": count_parameters(dif.net)}
-        train = benchlib.interleaved({m: s.train_step for m, s in sides.items()}, reps, sync=sync)
+        csw = 0 if args.toy else 40  # the toy run keeps every round: it only checks that all of this runs
+        steps = {m: s.train_step for m, s in sides.items()}
+        train = benchlib.interleaved(steps, reps, sync=sync, csw_max=csw)
         calls = {m: (lambda s=s: s.sample_fn(x, t)) for m, s in sides.items()}
-        sample = benchlib.interleaved(calls, reps, sync=sync)
+        sample = benchlib.interleaved(calls, reps, sync=sync, csw_max=csw)
         loader = benchlib.interleaved({"loader": dt.loader}, max(reps, 20), warmup=2, csw_max=0)
         precision = {m: (dt.rt.precision if m.startswith("dtools") else ("bf16" if "bf16" in m else "fp32"))
                      for m in modes}
         del sides
-    memory = peak_memory(spec, modes, args.toy)
+    eager = [m for m in modes if "compile" not in m]  # compiling in a fresh process would dominate its memory
+    memory = peak_memory(spec, eager if not args.toy else eager[:2], args.toy)  # toy: a fresh process is slow
     return dict(spec=spec, modes=modes, train=train, sample=sample, loader=loader, flops=flops, params=params,
                 precision=precision, memory=memory, gemm=gemm, rt=dt.rt.describe())
 
@@ -247,7 +263,8 @@ def report(r: dict) -> dict:
                    f"{rate[m] / rate[best_dif]:.2f}", f"{gflops:.0f}", f"{100 * share:.0f} %",
                    f"{timing.first[m]:.1f}"]
             if what == "training":
-                row.append(f"{r['memory'][m][0]:.0f} (+{r['memory'][m][1]:.0f})")
+                after, grown = r["memory"].get(m, (math.nan, math.nan))
+                row.append(f"{after:.0f} (+{grown:.0f})")
             rows.append(row)
         head = ["mode", unit, "vs diffusers best", "GFLOP/s", "of GEMM rate", "first call s"]
         kept = len(timing.times[modes[0]])
@@ -256,7 +273,9 @@ def report(r: dict) -> dict:
         ratios[what] = {m: rate[m] / rate[best_dif] for m in modes if m.startswith("dtools")}
         ratios[what + " rate"] = rate["dtools"]
         if what == "training":
-            ratios["memory"] = r["memory"]["dtools"][0] / r["memory"][best_dif][0]
+            measured = [m for m in modes if m.startswith("diffusers") and m in r["memory"]]
+            best_eager = max(measured, key=rate.get)  # against diffusers' fastest mode measured for memory
+            ratios["memory"] = r["memory"]["dtools"][0] / r["memory"][best_eager][0]
     loader_rate = spec.batch / r["loader"].median("loader")
     print(f"\ndata path: the loader delivers {loader_rate:,.0f} img/s, "
           f"{loader_rate / ratios['training rate']:,.0f}x dtools' training rate")
@@ -264,16 +283,63 @@ def report(r: dict) -> dict:
     return ratios
 
 
+def profile(spec: Spec, steps: int = 5) -> None:
+    """Where a default training step's time goes: torch.profiler over `steps` steps after warm-up,
+    operators by self CPU time, grouped into what they are."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with tempfile.TemporaryDirectory() as d:
+        side = DtoolsSide(spec, Path(d))
+        for _ in range(3):
+            side.train_step()
+        t0 = time.perf_counter()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                side.train_step()
+        wall = (time.perf_counter() - t0) / steps * 1e3
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+    groups = {  # the first group whose key is in an operator's name takes it
+        "convolution backward": ("convolution_backward", "convolutionbackward"),
+        "convolution forward": ("convolution", "conv2d"), "GroupNorm": ("group_norm", "groupnorm"),
+        "attention": ("scaled_dot_product", "flash_attention", "bmm", "matmul", "softmax"),
+        "Adam, EMA, grad clip": ("adam", "_foreach", "lerp", "norm", "clip"),
+        "layout copies, casts": ("copy_", "_to_copy", "clone", "contiguous")}
+    grouped = dict.fromkeys([*groups, "other"], 0.0)
+    for e in events:
+        name = e.key.lower().removeprefix("aten::")
+        group = next((g for g, keys in groups.items() if any(k in name for k in keys)), "other")
+        grouped[group] += e.self_cpu_time_total / steps / 1e3
+    print(f"\n## profile of dtools' default training step, {spec.name} {spec.size}x{spec.size} batch "
+          f"{spec.batch}: {wall:.0f} ms per step under the profiler, {total:.0f} ms of operator self time")
+    ranked = sorted(grouped.items(), key=lambda x: -x[1])
+    rows = [[g, f"{ms:.1f}", f"{100 * ms / total:.0f} %"] for g, ms in ranked]
+    print(benchlib.table(rows, ["operators", "ms per step", "share"]))
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
+    rows = [[e.key, f"{e.self_cpu_time_total / steps / 1e3:.1f}", str(e.count // steps)] for e in top]
+    print(benchlib.table(rows, ["top operators", "ms per step", "calls per step"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="seed64,cpu32,w124", help=f"comma-separated, of {', '.join(SPECS)}")
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--compile", action="store_true", help="also dtools --compile (compiling: 'first call')")
+    ap.add_argument("--configs", default="seed64,seed32,cpu32",
+                    help=f"comma-separated, of {', '.join(SPECS)}")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--diffusers-modes", default="fp32,bf16,bf16-cl",
+                    help=f"comma-separated, of {', '.join(DIFFUSERS_MODES)} (the first: the FLOP count)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also dtools --compile and the last diffusers mode compiled (first call: compiling)")
     ap.add_argument("--toy", action="store_true", help="a tiny network, 2 rounds: checks that it runs")
+    ap.add_argument("--profile", action="store_true", help="only profile dtools' default training step")
     ap.add_argument("--memory-child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(*args.memory_child, args.toy)
+    if args.profile:
+        for spec in [TOY] if args.toy else [SPECS[n] for n in args.configs.split(",")]:
+            profile(spec)
+        return
     device = resolve().device
     gemm = {"fp32": benchlib.gemm_rate(torch.float32, device, 256 if args.toy else 2048),
             "bf16": benchlib.gemm_rate(torch.bfloat16, device, 256 if args.toy else 2048)}
