@@ -254,5 +254,5 @@ def run_prior(
             sink.add(to_uint8(x))
             bar.advance()
     elapsed = time.perf_counter() - start
-    log(f"sampled {cfg.n} images in {elapsed:.1f} s ({elapsed / cfg.n:.4f} s/image)")
+    log(f"sampled {cfg.n} images in {elapsed:.2f} s ({1000 * elapsed / cfg.n:.3f} ms/image)")
     return elapsed

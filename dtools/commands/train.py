@@ -29,8 +29,7 @@ def train(
         None, "--beta", "-b",
         help="Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name (cosine, linear...)."
     ),
-    out: str = typer.Option(..., "-o", "--out",
-                            help="Run folder: checkpoints, metrics, loss curve, samples."),
+    out: str = typer.Option(..., "-o", "--out", help="Run folder: checkpoints, metrics, curves, samples."),
     model_type: str = typer.Option(None, "--model", help=_MODEL_HELP),
     parameterization: str = typer.Option(
         None, "--param", help="What the network predicts: eps (the seed's), x0 or v."
@@ -38,7 +37,7 @@ def train(
     preset: str = typer.Option(None, "--preset", help=_PRESET_HELP + " [default: auto]"),
     base_channels: int = typer.Option(
         None, "--base-channels", min=1,
-        help="Width: the U-Net's level-1 channels; dcgan/vae: the channels next to the image [64]."
+        help="Width: the U-Net's level-1 channels [preset]; dcgan/vae: the channels next to the image [64]."
     ),
     latent_dim: int = typer.Option(None, "--latent-dim", min=1, help="dcgan/vae: size of z [100]."),
     d_steps: str = typer.Option(
@@ -55,9 +54,10 @@ def train(
     num_heads: int = typer.Option(None, "--heads", min=1, help="U-Net: attention heads."),
     dropout: float = typer.Option(None, "--dropout", min=0.0, max=0.99,
                                   help="U-Net: dropout in residual blocks."),
-    lr: float = typer.Option(None, "--lr", min=0.0, help="Adam learning rate [default: from the preset]."),
+    lr: float = typer.Option(None, "--lr", min=0.0,
+                             help="Adam learning rate [default: from the preset, or --model's]."),
     batch_size: int = typer.Option(None, "--batch", min=1,
-                                   help="Images per optimizer step [default: from the preset]."),
+                                   help="Images per step [default: from the preset, or --model's]."),
     grad_accum: int = typer.Option(
         None, "--grad-accum", min=1,
         help="Split each batch into N micro-batches (same maths, less memory) [1]."
@@ -99,7 +99,7 @@ def train(
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda [default: auto]."),
     compile: bool = typer.Option(
         None, "--compile/--no-compile",
-        help="torch.compile the U-Net in place [default: on for CUDA; off on CPU, where compiling "
+        help="torch.compile the networks in place [default: on for CUDA; off on CPU, where compiling "
         "took 108 s and saved 2% per step (measured, docs/train.md)].",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
