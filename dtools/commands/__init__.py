@@ -4,8 +4,10 @@ Command modules parse options and do I/O only, and import heavy libraries (torch
 function so that `dtools --help` stays fast.
 """
 
+from dtools.commands.export import export
 from dtools.commands.fid import fid
 from dtools.commands.grid import grid
+from dtools.commands.import_ import import_
 from dtools.commands.noise import noise
 from dtools.commands.prep import prep
 from dtools.commands.sample import sample
@@ -21,4 +23,6 @@ COMMANDS = {
     "sample": sample,
     "grid": grid,
     "fid": fid,
+    "export": export,
+    "import": import_,
 }
