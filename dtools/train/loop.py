@@ -215,14 +215,14 @@ class Trainer:
                     except NonFiniteLoss as e:
                         raise self._diverged(str(e), self.step + 1) from None
                     self.step += 1
+                    if self.step % cfg.log_every == 0 or self.step == total:
+                        self._close_window(window, bar)
                     if signals.requested:
                         stopped = "interrupted"
                     elif time.monotonic() - self.session_start >= budget and self.step < total:
                         stopped = "max_minutes"
-                    # a window closes every --log-every steps and when the session ends
-                    if self.step % cfg.log_every == 0 or self.step == total or stopped != "done":
-                        rec = self._log_window(window)
-                        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
+                    if stopped != "done" and window.steps:  # the session's last, partial window
+                        self._close_window(window, bar)
                     bar.update(completed=self.step)
                     self._write_outputs(end=self.step == total or stopped != "done",
                                         samples=stopped != "interrupted", window=window)
@@ -230,6 +230,10 @@ class Trainer:
             raise self._diverged(str(e), self.step) from None
         return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
                            self.checkpoint_step, self.metrics, self.last_losses())
+
+    def _close_window(self, window: Window, bar: Bar) -> None:
+        rec = self._log_window(window)
+        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
 
     def _losses_text(self, rec: dict[str, Any] | None, fmt: str) -> str:
         """'loss 0.0412' (a GAN: 'loss_d 1.21 loss_g 0.93'); '-' for each value not yet logged."""
