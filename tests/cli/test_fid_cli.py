@@ -116,6 +116,22 @@ def test_npy_and_stdin_through_a_real_shell_pipe_give_the_folder_score(data, sco
     assert b"reference images" in out.stderr
 
 
+def test_interval_around_the_score(data, scored):
+    report = json.loads(_run(str(scored[1]), str(data["gen.npy"]), "--interval", "--json").stdout)
+    iv = report["fid_interval"]
+    assert iv["low"] < report["fid"] < iv["high"] and iv["subsets"] == 200 and iv["method"] == "half-sampling"
+    assert report["fid"] == pytest.approx(scored[0]["fid"], rel=1e-5)
+
+
+def test_interval_needs_the_samples_features(scored):
+    # a statistics file without features stands in for SAMPLES: refused before any network runs
+    stats = load_stats(scored[1])
+    stats.features = None
+    path = scored[1].parent / "no_features.safetensors"
+    save_stats(path, stats, with_features=False, force=True)
+    _fails(str(scored[1]), str(path), "--interval", match="--interval needs the samples' features")
+
+
 def test_help_has_examples():
     r = CliRunner().invoke(app, ["fid", "--help"])
     assert r.exit_code == 0
