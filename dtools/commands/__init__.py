@@ -6,10 +6,12 @@ function so that `dtools --help` stays fast.
 
 from dtools.commands.fid import fid
 from dtools.commands.grid import grid
+from dtools.commands.nn import nn
 from dtools.commands.noise import noise
 from dtools.commands.prep import prep
 from dtools.commands.sample import sample
 from dtools.commands.schedule import schedule
+from dtools.commands.sweep import sweep
 from dtools.commands.train import train
 
 # Pipeline order: this is the order `dtools --help` lists them in.
@@ -21,4 +23,6 @@ COMMANDS = {
     "sample": sample,
     "grid": grid,
     "fid": fid,
+    "sweep": sweep,
+    "nn": nn,
 }
