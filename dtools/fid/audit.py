@@ -7,8 +7,9 @@ space, its nearest training image is less than a third as far as the second near
 Models", TMLR; their code, sail-sg/DiffMemorize `mem_ratio.py`: ℓ2 over all pixels, top-2 training
 images, ratio < 1/3), also cited to Yoon et al. 2023 ("Diffusion Probabilistic Models Generalize when
 They Fail to Memorize") and descending from Carlini et al. 2023 ("Extracting Training Data from
-Diffusion Models"); docs/nn.md says what was checked. Images are compared at the samples' resolution (training images of another size
-are resized to it, as `dtools prep` resizes), as root-mean-square differences of [0, 1] pixel values.
+Diffusion Models"); docs/nn.md says what was checked. Images are compared at the samples'
+resolution (training images of another size are resized to it, as `dtools prep` resizes), as
+root-mean-square differences of [0, 1] pixel values.
 
 Exact duplicates among the training images are searched once (a copy of a duplicated image would
 otherwise have a second-nearest distance of 0). With `mirror` (the default, as `dtools train` flips),

@@ -5,21 +5,22 @@ milliseconds instead of a 2048x2048 matrix square root.
 half-sampling: B random subsets of n/2 samples, drawn without replacement, are scored; for a smooth
 statistic the spread of the half-sample scores around their mean matches the spread of the full score
 (a half-sample mean varies around the full mean by σ²(2/n − 1/n) = σ²/n, the variance of the full
-mean itself). The interval is FID + the central percentiles of (half-sample FID − their mean). The
-usual bootstrap (resampling n with replacement) is not used: it repeats about a third of the images,
-and repeats alone raise FID, so its percentile interval misses the expected score altogether; see
-docs/fid.md ("How sure is a FID?") for the measurements.
+mean itself). The interval is FID + the central percentiles of (half-sample FID − their mean). FID is
+not quite smooth at small n, and the interval comes out conservative: 1.3 to 1.5 times the real
+spread on emoji Inception features (bench/bench_fid_interval.py). The usual bootstrap (resampling n
+with replacement) is not used: it repeats about a third of the images, and repeats alone raise FID,
+so its percentile interval misses the expected score altogether; docs/fid.md has the measurements.
 
 **The fast score.** FID = |μ_r − μ_s|² + tr Σ_r + tr Σ_s − 2 tr (Σ_r Σ_s)^½ (Heusel et al. 2017). The
-reference is fixed, so its square root A = Σ_r^½ (symmetric, by one `eigh`) is computed once. Σ_r Σ_s
-has the eigenvalues of the symmetric positive semi-definite A Σ_s A, so tr (Σ_r Σ_s)^½ =
-Σ_i √λ_i(A Σ_s A), without torch-fidelity's general (non-symmetric) eigendecomposition. With the
-features centred once (X0 = X − x̄, Y0 = X0 A), a subset with weights w (1 = in it, Σ w = m) has
-A Σ_w A = Zᵀ Z, Z = diag(√w) (Y0 − 1 mᵀ) / √(m − 1), m = Y0ᵀ w / m. When the subset has at most d
-members (fewer than 2,048 images), the nonzero eigenvalues of Zᵀ Z are those of the small Gram matrix
-Z Zᵀ, built from G = Y0 Y0ᵀ (computed once) in O(n²): no product over the feature dimensions per
-subset. Otherwise A Σ_w A is formed (d x d). The mean and trace terms come from K = X0 X0ᵀ the same
-way. Float64 throughout.
+reference is fixed, so its square root A = Σ_r^½ is computed once (by one `eigh` of Σ_r, or from the
+Gram matrix of fewer than d reference features). Σ_r Σ_s has the eigenvalues of the symmetric
+positive semi-definite A Σ_s A, so tr (Σ_r Σ_s)^½ = Σ_i √λ_i(A Σ_s A), without torch-fidelity's general
+(non-symmetric) eigendecomposition. With the features centred once (X0 = X − x̄, Y0 = X0 A), a subset
+with 0/1 weights w of size m = Σ w has A Σ_w A = Zᵀ Z, Z = diag(√w) (Y0 − 1 ȳ_wᵀ) / √(m − 1),
+ȳ_w = Y0ᵀ w / m. When there are at most d samples (fewer than 2,048 images), the nonzero eigenvalues
+of Zᵀ Z are those of the small Gram matrix Z Zᵀ, built from G = Y0 Y0ᵀ (computed once) in O(m²): no
+product over the feature dimensions per subset. Otherwise A Σ_w A is formed (d x d). The mean and
+trace terms come from K = X0 X0ᵀ the same way. Float64 throughout.
 
 Every sample set of the same size is split with the same subsets (a fixed seed), so two sets drawn
 with the same seeds (`dtools sweep`) are compared subset by subset: `compare` tells whether their

@@ -179,7 +179,7 @@ def sweep(cfg: SweepConfig, log: Callable[[str], None] = log_line) -> dict:
         "rows": rows, "plot": str(out / PLOT_FILE), "warnings": notes,
     }
     ckpt = Path(cfg.checkpoint)
-    title = f"{ckpt.parent.name}/{ckpt.name}: {cfg.n} samples per setting vs {ref.count} reference images"
+    title = f"{ckpt.parent.name}/{ckpt.name}: {cfg.n} samples per setting, {ref.count} reference images"
     fid_vs_cost(rows, out / PLOT_FILE, force=cfg.force, title=title)
     atomic_write_bytes(out / REPORT_FILE, (json.dumps(report, indent=1) + "\n").encode(), force=cfg.force)
     log(f"wrote {out / PLOT_FILE} and {out / REPORT_FILE}")
