@@ -21,32 +21,17 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dtools.diffusers_format import to_unet2d_config
 from dtools.train.config import preset_config
 from dtools.unet import UNet, count_parameters
 
 
 def diffusers_twin(cfg):
-    """diffusers' UNet2DModel with dtools' widths, blocks per level, attention placement and groups."""
+    """diffusers' UNet2DModel with dtools' widths, blocks per level, attention placement and groups: the
+    config `dtools export` writes (dtools.diffusers_format, the one mapping)."""
     from diffusers import UNet2DModel
 
-    levels = len(cfg.channel_mult)
-    res = cfg.resolutions
-    attn = [res[i] in cfg.attention_resolutions for i in range(levels)]
-    down = tuple("AttnDownBlock2D" if attn[i] else "DownBlock2D" for i in range(levels))
-    up = tuple("AttnUpBlock2D" if attn[i] else "UpBlock2D" for i in reversed(range(levels)))
-    widths = tuple(cfg.base_channels * m for m in cfg.channel_mult)
-    return UNet2DModel(
-        sample_size=cfg.image_size,
-        in_channels=cfg.in_channels,
-        out_channels=cfg.in_channels,
-        block_out_channels=widths,
-        layers_per_block=cfg.num_res_blocks,
-        down_block_types=down,
-        up_block_types=up,
-        attention_head_dim=widths[-1] // cfg.num_heads,
-        norm_num_groups=cfg.norm_groups,
-        dropout=cfg.dropout,
-    )
+    return UNet2DModel.from_config(to_unet2d_config(cfg))
 
 
 def timed(fn, sync) -> float:

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import io
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -112,6 +113,61 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[str], None], force: b
     ``writer(tmp_name)`` writes the file."""
     with atomic_path(path, force) as tmp:
         writer(tmp)
+
+
+def replace_folder(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` to `path` (beside it): `path` is either the old folder or the whole
+    new one, never a mix. An old non-empty folder is first moved aside, then deleted."""
+    tmp, p = Path(tmp), Path(path)
+    if p.exists() and any(p.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".old", dir=p.parent))
+        os.replace(p, old / "x")
+        os.replace(tmp, p)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, p)  # rename(2) replaces an empty folder
+
+
+def check_folder_writable(
+    path: str | os.PathLike, force: bool, ours: Callable[[Path], bool], what: str
+) -> Path:
+    """A folder output may be new or empty; a non-empty one needs --force and must hold only files that
+    `ours(relative path)` accepts (`what` wrote them): dtools never deletes files it did not write."""
+    p = Path(path)
+    if not p.exists():
+        return p
+    if not p.is_dir():
+        raise DtoolsError(f"{p} exists and is not a folder")
+    if not any(p.iterdir()):
+        return p
+    if not force:
+        raise DtoolsError(f"{p} already exists and is not empty; pass --force to replace it")
+    files = sorted(e.relative_to(p) for e in p.rglob("*") if not e.is_dir())
+    foreign = next((e for e in files if not ours(e)), None)
+    if foreign is not None:
+        raise DtoolsError(f"{p} holds files {what} did not write (e.g. {foreign}); --force only replaces "
+                          f"an earlier {what} output: choose an empty or new folder")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    path: str | os.PathLike, force: bool, ours: Callable[[Path], bool], what: str
+) -> Iterator[Path]:
+    """A temp folder beside `path` to write a whole output folder into; when the block ends without an
+    exception it replaces `path` (see `replace_folder`), on any exception it is removed. The checks of
+    `check_folder_writable` run before and again just before the swap."""
+    p = check_folder_writable(path, force, ours, what)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
+    os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folder is private (0o700)
+    try:
+        yield tmp
+        check_folder_writable(p, force, ours, what)  # again: something may have appeared meanwhile
+        replace_folder(tmp, p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
 from dtools.errors import DtoolsError, OptionError, first_line
-from dtools.fileio import check_output, default_mode, write_npy
+from dtools.fileio import check_output, default_mode, replace_folder, write_npy
 from dtools.images import NUMBERED_PNG, list_image_files, numbered_png, png_bytes, to_array
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar
@@ -255,13 +255,7 @@ class StagedFolder:
     def commit(self) -> None:
         assert self.tmp is not None
         check_output_folder(self.out, self.force)  # again: something may have appeared meanwhile
-        if self.out.exists() and any(self.out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".old", dir=self.out.parent))
-            os.replace(self.out, old / "x")
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out)  # rename(2) replaces an empty folder
+        replace_folder(self.tmp, self.out)
         self.tmp = None
 
     def __exit__(self, *exc) -> None:

@@ -182,11 +182,15 @@ def ddim(denoise: Denoiser, x: torch.Tensor, chain: Chain, noise: NoiseFn, opts:
     return x
 
 
+MAX_STEP_RATIO = 2.0  # dpm++2m steps longer than this many times the previous one are first order
+
+
 def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, chain: Chain, noise: NoiseFn, opts: SamplerOptions,
              callback: Callback | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): x_next = (σ_n/σ) x + α_n (1 - e^{-h}) D with
     h = λ_n - λ, D = (1 + r) x0_hat - r x0_hat_prev, r = h / (2 h_prev); first order on the first
-    step and on the last one, which lands on x0 (λ = ∞)."""
+    step, on a step over MAX_STEP_RATIO times longer than the previous one, and on the last one, which
+    lands on x0 (λ = ∞)."""
     x0_prev, h_prev = None, math.inf
     for i, k in enumerate(reversed(range(len(chain)))):
         x0, _ = denoise(x, int(chain.timesteps[k]))
@@ -199,7 +203,11 @@ def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, chain: Chain, noise: NoiseFn, o
         exp_neg_h = alpha * sigma_n / (sigma * alpha_n)  # e^{-h}; 0 when ᾱ = 0 (λ = -∞)
         h = -math.log(exp_neg_h) if exp_neg_h > 0 else math.inf
         r = h / (2.0 * h_prev)  # 0 on the first step and after a step from λ = -∞
-        d = x0 if x0_prev is None or r == 0 else (1.0 + r) * x0 - r * x0_prev
+        # A step much longer than the one before it (the last step of a linspace or leading chain, 3.6-4.9x
+        # longer) extrapolates x0_hat far beyond where it was measured: take it first order, as the
+        # DPM-Solver reference code does for its final steps.
+        second_order = x0_prev is not None and 0 < r <= MAX_STEP_RATIO / 2
+        d = (1.0 + r) * x0 - r * x0_prev if second_order else x0
         x = (sigma_n / sigma) * x + alpha_n * (1.0 - exp_neg_h) * d
         x0_prev, h_prev = x0, h
     raise AssertionError("unreachable: the chain ends at k = 0")

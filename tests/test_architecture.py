@@ -15,7 +15,7 @@ LAYERS = {
     "base": ["dtools", "dtools.errors"],
     "math": ["dtools.schedules", "dtools.diffusion", "dtools.samplers", "dtools.unet", "dtools.ema"],
     "io": ["dtools.fileio", "dtools.tensorfile", "dtools.checkpoint", "dtools.images", "dtools.runtime",
-           "dtools.progress", "dtools.plots"],
+           "dtools.progress", "dtools.plots", "dtools.diffusers_format", "dtools.diffusers_folder"],
     "jobs": ["dtools.train", "dtools.sample", "dtools.fid", "dtools.prep", "dtools.noise", "dtools.grid"],
     "commands": ["dtools.commands", "dtools.cli", "dtools.docgen", "dtools.__main__"],
 }

@@ -12,6 +12,7 @@ import pytest
 from dtools import fileio
 from dtools.errors import DtoolsError
 from dtools.fileio import (
+    atomic_folder,
     atomic_open,
     atomic_save,
     atomic_write_bytes,
@@ -245,3 +246,26 @@ def test_write_npy_refuses_a_terminal(monkeypatch, path):
         write_npy(np.zeros(3), path)
     assert out.buffer.getvalue() == b""
     assert fileio.stdout_is_terminal()
+
+
+def test_atomic_folder_swaps_whole_folders_and_keeps_foreign_files(tmp_path):
+    out, ours = tmp_path / "out", (lambda rel: rel.as_posix() in ("a.txt", "sub/b.txt"))
+    with atomic_folder(out, False, ours, "test") as tmp:
+        (tmp / "a.txt").write_text("1")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("1")
+    with pytest.raises(DtoolsError, match="already exists and is not empty; pass --force"):
+        with atomic_folder(out, False, ours, "test"):
+            pass
+    with pytest.raises(RuntimeError), atomic_folder(out, True, ours, "test") as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert (out / "a.txt").read_text() == "1" and (out / "sub" / "b.txt").exists()  # the old one, whole
+    with atomic_folder(out, True, ours, "test") as tmp:
+        (tmp / "a.txt").write_text("2")
+    assert [p.name for p in out.rglob("*")] == ["a.txt"] and (out / "a.txt").read_text() == "2"
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(DtoolsError, match="holds files test did not write \\(e.g. mine.txt\\)"):
+        with atomic_folder(out, True, ours, "test"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folders left

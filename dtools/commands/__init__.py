@@ -4,8 +4,10 @@ Command modules parse options and do I/O only, and import heavy libraries (torch
 function so that `dtools --help` stays fast.
 """
 
+from dtools.commands.export import export
 from dtools.commands.fid import fid
 from dtools.commands.grid import grid
+from dtools.commands.import_ import import_
 from dtools.commands.nn import nn
 from dtools.commands.noise import noise
 from dtools.commands.prep import prep
@@ -25,4 +27,6 @@ COMMANDS = {
     "fid": fid,
     "sweep": sweep,
     "nn": nn,
+    "export": export,
+    "import": import_,
 }

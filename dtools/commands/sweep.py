@@ -54,7 +54,7 @@ def sweep(
     \b
     Examples:
       dtools sweep runs/emoji/model.safetensors data/ -s ddpm:1000,ddim:50,dpm++2m:10,20 -n 1000 -o sweep/
-      dtools sweep ckpt.safetensors sweep/reference.safetensors -s dpm++2m:5,10,20,heun:10 -o sweep2/
+      dtools sweep ckpt.safetensors sweep/reference.safetensors -s dpm++2m:5,10,20,heun:10 -o sw2/ > sw2.md
       dtools grid sweep/dpm++2m-10.npy --limit 64 -o dpm10.png
     """
     from dtools.fid.sweep import SweepConfig, markdown
