@@ -75,7 +75,10 @@ def test_sweep_samples_times_and_scores_every_setting(swept):
     assert report["reference"]["images"] == 6
     assert load_stats(out / "reference.safetensors").features is not None
     assert json.loads((out / "sweep.json").read_text()) == json.loads(json.dumps(report))
-    assert Image.open(out / "sweep.png").size[0] > 300
+    plot = np.asarray(Image.open(out / "sweep.png").convert("RGB")).astype(int)
+    assert plot.shape[1] > 300
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # one curve per sampler: ddim, dpm++2m
+        assert (np.abs(plot - colour).sum(axis=2) < 30).sum() > 50, colour
     table = markdown(report)
     head = "| setting | network calls | wall time | FID | 95% interval | KID"
     assert table.splitlines()[0].startswith(head)
