@@ -11,9 +11,9 @@ Header (format "dtools.model"):
 Tensors: the first set of weights named in "weights" (the EMA, what sampling uses by default) under
 the network's plain `state_dict` keys, every other set under its name as a prefix ("raw.conv_in.weight").
 
-`model_type` picks the entry of MODEL_TYPES that builds the network from "model"; checkpoints of dtools
-0.1.0 have none and hold a U-Net. A new kind of model (a GAN's generator, a VAE's decoder) plugs in
-with one MODEL_TYPES entry; `dtools sample` dispatches on it.
+`model_type` picks the entry of MODEL_TYPES that builds the network from "model": "unet" (a denoiser;
+checkpoints of dtools 0.1.0 have no model_type and hold one), "dcgan" (a GAN's generator) or "vae"
+(a VAE's decoder), the last two with no schedule. `dtools sample` dispatches on it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import nn
 
 from dtools.diffusion import PARAMETERIZATIONS, Schedule
 from dtools.errors import DtoolsError, mismatch_detail
-from dtools.tensorfile import load_tensors, save_tensors
+from dtools.tensorfile import load_tensors, read_header, save_tensors
 
 MODEL_FORMAT = "dtools.model"
 WEIGHTS = ("ema", "raw")  # the sets of weights `dtools train` writes, the sampling default first
@@ -54,7 +54,29 @@ def _unet_shape(config: dict[str, Any]) -> tuple[int, int, int]:
     return int(config["in_channels"]), int(config["image_size"]), int(config["image_size"])
 
 
-MODEL_TYPES: dict[str, ModelType] = {"unet": ModelType(_build_unet, _unet_shape)}
+def _build_generator(config: dict[str, Any]) -> nn.Module:
+    from dtools.dcgan import DCGANConfig, Generator
+
+    return Generator(DCGANConfig.from_dict(config))
+
+
+def _build_decoder(config: dict[str, Any]) -> nn.Module:
+    from dtools.dcgan import Generator
+    from dtools.vae import VAEConfig
+
+    return Generator(VAEConfig.from_dict(config).decoder())
+
+
+def _latent_model_shape(config: dict[str, Any]) -> tuple[int, int, int]:
+    return int(config["channels"]), int(config["image_size"]), int(config["image_size"])
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    "unet": ModelType(_build_unet, _unet_shape),
+    # z -> image in one call (`network.latent_dim` says z's size): a GAN's generator, a VAE's decoder
+    "dcgan": ModelType(_build_generator, _latent_model_shape, diffusion=False),
+    "vae": ModelType(_build_decoder, _latent_model_shape, diffusion=False),
+}
 LEGACY_MODEL_TYPE = "unet"  # what a header without "model_type" (dtools 0.1.0) holds
 
 
@@ -97,9 +119,12 @@ def save_model(
     save_tensors(path, tensors, header, force)
 
 
-def read_model(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """A checkpoint's sets of weights by name ({"ema": state dict, "raw": ...}) and its checked header."""
-    tensors, info = load_tensors(path, MODEL_FORMAT)
+def read_info(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's header alone (cheap), with its model type checked (and set for dtools 0.1.0's)."""
+    return _checked(path, read_header(path, MODEL_FORMAT))
+
+
+def _checked(path: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:
     info.setdefault("model_type", LEGACY_MODEL_TYPE)
     kind = MODEL_TYPES.get(info["model_type"])
     if kind is None:
@@ -108,6 +133,13 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tenso
     for key in ("model", "parameterization", "betas") if kind.diffusion else ("model",):
         if key not in info:
             raise DtoolsError(f"{path}: checkpoint header lacks {key!r}")
+    return info
+
+
+def read_model(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """A checkpoint's sets of weights by name ({"ema": state dict, "raw": ...}) and its checked header."""
+    tensors, info = load_tensors(path, MODEL_FORMAT)
+    info = _checked(path, info)
     names = info.get("weights")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         names = list(WEIGHTS)

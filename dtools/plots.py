@@ -1,5 +1,6 @@
-"""Pictures people would rather see than read: schedule plots, loss curves (from train) and FID
-against sampling cost (from sweep).
+"""Pictures people would rather see than read: schedule plots (and, from train, loss curves and the
+other curves of metrics.jsonl: a GAN's two losses and its discriminator's accuracy), and FID against
+sampling cost (from sweep).
 
 matplotlib with the non-interactive Agg backend; files are written atomically.
 """
@@ -57,17 +58,35 @@ def loss_curve(
 ) -> None:
     """Training loss against step: the raw values faint, an exponentially smoothed line on top, log y
     (the seed report's loss figure). A healthy DDPM run falls fast, then slowly and noisily."""
+    metric_curves(steps, {"loss": losses}, path, title=title, force=force, smoothing=smoothing)
+
+
+def metric_curves(
+    steps: list[int] | np.ndarray, series: dict[str, list[float] | np.ndarray], path: str | os.PathLike, *,
+    title: str, ylabel: str = "loss", log_y: bool = True, ylim: tuple[float, float] | None = None,
+    force: bool = False, smoothing: float = 0.9,
+) -> None:
+    """Metrics against step in one figure (e.g. a GAN's loss_d and loss_g, the seed's figures 15 and
+    17): each raw and faint, with its exponentially smoothed line on top in the same colour. The y
+    axis is logarithmic when `log_y` and every value is positive."""
     plt = _pyplot()
     steps = np.asarray(steps)
-    losses = np.asarray(losses, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss")
-    if len(losses) > 1:
-        label = f"smoothed ({smoothing})"
-        ax.plot(steps, smooth(losses, smoothing), color="tab:blue", linewidth=1.8, label=label)
-    if np.all(losses > 0):
+    positive = True
+    for i, (name, values) in enumerate(series.items()):
+        values = np.asarray(values, dtype=np.float64)
+        positive = positive and bool(np.all(values > 0))
+        one = len(series) == 1  # then the legend says which line is which, not which metric
+        raw_label = name if one or len(values) < 2 else None  # a single point has no smoothed line
+        ax.plot(steps, values, color=f"C{i}", alpha=0.3, linewidth=0.8, label=raw_label)
+        if len(values) > 1:
+            label = f"smoothed ({smoothing})" if one else name
+            ax.plot(steps, smooth(values, smoothing), color=f"C{i}", linewidth=1.8, label=label)
+    if log_y and positive:
         ax.set_yscale("log")
-    ax.set(title=title, xlabel="step", ylabel="loss")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.grid(alpha=0.3, which="both")
     ax.legend(frameon=False)
     fig.tight_layout()

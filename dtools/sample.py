@@ -3,8 +3,10 @@
 `SampleConfig` holds the command's options and checks those that need no checkpoint; `Sink` is where
 the images go (a .npy on stdout, a .npy file or a numbered PNG folder), checked before any work and
 written batch by batch; `run` loads the model, samples batch after batch under one progress bar and
-says what it did through `log`. `Snapshots` collects the rows of --trajectory. Image i depends only on
-(seed, i), never on the batch it was drawn in.
+says what it did through `log`: a diffusion model through a sampler's chain, a model without one (a
+GAN's generator, a VAE's decoder: `checkpoint.MODEL_TYPES`) in one call on z ~ N(0, I) per image
+(`run_prior`). `Snapshots` collects the rows of --trajectory. Image i depends only on (seed, i), never
+on the batch it was drawn in.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from dtools import samplers
-from dtools.checkpoint import LoadedModel, load_model
+from dtools.checkpoint import MODEL_TYPES, LoadedModel, load_model, read_info
 from dtools.errors import DtoolsError
 from dtools.fileio import check_writable, is_stdio, refuse_terminal, write_npy
 from dtools.images import numbered_index, numbered_png, to_uint8, write_png_folder
@@ -26,6 +28,7 @@ from dtools.progress import log as log_line
 from dtools.progress import progress_bar
 from dtools.runtime import Runtime, resolve
 
+DEFAULT_SAMPLER = "dpm++2m"
 DEFAULT_STEPS = 20  # every sampler but ddpm, whose default is the whole chain (T steps)
 TERMINAL_HINT = (
     "refusing to write binary .npy images to a terminal; pipe them (`| dtools grid -o out.png`), "
@@ -39,27 +42,48 @@ class SampleConfig:
 
     checkpoint: Path
     n: int = 64
-    sampler: str = "dpm++2m"
+    # the options of a diffusion model's chain; None: not given (a model without a chain refuses them)
+    sampler: str | None = None  # None: DEFAULT_SAMPLER
     steps: int | None = None  # None: T for ddpm, DEFAULT_STEPS otherwise
     seed: int = 0
     eta: float | None = None  # ddim only (None: 0)
     variance: str | None = None  # ddpm only (None: posterior)
-    spacing: str = "trailing"
+    spacing: str | None = None  # None: trailing
     batch_size: int = 64
     weights: str = "ema"
-    clip: bool = True
+    clip: bool | None = None  # None: on
     trajectory: int | None = None
     device: str = "auto"
     precision: str = "auto"
     compile: bool | None = None
 
     def check(self) -> None:
-        """The checks that need no checkpoint; run before the output is even looked at."""
-        samplers.check_sampler(self.sampler)
-        if self.eta is not None and self.sampler != "ddim":
-            raise DtoolsError(f"--eta applies to --sampler ddim, not {self.sampler}")
-        if self.variance is not None and self.sampler != "ddpm":
-            raise DtoolsError(f"--variance applies to --sampler ddpm, not {self.sampler}")
+        """The checks that need no more than the checkpoint's header; run before the output is even
+        looked at."""
+        info = read_info(self.checkpoint)
+        if not MODEL_TYPES[info["model_type"]].diffusion:
+            given = [flag for flag, value in self.chain_options().items() if value is not None]
+            if given:
+                raise DtoolsError(f"{given[0]} does not apply to this {info['model_type']} checkpoint: it "
+                                  "makes each image in one network call from z ~ N(0, I), with no sampler; "
+                                  "drop it")
+            return
+        samplers.check_sampler(self.sampler_name)
+        if self.eta is not None and self.sampler_name != "ddim":
+            raise DtoolsError(f"--eta applies to --sampler ddim, not {self.sampler_name}")
+        if self.variance is not None and self.sampler_name != "ddpm":
+            raise DtoolsError(f"--variance applies to --sampler ddpm, not {self.sampler_name}")
+
+    def chain_options(self) -> dict[str, object]:
+        """The options that only a diffusion model's sampling chain uses, by flag."""
+        return {"--sampler": self.sampler, "--steps": self.steps, "--eta": self.eta,
+                "--variance": self.variance, "--spacing": self.spacing,
+                "--clip" if self.clip else "--no-clip": self.clip,
+                "--trajectory": self.trajectory}
+
+    @property
+    def sampler_name(self) -> str:
+        return self.sampler if self.sampler is not None else DEFAULT_SAMPLER
 
     @property
     def count(self) -> int:
@@ -160,14 +184,17 @@ def load(cfg: SampleConfig) -> tuple[LoadedModel, Runtime]:
 def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) -> float:
     """Sample `cfg.n` images (or trajectories) into `sink`; returns the seconds spent sampling."""
     loaded, rt = load(cfg)
+    if loaded.schedule is None:
+        return run_prior(cfg, loaded, rt, sink, log)
     model, schedule, param, info = loaded
-    steps = cfg.steps if cfg.steps is not None else (schedule.T if cfg.sampler == "ddpm" else DEFAULT_STEPS)
+    sampler, spacing = cfg.sampler_name, cfg.spacing or "trailing"
+    steps = cfg.steps if cfg.steps is not None else (schedule.T if sampler == "ddpm" else DEFAULT_STEPS)
     if cfg.trajectory is not None and cfg.trajectory > steps + 1:
         raise DtoolsError(f"--trajectory {cfg.trajectory}: the chain has only {steps + 1} states to show")
     eta, variance = cfg.eta or 0.0, cfg.variance or "posterior"
-    samplers.check_options(cfg.sampler, param, cfg.spacing, eta, variance)
-    samplers.Chain.make(schedule.betas.numpy(), steps, cfg.spacing)  # --steps out of range: fail now
-    opts = dict(sampler=cfg.sampler, steps=steps, spacing=cfg.spacing, eta=eta, variance=variance)
+    samplers.check_options(sampler, param, spacing, eta, variance)
+    samplers.Chain.make(schedule.betas.numpy(), steps, spacing)  # --steps out of range: fail now
+    opts = dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, variance=variance)
     shape = loaded.image_shape
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -176,8 +203,8 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
 
     what = "trajectories" if cfg.trajectory else "images"
     log(f"sampling {cfg.n} {what} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
-        f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights): {cfg.sampler}, {steps} steps "
-        f"({samplers.NFE[cfg.sampler](steps)} network calls/image), {rt.describe()}")
+        f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights): {sampler}, {steps} steps "
+        f"({samplers.NFE[sampler](steps)} network calls/image), {rt.describe()}")
     seeds = [samplers.image_seed(cfg.seed, i) for i in range(cfg.n)]
     batches = [seeds[i:i + cfg.batch_size] for i in range(0, cfg.n, cfg.batch_size)]
     start = time.perf_counter()
@@ -191,8 +218,8 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
                     snaps.take(event)
                 bar.advance()
 
-            x = samplers.generate(model_fn, schedule, param, shape, batch, device=rt.device, clip_x0=cfg.clip,
-                                  callback=on_step, **opts)
+            x = samplers.generate(model_fn, schedule, param, shape, batch, device=rt.device,
+                                  clip_x0=cfg.clip is not False, callback=on_step, **opts)
             images = to_uint8(x)  # (B, H, W, C)
             sink.add(snaps.finish(images) if snaps is not None else images)
     elapsed = time.perf_counter() - start
@@ -200,4 +227,32 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
     if snaps is not None:
         log(f"trajectory columns: t = {', '.join(map(str, snaps.columns))} (x0 = the final image); "
             "rows per image: x_t, then predicted x0")
+    return elapsed
+
+
+def run_prior(
+    cfg: SampleConfig, loaded: LoadedModel, rt: Runtime, sink: Sink, log: Callable[[str], None] = log_line
+) -> float:
+    """`run` for a model without a chain (a GAN's generator, a VAE's decoder): each image is one network
+    call on z ~ N(0, I) drawn from the image's own generator."""
+    network, info = loaded.network, loaded.info
+    c, h, w = loaded.image_shape
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        with rt.autocast():
+            return network(z).float()
+
+    log(f"sampling {cfg.n} images of {h}x{w}x{c} from {cfg.checkpoint} (step {info.get('step', '?')}, "
+        f"{info['model_type']}, {cfg.weights} weights): z ~ N(0, I) of {network.latent_dim} dimensions, "
+        f"1 network call/image, {rt.describe()}")
+    seeds = [samplers.image_seed(cfg.seed, i) for i in range(cfg.n)]
+    batches = [seeds[i:i + cfg.batch_size] for i in range(0, cfg.n, cfg.batch_size)]
+    start = time.perf_counter()
+    with progress_bar("sampling", len(batches)) as bar:
+        for batch in batches:
+            x = samplers.generate_from_prior(decode, network.latent_dim, batch, device=rt.device)
+            sink.add(to_uint8(x))
+            bar.advance()
+    elapsed = time.perf_counter() - start
+    log(f"sampled {cfg.n} images in {elapsed:.2f} s ({1000 * elapsed / cfg.n:.3f} ms/image)")
     return elapsed

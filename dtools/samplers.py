@@ -21,6 +21,9 @@ with the ORIGINAL timestep index; only the schedule is respaced (improved-diffus
 Schedule math is float64 (the sampler state too); the network sees float32. A zero-terminal-SNR
 schedule (ᾱ = 0 at t = T-1, so λ = -∞, σ̂ = ∞) is handled by taking the first step in closed form.
 
+`generate_from_prior` is the one-call "sampler" of a model without a chain (a GAN's generator, a VAE's
+decoder): z ~ N(0, I) per image, decoded.
+
 Reproducibility: image i draws its x_T and every later noise from its own CPU `torch.Generator`
 seeded with `seeds[i]` (`image_seed(seed, i)` in `dtools sample`), so an image depends only on
 its seed, never on the batch it was drawn in or on the device.
@@ -337,3 +340,27 @@ def generate(
         raise DtoolsError("sampling produced NaN or infinite values: the model's output is not finite "
                           "(a diverged checkpoint?)")
     return x.clamp(-1.0, 1.0).float()
+
+
+def generate_from_prior(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    latent_dim: int,
+    seeds: Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Images of a latent-variable model (a GAN's generator, a VAE's decoder): (N, C, H, W) float32 in
+    [-1, 1], one `decode` call for the batch.
+
+    Image i decodes z_i ~ N(0, I) of `latent_dim`, the first draw of its own generator seeded with
+    seeds[i] (as a diffusion model's x_T), so it depends only on its seed, never on the batch.
+    """
+    if len(seeds) == 0:
+        raise DtoolsError("no images to generate (an empty list of seeds)")
+    z = ImageNoise(seeds, (int(latent_dim),))().float().to(device)  # (B, latent_dim), float32 (for MPS too)
+    with torch.no_grad():
+        x = decode(z).float()
+    if not torch.isfinite(x).all():
+        raise DtoolsError("sampling produced NaN or infinite values: the model's output is not finite "
+                          "(a diverged checkpoint?)")
+    return x.clamp(-1.0, 1.0)

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dtools"
 # Lower layers never import higher ones; a module may import its own layer and any lower one.
 LAYERS = {
     "base": ["dtools", "dtools.errors"],
-    "math": ["dtools.schedules", "dtools.diffusion", "dtools.samplers", "dtools.unet", "dtools.ema"],
+    "math": ["dtools.schedules", "dtools.diffusion", "dtools.samplers", "dtools.unet", "dtools.ema",
+             "dtools.dcgan", "dtools.vae"],
     "io": ["dtools.fileio", "dtools.tensorfile", "dtools.checkpoint", "dtools.images", "dtools.runtime",
            "dtools.progress", "dtools.plots", "dtools.diffusers_format", "dtools.diffusers_folder"],
     "jobs": ["dtools.train", "dtools.sample", "dtools.fid", "dtools.prep", "dtools.noise", "dtools.grid"],

@@ -22,7 +22,8 @@ def sample(
     ),
     n: int = typer.Option(64, "-n", "--num", min=1, help="Number of images."),
     sampler: str = typer.Option(
-        "dpm++2m", "--sampler", "-s", help="; ".join(f"{k}: {v}" for k, v in SAMPLER_HELP.items()) + "."
+        None, "--sampler", "-s",
+        help="; ".join(f"{k}: {v}" for k, v in SAMPLER_HELP.items()) + ". [default: dpm++2m]"
     ),
     steps: int = typer.Option(
         None, "--steps", help="Timesteps visited, 2..T: network calls per image (heun: 2*steps-2). "
@@ -38,8 +39,8 @@ def sample(
         "[default: posterior]"
     ),
     spacing: str = typer.Option(
-        "trailing", "--spacing", help="Which timesteps a --steps < T chain keeps: trailing (starts at T-1), "
-        "linspace (both ends), leading (DDIM's original)."
+        None, "--spacing", help="Which timesteps a --steps < T chain keeps: trailing (starts at T-1), "
+        "linspace (both ends), leading (DDIM's original). [default: trailing]"
     ),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per network call (memory)."),
     weights: str = typer.Option("ema", "--weights", help="ema, or raw: the online weights, without EMA."),
@@ -52,7 +53,9 @@ def sample(
         None, "--trajectory", min=2, help="Write K snapshots of x_t and of the predicted x0 along the chain "
         "instead of final images: per image one row of x_t, then one of x0_hat (view with grid --nrow K)."
     ),
-    clip: bool = typer.Option(True, "--clip/--no-clip", help="Clip each predicted x0 to [-1, 1]."),
+    clip: bool = typer.Option(
+        None, "--clip/--no-clip", help="Clip each predicted x0 to [-1, 1]. [default: on]"
+    ),
     device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
     precision: str = typer.Option(
         "auto", "--precision", help="auto, fp32, bf16, fp16. auto: bf16 on a CUDA GPU (fp16 on older ones), "
@@ -67,7 +70,9 @@ def sample(
 
     The model, its schedule and parameterization come from the checkpoint alone. Defaults: the
     EMA weights, dpm++2m with 20 network calls per image. `--sampler ddpm` is the seed's exact
-    T-step ancestral sampler. Image i is the same for a given --seed whatever --batch-size or -n.
+    T-step ancestral sampler. A DCGAN or VAE checkpoint (`dtools train --model dcgan|vae`) makes
+    each image in one network call from z ~ N(0, I) and refuses the sampler options. Image i is
+    the same for a given --seed whatever --batch-size or -n.
 
     \b
     Examples:
@@ -75,6 +80,7 @@ def sample(
       dtools sample runs/emoji/model.safetensors -n 16 --sampler ddpm --variance beta -o ddpm/
       dtools sample ckpt.safetensors -n 10000 --steps 50 -o fid-samples/ && dtools fid fid-samples/ data/
       dtools sample ckpt.safetensors -n 4 --sampler ddpm --trajectory 8 | dtools grid --nrow 8 -o chain.png
+      dtools sample runs/gan/model.safetensors -n 1000 | dtools fid data/ -
     """
     from dtools.sample import SampleConfig, Sink, run
 

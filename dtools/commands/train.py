@@ -1,4 +1,5 @@
-"""`dtools train`: train a DDPM noise predictor on a folder of prepared images, with EMA and exact resume."""
+"""`dtools train`: train a DDPM noise predictor (or a DCGAN or VAE baseline) on a folder of prepared images,
+with EMA and exact resume."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import json
 
 import typer
 
+_MODEL_HELP = (
+    "What to train: unet (the DDPM), or the seed's baselines dcgan (Radford et al. 2016; Adam lr 2e-4, "
+    "β1 0.5, batch 128) and vae (a convolutional VAE with a Gaussian decoder; lr 1e-3, batch 128). "
+    "[default: unet]"
+)
 _PRESET_HELP = (
     "Model preset: auto picks by image size (<=16: cpu16, <=32: cpu32, else seed64, the seed's U-Net). "
     "cpu16/cpu32 default to lr 1e-3, batch 16, EMA warm-up, grad-clip 1, 2000 steps (chosen by measured "
@@ -21,15 +27,24 @@ def train(
     ),
     beta: str = typer.Option(
         None, "--beta", "-b",
-        help="Noise schedule: a .npy of betas ('-' = stdin) or a name (cosine, linear...)."
+        help="Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name (cosine, linear...)."
     ),
-    out: str = typer.Option(..., "-o", "--out",
-                            help="Run folder: checkpoints, metrics, loss curve, samples."),
+    out: str = typer.Option(..., "-o", "--out", help="Run folder: checkpoints, metrics, curves, samples."),
+    model_type: str = typer.Option(None, "--model", help=_MODEL_HELP),
     parameterization: str = typer.Option(
         None, "--param", help="What the network predicts: eps (the seed's), x0 or v."
     ),
     preset: str = typer.Option(None, "--preset", help=_PRESET_HELP + " [default: auto]"),
-    base_channels: int = typer.Option(None, "--base-channels", min=1, help="U-Net: channels of level 1."),
+    base_channels: int = typer.Option(
+        None, "--base-channels", min=1,
+        help="Width: the U-Net's level-1 channels [preset]; dcgan/vae: the channels next to the image [64]."
+    ),
+    latent_dim: int = typer.Option(None, "--latent-dim", min=1, help="dcgan/vae: size of z [100]."),
+    d_steps: str = typer.Option(
+        None, "--d-steps", help="dcgan: D:G, discriminator updates then generator updates per step; 1:2 "
+        "updates G twice per D update (the seed's choice) [1:1]."
+    ),
+    kl_weight: float = typer.Option(None, "--kl-weight", help="vae: weight of the KL term, 1: the ELBO [1]."),
     channel_mult: str = typer.Option(None, "--channel-mult",
                                      help="U-Net: channel multiplier per level: 1,2,4."),
     num_res_blocks: int = typer.Option(None, "--res-blocks", min=1, help="U-Net: residual blocks per level."),
@@ -39,9 +54,10 @@ def train(
     num_heads: int = typer.Option(None, "--heads", min=1, help="U-Net: attention heads."),
     dropout: float = typer.Option(None, "--dropout", min=0.0, max=0.99,
                                   help="U-Net: dropout in residual blocks."),
-    lr: float = typer.Option(None, "--lr", min=0.0, help="Adam learning rate [default: from the preset]."),
+    lr: float = typer.Option(None, "--lr", min=0.0,
+                             help="Adam learning rate [default: from the preset, or --model's]."),
     batch_size: int = typer.Option(None, "--batch", min=1,
-                                   help="Images per optimizer step [default: from the preset]."),
+                                   help="Images per step [default: from the preset, or --model's]."),
     grad_accum: int = typer.Option(
         None, "--grad-accum", min=1,
         help="Split each batch into N micro-batches (same maths, less memory) [1]."
@@ -83,7 +99,7 @@ def train(
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda [default: auto]."),
     compile: bool = typer.Option(
         None, "--compile/--no-compile",
-        help="torch.compile the U-Net in place [default: on for CUDA; off on CPU, where compiling "
+        help="torch.compile the networks in place [default: on for CUDA; off on CPU, where compiling "
         "took 108 s and saved 2% per step (measured, docs/train.md)].",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
@@ -97,7 +113,9 @@ def train(
     Writes RUN/model.safetensors (EMA + raw weights; what `dtools sample` reads), RUN/train-state.safetensors
     (for --resume), RUN/metrics.jsonl, RUN/loss.png and RUN/samples/step_XXXXXX.png, all atomically,
     every --save-every steps and at the end. Ctrl-C saves a checkpoint before stopping; a killed run
-    continues with --resume from its last checkpoint.
+    continues with --resume from its last checkpoint. `--model dcgan` or `--model vae` trains the seed's
+    baselines on the same data with the same outputs (a GAN also writes RUN/accuracy.png); options
+    that do not apply to the model are refused.
 
     \b
     Examples:
@@ -108,6 +126,7 @@ def train(
       dtools train --resume -o runs/emoji --max-steps 4000
       dtools train data/ --beta cosine -o runs/v --param v --min-snr-gamma 5 --dry-run
       dtools sample runs/emoji/model.safetensors | dtools grid -o samples.png
+      dtools train data/ --model dcgan --d-steps 1:2 -o runs/gan --max-minutes 10
     """
     from dtools import train as training
 
@@ -132,9 +151,9 @@ def train(
         )
         raise typer.Exit(130)
     how = "time budget (--max-minutes) used up" if result.stopped == "max_minutes" else "done"
-    loss = "-" if result.loss is None else f"{result.loss:.4g}"
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items()) or "loss -"
     typer.echo(
-        f"{how}: step {result.step}/{result.total_steps}, loss {loss} (mean of {cfg.log_every} steps), "
+        f"{how}: step {result.step}/{result.total_steps}, {losses} (mean of {cfg.log_every} steps), "
         f"{result.elapsed / 60:.1f} min in all; wrote {ckpt}",
         err=True,
     )

@@ -1,4 +1,6 @@
-"""Training of `dtools train`: a DDPM noise predictor trained as the seed report describes.
+"""Training of `dtools train`: a DDPM noise predictor trained as the seed report describes, and the
+seed's two baselines, a DCGAN and a VAE (`--model dcgan|vae`, train/gan.py and train/vae.py), through
+the same loop.
 
 One step (Ho et al. 2020, Algorithm 1): take a batch x0 of images in [-1, 1] (randomly flipped),
 draw t ~ U{0..T-1} and ε ~ N(0, I), form x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) ε, and regress the network
@@ -9,13 +11,15 @@ A run folder RUN holds (all written atomically, every --save-every steps and at 
   model.safetensors        EMA weights + raw weights ("raw." prefix) + JSON header (dtools.checkpoint)
   train-state.safetensors  everything --resume needs to continue bit for bit (dtools.train.state)
   metrics.jsonl            one JSON line per --log-every steps: step, loss, lr, grad_norm, img_per_s, elapsed
-  loss.png                 the loss curve (raw and smoothed, log scale)
+  loss.png                 the loss curve (raw and smoothed, log scale); a GAN's: loss_d and loss_g
+  accuracy.png             a GAN's discriminator accuracy on real and fake images
   samples/step_XXXXXX.png  grids of EMA samples (dpm++2m, 20 steps, fixed seeds) every --sample-every steps
   config.json              the resolved configuration
 
-The modules: config (TrainConfig, the presets, a new or resumed run's configuration), run (the run
-folder and its text files), loop (Trainer: one session of a run), state (train-state.safetensors),
-data (the images in memory and the seeded batch stream).
+The modules: config (TrainConfig, a new or resumed run's configuration), presets (the defaults of
+each model), run (the run folder and its text files), loop (Trainer: one session of a run, the same
+for every model; Ddpm), method (what a model brings to the Trainer), gan and vae (the baselines'
+methods), state (train-state.safetensors), data (the images in memory and the seeded batch stream).
 """
 
 from dtools.train.config import (

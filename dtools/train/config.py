@@ -1,14 +1,17 @@
 """The configuration of a training run, in one vocabulary.
 
 TrainConfig has one field per `dtools train` option, and each such field names its flag once (in its
-metadata); the U-Net options that a user may set on top of a preset are named in MODEL_OPTIONS, next
-to it. Messages take their flags from there. The schedule's exact betas travel inside the config but
-stay out of `to_dict()` (config.json, the checkpoints' "train" header): the checkpoints keep them in
-their own top-level "betas".
+metadata), with the models it applies to (`--model`: unet, the DDPM; dcgan; vae); the network options
+that a user may set on top of a preset are named in MODEL_OPTIONS, next to it. Messages take their
+flags from there. The schedule's exact betas travel inside the config but stay out of `to_dict()`
+(config.json, the checkpoints' "train" header): the checkpoints keep them in their own top-level
+"betas". `to_dict()` holds only the fields that apply to the run's model, so a DDPM run's config has
+exactly the keys of dtools 0.1.0 (no "model_type": absent means unet, as in a checkpoint header).
 
-PRESETS is the one preset table: each preset's U-Net (by image size) and its training defaults.
-`configure` resolves the configuration of a new run (the preset, then the user's options) or of a
-resumed one (the saved configuration, with the few options that may change).
+PRESETS is the one preset table: each preset's U-Net (by image size) and its training defaults;
+LATENT_MODELS holds the DCGAN's and the VAE's defaults. `configure` resolves the configuration of a
+new run (the defaults, then the user's options) or of a resumed one (the saved configuration, with
+the few options that may change).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,108 +30,49 @@ from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import load_schedule
 from dtools.runtime import Runtime, resolve
 from dtools.train.data import peek
+from dtools.train.presets import (
+    DDPM,
+    LATENT,
+    LATENT_MODELS,
+    MODELS,
+    PRESETS,
+    networks,
+    parse_ratio,
+    preset_config,  # noqa: F401 (part of this module's interface)
+    preset_for_size,
+    resolve_preset,
+)
 from dtools.train.run import resumable_state
 from dtools.train.state import read_state_header
-from dtools.unet import UNet, UNetConfig, count_parameters
-
-# ---------------------------------------------------------------------------------------------
-# Presets, chosen by image size. "seed64" is the seed report's network and recipe; the CPU presets
-# were sized by short measured runs on a 2-core CPU (docs/train.md, "How the CPU presets were chosen")
-# to learn emoji-like blobs in minutes.
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A U-Net for an image size, and the training defaults that come with it (options override them)."""
-
-    summary: str
-    build: Callable[[int, int], UNetConfig]  # (image_size, channels) -> config
-    lr: float
-    batch_size: int
-    ema_warmup: bool
-    max_steps: int  # the default only when neither --max-steps nor --epochs is given
-    save_every: int
-    sample_every: int
-    grad_clip: float | None
-
-    def defaults(self) -> dict[str, Any]:
-        """The TrainConfig fields this preset sets (all but max_steps)."""
-        return {"lr": self.lr, "batch_size": self.batch_size, "ema_warmup": self.ema_warmup,
-                "save_every": self.save_every, "sample_every": self.sample_every, "grad_clip": self.grad_clip}
-
-
-def _seed64(size: int, channels: int) -> UNetConfig:
-    # 3 levels, 64 base channels doubling, attention at the deepest level (16x16 for 64x64 input)
-    return UNetConfig(size, channels, 64, (1, 2, 4), 2, (size // 4,), num_heads=4, dropout=0.1)
-
-
-def _cpu32(size: int, channels: int) -> UNetConfig:
-    return UNetConfig(size, channels, 32, (1, 2, 2), 1, (size // 4,), num_heads=2, dropout=0.0, norm_groups=8)
-
-
-def _cpu16(size: int, channels: int) -> UNetConfig:
-    return UNetConfig(size, channels, 32, (1, 2), 1, (size // 2,), num_heads=2, dropout=0.0, norm_groups=8)
-
-
-_CPU = {"lr": 1e-3, "batch_size": 16, "ema_warmup": True, "max_steps": 2000, "save_every": 250,
-        "sample_every": 500, "grad_clip": 1.0}
-PRESETS: dict[str, Preset] = {
-    "cpu16": Preset("16x16: 2 levels, 32 base channels (1,2), 1 block per level, attention at 8x8", _cpu16,
-                    **_CPU),
-    "cpu32": Preset("32x32: 3 levels, 32 base channels (1,2,2), 1 block per level, attention at 8x8", _cpu32,
-                    **_CPU),
-    "seed64": Preset("64x64, the seed: 3 levels, 64 base channels (1,2,4), 2 blocks, attention 16", _seed64,
-                     lr=1e-4, batch_size=128, ema_warmup=False, max_steps=25_000, save_every=1000,
-                     sample_every=1000, grad_clip=None),
-}
-
-
-def preset_for_size(image_size: int) -> str:
-    """The preset `auto` picks: cpu16 up to 16 pixels, cpu32 up to 32, else the seed's network."""
-    if image_size <= 16:
-        return "cpu16"
-    if image_size <= 32:
-        return "cpu32"
-    return "seed64"
-
-
-def resolve_preset(name: str, image_size: int) -> str:
-    """The preset that --preset `name` stands for (`auto`: by image size); an unknown name is an error."""
-    resolved = preset_for_size(image_size) if name == "auto" else name
-    if resolved not in PRESETS:
-        raise DtoolsError(f"unknown --preset {name!r}; choose auto or one of {', '.join(PRESETS)}")
-    return resolved
-
-
-def preset_config(name: str, image_size: int, channels: int) -> UNetConfig:
-    """The U-Net of preset `name` (or `auto`) for images of `image_size` pixels and `channels`."""
-    return PRESETS[resolve_preset(name, image_size)].build(image_size, channels)
-
+from dtools.unet import UNetConfig, count_parameters
 
 # ---------------------------------------------------------------------------------------------
 # The configuration and its flags
 
 
-def _option(default: Any, flag: str, *, resumable: bool = False) -> Any:
-    """A TrainConfig field set by the option `flag`; `resumable`: it may change when a run resumes."""
-    return field(default=default, metadata={"flag": flag, "resumable": resumable})
+def _option(default: Any, flag: str, *, resumable: bool = False, models: tuple[str, ...] = MODELS) -> Any:
+    """A TrainConfig field set by the option `flag`; `resumable`: it may change when a run resumes;
+    `models`: the --model values it applies to (the others refuse it and leave it out of to_dict)."""
+    return field(default=default, metadata={"flag": flag, "resumable": resumable, "models": models})
 
 
 @dataclass(frozen=True)
 class ModelOption:
-    """A U-Net option that a user may set on top of the preset."""
+    """A network option that a user may set on top of the defaults."""
 
     flag: str
     ints: bool = False  # a list of integers, written like 1,2,2 on the command line
+    models: tuple[str, ...] = DDPM  # the --model values whose network has it
 
 
-MODEL_OPTIONS: dict[str, ModelOption] = {  # UNetConfig field -> its option
-    "base_channels": ModelOption("--base-channels"),
+MODEL_OPTIONS: dict[str, ModelOption] = {  # network config field -> its option
+    "base_channels": ModelOption("--base-channels", models=MODELS),
     "channel_mult": ModelOption("--channel-mult", ints=True),
     "num_res_blocks": ModelOption("--res-blocks"),
     "attention_resolutions": ModelOption("--attention", ints=True),
     "num_heads": ModelOption("--heads"),
     "dropout": ModelOption("--dropout"),
+    "latent_dim": ModelOption("--latent-dim", models=LATENT),
 }
 
 
@@ -140,22 +83,26 @@ class TrainConfig:
 
     data: str
     out: str
-    beta: str  # what --beta named: a .npy file or a schedule name
-    T: int
+    beta: str | None = field(metadata={"models": DDPM})  # what --beta named: a .npy file or a schedule name
+    T: int | None = field(metadata={"models": DDPM})
     image_size: int
     channels: int
     num_images: int
-    preset: str = field(metadata={"flag": "--preset"})
-    model: dict[str, Any]  # the resolved UNetConfig (to_dict), set through MODEL_OPTIONS
-    betas: np.ndarray = field(repr=False, compare=False)  # float64 [T]; not part of to_dict()
-    parameterization: str = _option("eps", "--param")
+    preset: str | None = field(metadata={"flag": "--preset", "models": DDPM})
+    model: dict[str, Any]  # the resolved network config (UNetConfig or DCGANConfig.to_dict())
+    betas: np.ndarray = field(repr=False, compare=False)  # float64 [T] (empty: no schedule); not in to_dict()
+    # absent from a DDPM run's to_dict(), like the 0.1.0 configs: a config without it is a "unet" run
+    model_type: str = _option("unet", "--model")
+    parameterization: str = _option("eps", "--param", models=DDPM)
     lr: float = _option(1e-4, "--lr")
     batch_size: int = _option(128, "--batch")
-    grad_accum: int = _option(1, "--grad-accum")
+    grad_accum: int = _option(1, "--grad-accum", models=DDPM)
     ema_decay: float = _option(0.999, "--ema")
     ema_warmup: bool = _option(False, "--ema-warmup")
-    min_snr_gamma: float | None = _option(None, "--min-snr-gamma")
-    grad_clip: float | None = _option(None, "--grad-clip")
+    min_snr_gamma: float | None = _option(None, "--min-snr-gamma", models=DDPM)
+    grad_clip: float | None = _option(None, "--grad-clip", models=DDPM)
+    d_steps: str | None = _option(None, "--d-steps", models=("dcgan",))  # D:G updates per step
+    kl_weight: float | None = _option(None, "--kl-weight", models=("vae",))
     flip: bool = _option(True, "--flip")
     max_steps: int | None = _option(None, "--max-steps", resumable=True)
     epochs: float | None = _option(None, "--epochs", resumable=True)
@@ -176,22 +123,32 @@ class TrainConfig:
         if self.grad_clip == 0:
             self.grad_clip = None  # --grad-clip 0 turns clipping off
 
+    def images_per_step(self) -> int:
+        """Training images one step takes from the data (a GAN step: one batch per discriminator update)."""
+        return self.batch_size * (parse_ratio(self.d_steps)[0] if self.model_type == "dcgan" else 1)
+
     def total_steps(self) -> int:
         """Where the run stops: --max-steps, or --epochs worth of batches, whichever comes first."""
         limits = [self.max_steps] if self.max_steps is not None else []
         if self.epochs is not None:
-            limits.append(math.ceil(self.epochs * self.num_images / self.batch_size))
+            limits.append(math.ceil(self.epochs * self.num_images / self.images_per_step()))
         return min(limits)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field but the betas: what config.json and the checkpoints' "train" header hold."""
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in _FIELDS.values() if f.name != "betas"}
+        """Every field that applies to the model but the betas: what config.json and the checkpoints'
+        "train" header hold."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in _FIELDS.values()
+                if f.name != "betas" and applies(f.name, self.model_type)
+                and not (f.name == "model_type" and self.model_type == "unet")}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], betas: np.ndarray) -> TrainConfig:
         """Rebuild a saved configuration (`to_dict()`) with its schedule's `betas`."""
+        model_type = d.get("model_type", "unet")
+        absent = {n: None for n, f in _FIELDS.items() if f.default is dataclasses.MISSING
+                  and not applies(n, model_type)}  # beta, T and preset of a model without a schedule
         try:
-            return cls(**{k: v for k, v in d.items() if k in _FIELDS and k != "betas"}, betas=betas)
+            return cls(**absent, **{k: v for k, v in d.items() if k in _FIELDS and k != "betas"}, betas=betas)
         except TypeError as e:
             raise DtoolsError(f"training config is incomplete ({e})") from None
 
@@ -214,6 +171,11 @@ class TrainConfig:
             raise DtoolsError(f"{flag('sample_every')} must be 0 (off) or positive, got {self.sample_every}")
         if self.max_steps is None and self.epochs is None:
             raise DtoolsError(f"give {flag('max_steps')} or {flag('epochs')}")
+        if self.model_type not in MODELS:
+            raise DtoolsError(f"unknown {flag('model_type')} {self.model_type!r}; choose one of "
+                              f"{', '.join(MODELS)}")
+        if self.model_type != "unet":
+            return self._validate_latent()
         if self.parameterization not in PARAMETERIZATIONS:
             choices = ", ".join(PARAMETERIZATIONS)
             raise DtoolsError(
@@ -226,6 +188,14 @@ class TrainConfig:
                 f"train with {flag('parameterization')} v (or x0)"
             )
         UNetConfig.from_dict(self.model)
+        return self
+
+    def _validate_latent(self) -> TrainConfig:
+        LATENT_MODELS[self.model_type].config.from_dict(self.model)
+        if self.model_type == "dcgan":
+            parse_ratio(self.d_steps)
+        elif not (isinstance(self.kl_weight, int | float) and self.kl_weight > 0):
+            raise DtoolsError(f"{flag('kl_weight')} must be positive, got {self.kl_weight}")
         return self
 
 
@@ -245,6 +215,22 @@ def resumable(name: str) -> bool:
     return name in _FIELDS and _FIELDS[name].metadata.get("resumable", False)
 
 
+def applies(name: str, model_type: str) -> bool:
+    """Whether the TrainConfig field or model option `name` applies to a `model_type` run."""
+    if name in MODEL_OPTIONS:
+        return model_type in MODEL_OPTIONS[name].models
+    return model_type in _FIELDS[name].metadata.get("models", MODELS)
+
+
+def check_applies(options: dict[str, Any], model_type: str) -> None:
+    """Refuse any given option (not None) that a `model_type` run has no use for."""
+    for key, value in options.items():
+        if value is not None and key in OPTIONS and not applies(key, model_type):
+            models = MODEL_OPTIONS[key].models if key in MODEL_OPTIONS else _FIELDS[key].metadata["models"]
+            raise DtoolsError(f"{flag(key)} applies to --model {' or '.join(models)}, not {model_type}; "
+                              "drop it")
+
+
 # ---------------------------------------------------------------------------------------------
 # Resolving a run's configuration
 
@@ -259,11 +245,21 @@ def configure(
         return _resumed(out, data, beta, options)
     if data is None:
         raise OptionError("DATA", "give the DATA folder (or --resume an existing run)")
+    model_type = options.get("model_type") or "unet"
+    if model_type != "unet":
+        _refuse_beta(beta, model_type)
+        return new_config(data, out, None, np.zeros(0), peek(data), options)
     if beta is None:
         raise OptionError("--beta", "give a noise schedule: --beta beta.npy (from `dtools schedule cosine`) "
                           "or --beta cosine")
     betas = load_schedule(beta)
     return new_config(data, out, beta, betas, peek(data), options)
+
+
+def _refuse_beta(beta: str | None, model_type: str) -> None:
+    if beta is not None:
+        raise DtoolsError(f"--beta applies to --model unet, not {model_type} (it has no noise schedule); "
+                          "drop it")
 
 
 def _is_ints(name: str) -> bool:
@@ -284,7 +280,9 @@ def _ints(text: str | tuple[int, ...] | None, option: str) -> tuple[int, ...] | 
 
 def _resumed(out: str, data: str | None, beta: str | None, options: dict[str, Any]) -> TrainConfig:
     info = read_state_header(resumable_state(Path(out)))
-    betas = np.asarray(info["betas"], dtype=np.float64)
+    if "betas" not in info:  # a model without a schedule
+        _refuse_beta(beta, info["model_type"])
+    betas = np.asarray(info.get("betas", []), dtype=np.float64)
     if beta is not None and not np.array_equal(load_schedule(beta), betas):
         raise DtoolsError(f"--beta {beta} differs from the schedule the run in {out} was trained with")
     saved = {**info["train"], "out": out}  # the folder named now: a run may have been moved or copied
@@ -294,35 +292,48 @@ def _resumed(out: str, data: str | None, beta: str | None, options: dict[str, An
 
 
 def new_config(
-    data: str, out: str, beta: str, betas: np.ndarray, shape: tuple[int, int, int, int],
+    data: str, out: str, beta: str | None, betas: np.ndarray, shape: tuple[int, int, int, int],
     options: dict[str, Any],
 ) -> TrainConfig:
-    """Resolve a new run's configuration: the preset for the image size, then the user's options.
+    """Resolve a new run's configuration: the defaults (for a U-Net, the preset for the image size),
+    then the user's options.
 
     `shape` is the data's (N, H, W, C); `options` maps OPTIONS names to the values given on the
-    command line, None where the user gave none.
+    command line, None where the user gave none. `beta` and `betas`: the schedule (a U-Net's only).
     """
     n, h, w, c = shape
     if h != w:
-        raise DtoolsError(f"{data}: images are {w}x{h}; the U-Net needs square images (dtools prep --size N)")
+        net = "the U-Net" if options.get("model_type") in (None, "unet") else f"a {options['model_type']}"
+        raise DtoolsError(f"{data}: images are {w}x{h}; {net} needs square images (dtools prep --size N)")
     opts = {k: v for k, v in options.items() if v is not None}
-    name = resolve_preset(opts.pop("preset", "auto"), h)
-    preset = PRESETS[name]
-    model = preset.build(h, c).to_dict()
+    model_type = opts.pop("model_type", "unet")
+    if model_type not in MODELS:
+        raise DtoolsError(f"unknown --model {model_type!r}; choose one of {', '.join(MODELS)}")
+    check_applies(opts, model_type)
+    auto = PRESETS[preset_for_size(h)]  # a latent model's run cadence: the U-Net preset's of its size
+    name = resolve_preset(opts.pop("preset", "auto"), h) if model_type == "unet" else None
+    preset = PRESETS[name] if name is not None else auto
+    model = preset.build(h, c).to_dict() if name is not None else {"image_size": h, "channels": c}
     for key, option in MODEL_OPTIONS.items():
         if key in opts:
             value = opts.pop(key)
             model[key] = list(value) if option.ints else value
-    defaults = preset.defaults()
+    if name is not None:
+        defaults = preset.defaults()
+        model = UNetConfig.from_dict(model).to_dict()
+    else:
+        defaults = {k: v for k, v in preset.defaults().items() if applies(k, model_type)}
+        defaults.update(LATENT_MODELS[model_type].defaults)
+        model = LATENT_MODELS[model_type].config.from_dict(model).to_dict()
     if "max_steps" not in opts and "epochs" not in opts:
         defaults["max_steps"] = preset.max_steps
     unknown = set(opts) - set(_FIELDS)
     assert not unknown, unknown
     betas = np.asarray(betas, dtype=np.float64)
     cfg = TrainConfig(
-        data=str(data), out=str(out), beta=str(beta), T=int(betas.shape[0]), image_size=h, channels=c,
-        num_images=n, preset=name, model=UNetConfig.from_dict(model).to_dict(), betas=betas,
-        **{**defaults, **opts},
+        data=str(data), out=str(out), beta=None if beta is None else str(beta),
+        T=int(betas.shape[0]) if name is not None else None, image_size=h, channels=c, num_images=n,
+        preset=name, model=model, betas=betas, model_type=model_type, **{**defaults, **opts},
     )
     return cfg.validate()
 
@@ -337,6 +348,10 @@ def resume_config(saved: dict[str, Any], betas: np.ndarray, options: dict[str, A
 
 def _resume_config(saved: dict[str, Any], betas: np.ndarray, options: dict[str, Any]) -> TrainConfig:
     cfg = TrainConfig.from_dict(saved, betas)
+    if options.get("model_type") not in (None, cfg.model_type):
+        raise DtoolsError(f"--model cannot change when resuming a run (it trains {cfg.model_type}); drop it, "
+                          "or start a new run (another -o, or --force)")
+    check_applies(options, cfg.model_type)
     for key, value in options.items():
         if value is None or key in ("data", "out"):
             continue
@@ -357,6 +372,10 @@ def resolved(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
 def dry_run(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """What `dtools train --dry-run` prints: the configuration and what it resolves to."""
     rt = resolve(cfg.device, cfg.precision, cfg.compile)
-    n_params = count_parameters(UNet(UNetConfig.from_dict(cfg.model)))
-    facts = {**resolved(cfg, rt), "micro_batch": cfg.batch_size // cfg.grad_accum, "parameters": n_params}
+    counts = {name: count_parameters(net) for name, net in networks(cfg.model_type, cfg.model).items()}
+    facts = {**resolved(cfg, rt), "micro_batch": cfg.batch_size // cfg.grad_accum,
+             "parameters": sum(counts.values())}
+    if len(counts) > 1:
+        facts["parameters_by_network"] = counts
     return {"config": cfg.to_dict(), "resolved": facts, "resume": resume}
+

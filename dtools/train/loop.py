@@ -1,18 +1,20 @@
 """The training loop: one session of a run, from its folder's state to a checkpoint.
 
 Trainer(cfg) has no side effects; `run()` first calls `setup()` (prepare RUN, load the data and, with
---resume, the state, build model, EMA and optimizer, write config.json), then steps until --max-steps /
---epochs, --max-minutes or a stop signal (SIGINT/SIGTERM finish the step and save). A non-finite loss,
-gradient or weight stops the run before anything is written, so the last checkpoint stays good.
+--resume, the state, build the method's networks, EMA and optimizers, write config.json), then steps
+until --max-steps / --epochs, --max-minutes or a stop signal (SIGINT/SIGTERM finish the step and save).
+A non-finite loss, gradient or weight stops the run before anything is written, so the last
+checkpoint stays good.
+
+The Trainer is the same for every `--model`; what differs is a Method (dtools.train.method). The
+DDPM's, `Ddpm`, lives here beside the loop it was written for; the baselines' in gan.py and vae.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +29,20 @@ from dtools.ema import EMA
 from dtools.errors import DtoolsError
 from dtools.progress import Bar, progress_bar
 from dtools.progress import log as log_line
-from dtools.runtime import resolve
+from dtools.runtime import Runtime, resolve
 from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import BatchStream, augment, fingerprint, load_images
+from dtools.train.gan import Dcgan
+from dtools.train.method import (
+    Method,
+    NonFiniteLoss,
+    Plot,
+    RealBatch,
+    StopSignals,
+    Weights,
+    Window,
+    fmt_time,
+)
 from dtools.train.run import (
     LOSS_PLOT,
     METRICS_FILE,
@@ -43,13 +56,10 @@ from dtools.train.run import (
     write_metrics,
 )
 from dtools.train.state import capture, load_state, restore, save_state
+from dtools.train.vae import Vae
 from dtools.unet import UNet, UNetConfig, count_parameters
 
 SAMPLE_SAMPLER, SAMPLE_STEPS = "dpm++2m", 20
-
-
-class NonFiniteLoss(Exception):
-    pass
 
 
 @dataclass
@@ -62,68 +72,7 @@ class TrainResult:
     run: Path
     checkpoint_step: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _Window:
-    """Running sums over the current --log-every window of steps."""
-
-    loss: float = 0.0
-    grad_norm: float = 0.0
-    steps: int = 0
-    start: float = field(default_factory=time.perf_counter)
-    last_rate: float = 0.0  # img/s of the previous window
-
-    def add(self, loss: float, grad_norm: float) -> None:
-        self.loss, self.grad_norm, self.steps = self.loss + loss, self.grad_norm + grad_norm, self.steps + 1
-
-    def rate(self, batch_size: int) -> float:
-        """img/s in this window so far (the previous window's when this one is empty)."""
-        if not self.steps:
-            return self.last_rate
-        return self.steps * batch_size / max(time.perf_counter() - self.start, 1e-9)
-
-    def reset(self, rate: float) -> None:
-        self.loss, self.grad_norm, self.steps = 0.0, 0.0, 0
-        self.start, self.last_rate = time.perf_counter(), rate
-
-
-class _StopSignals:
-    """SIGINT/SIGTERM set a flag, so the loop stops at the next step boundary with a checkpoint.
-
-    A second Ctrl-C raises KeyboardInterrupt at once. Only installed from the main thread.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _fmt_time(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def schedule_on(schedule: Schedule, device: torch.device) -> Schedule:
-    """The schedule's tables on the training device (MPS has no float64: there they become float32)."""
-    if device.type == "mps":
-        return Schedule(*(getattr(schedule, f).float().to(device) for f in schedule.__dataclass_fields__))
-    return schedule.to(device)
+    losses: dict[str, float] = field(default_factory=dict)  # the method's named losses, last window
 
 
 class Trainer:
@@ -143,8 +92,8 @@ class Trainer:
         self.checkpoint_step = -1  # the step of the last checkpoint on disk (-1: none yet)
 
     def setup(self) -> None:
-        """Prepare RUN, load the data (and with --resume the state), build model, EMA and optimizer,
-        write config.json."""
+        """Prepare RUN, load the data (and with --resume the state), build the method (its networks,
+        EMA and optimizers), write config.json."""
         cfg = self.cfg
         prepare_run_dir(self.run_dir, self.resume, self.force)
         # with --resume, check the state file before spending time on data
@@ -156,26 +105,15 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         n = self._load_data()
-        self.schedule_cpu = Schedule.from_betas(cfg.betas)  # float64; what the samplers get
-        self.schedule = schedule_on(self.schedule_cpu, self.device)
 
-        # Model, EMA, optimizer (seeded, so a run is reproducible)
+        # Networks, EMA, optimizers (seeded, so a run is reproducible)
         torch.manual_seed(cfg.seed)
-        self.model = UNet(UNetConfig.from_dict(cfg.model)).to(self.device)
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
+        self.method: Method = METHODS[cfg.model_type](cfg, self.rt, self.real_batch)
         self.stream = BatchStream(n, cfg.seed)
         if state is not None:
             self._restore(*state, n)
         if self.rt.compile:
-            self.model.compile()
-
-        self.header = {
-            "model": cfg.model, "parameterization": cfg.parameterization,
-            "betas": [float(b) for b in cfg.betas],  # the exact float64 schedule
-            "ema_decay": cfg.ema_decay, "image_size": cfg.image_size, "channels": cfg.channels,
-        }
+            self.method.compile()
         write_config(self.run_dir, {**cfg.to_dict(), "resolved": resolved(cfg, self.rt)})
         self.session_start = time.monotonic()
 
@@ -197,9 +135,7 @@ class Trainer:
 
     def _restore(self, tensors: dict[str, torch.Tensor], info: dict[str, Any], n: int) -> None:
         """Continue where the state on disk left off; metrics logged after it are dropped."""
-        self.stream = restore(
-            self.run_dir / STATE_FILE, tensors, info, self.model, self.ema, self.optimizer, self.scaler
-        )
+        self.stream = self.method.restore(self.run_dir / STATE_FILE, tensors, info)
         if self.stream.n != n:
             raise DtoolsError(f"{self.cfg.data}: holds {n} images, but the run was trained on "
                               f"{self.stream.n}")
@@ -212,19 +148,180 @@ class Trainer:
         """Seconds of training over all sessions of the run."""
         return self.elapsed_before + time.monotonic() - self.session_start
 
+    def real_batch(self) -> torch.Tensor:
+        """The next --batch images of the shuffled data, each flipped with probability 1/2 (--flip), on
+        the device: (B, C, H, W) in [-1, 1]."""
+        idx = self.stream.next(self.cfg.batch_size)
+        x0 = augment(self.images[idx], self.cfg.flip).to(self.device, non_blocking=True)
+        return x0.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
+
+    def write_samples(self) -> None:
+        """samples/step_XXXXXX.png: EMA samples of fixed seeds (those of `dtools sample --seed SEED`)."""
+        from dtools.grid import make_grid
+        from dtools.images import save_png, to_uint8
+        from dtools.samplers import image_seed
+
+        cfg, device = self.cfg, self.device
+        seeds = [image_seed(cfg.seed, i) for i in range(cfg.sample_count)]
+        # sampling must not disturb the training RNG streams (exact resume)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            x = self.method.sample(seeds)
+        nrow = math.ceil(math.sqrt(cfg.sample_count))
+        grid = make_grid(to_uint8(x), nrow=nrow, scale=max(1, 64 // cfg.image_size))
+        save_png(grid, self.run_dir / SAMPLES_DIR / f"step_{self.step:06d}.png", force=True)
+
+    def save_checkpoint(self) -> None:
+        """model.safetensors, metrics.jsonl, the curves, then train-state.safetensors (the commit point)."""
+        method = self.method
+        for name, module in method.networks().items():
+            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                raise NonFiniteLoss(f"the {name} are not finite")
+        tensors, info = method.capture(self.stream)
+        weights, config, header = method.checkpoint()
+        meta = {**header, "step": self.step, "train": self.cfg.to_dict()}
+        save_model(self.run_dir / MODEL_FILE, weights, config=config, model_type=method.model_type, meta=meta,
+                   force=True)
+        write_metrics(self.run_dir / METRICS_FILE, self.metrics)
+        if self.metrics:
+            self._plot()
+        # The state goes last: it is what --resume trusts, and it only moves once the rest is on disk.
+        save_state(self.run_dir / STATE_FILE, tensors, {**meta, **info, "elapsed": self.elapsed()})
+        self.checkpoint_step = self.step
+
+    def _plot(self) -> None:
+        from dtools.plots import metric_curves
+
+        for plot in self.method.plots:
+            records = [r for r in self.metrics if all(k in r for k in plot.keys)]
+            steps = [r["step"] for r in records]
+            series = {k: [r[k] for r in records] for k in plot.keys}
+            metric_curves(steps, series, self.run_dir / plot.file, title=plot.title, ylabel=plot.ylabel,
+                          log_y=plot.log_y, ylim=plot.ylim, force=True)
+
+    def run(self) -> TrainResult:
+        """Set up, then train to the end of the session; returns what happened."""
+        self.setup()
+        cfg, total, rt = self.cfg, self.total, self.rt
+        self.log(f"training {self.run_dir}: {cfg.num_images} images {cfg.image_size}x{cfg.image_size}x"
+                 f"{cfg.channels}, {self.method.describe()}, {rt.device} "
+                 f"{rt.precision}{' compiled' if rt.compile else ''}, steps {self.step}->{total}")
+        window, stopped = Window(), "done"
+        budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+        try:
+            with StopSignals() as signals, self._progress_bar() as bar:
+                while self.step < total and stopped == "done":
+                    try:
+                        window.add(self.method.train_step())
+                    except NonFiniteLoss as e:
+                        raise self._diverged(str(e), self.step + 1) from None
+                    self.step += 1
+                    if signals.requested:
+                        stopped = "interrupted"
+                    elif time.monotonic() - self.session_start >= budget and self.step < total:
+                        stopped = "max_minutes"
+                    # a window closes every --log-every steps and when the session ends
+                    if self.step % cfg.log_every == 0 or self.step == total or stopped != "done":
+                        rec = self._log_window(window)
+                        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
+                    bar.update(completed=self.step)
+                    self._write_outputs(end=self.step == total or stopped != "done",
+                                        samples=stopped != "interrupted", window=window)
+        except NonFiniteLoss as e:
+            raise self._diverged(str(e), self.step) from None
+        return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
+                           self.checkpoint_step, self.metrics, self.last_losses())
+
+    def _losses_text(self, rec: dict[str, Any] | None, fmt: str) -> str:
+        """'loss 0.0412' (a GAN: 'loss_d 1.21 loss_g 0.93'); '-' for each value not yet logged."""
+        return "  ".join(f"{k} {'-' if rec is None else fmt.format(rec[k])}" for k in self.method.losses)
+
+    def _progress_bar(self) -> contextlib.AbstractContextManager[Bar]:
+        """step N/M, the bar, loss, img/s, elapsed, ETA, time left; it stays on screen when done."""
+        return progress_bar(
+            "step {task.completed}/{task.total}", self.total, completed=self.step,
+            fields={"loss": self._losses_text(None, ""), "ips": "-"},
+            columns=("{task.fields[loss]}", "{task.fields[ips]} img/s"),
+            count=False, elapsed=True, transient=False, show=self.show_bar,
+        )
+
+    def _write_outputs(self, end: bool, samples: bool, window: Window) -> None:
+        """Sample grid and checkpoint when they are due (and always at the end)."""
+        cfg = self.cfg
+        if samples and cfg.sample_every and (self.step % cfg.sample_every == 0 or end):
+            self.write_samples()
+        if self.step % cfg.save_every == 0 or end:
+            self.save_checkpoint()
+            if not self.show_bar:
+                last = self.metrics[-1] if self.metrics else None
+                self.log(f"step {self.step}/{self.total}  {self._losses_text(last, '{:.4g}')}  "
+                         f"{window.rate(self.method.images_per_step):.0f} img/s  "
+                         f"elapsed {fmt_time(self.elapsed())}  saved {self.run_dir / MODEL_FILE}")
+
+    def _diverged(self, what: str, step: int) -> DtoolsError:
+        kept = (f"the last good checkpoint (step {self.checkpoint_step}) in {self.run_dir} is intact"
+                if self.checkpoint_step >= 0 else "no checkpoint had been written yet")
+        hint = "lower --lr" + ("" if self.cfg.grad_clip or not self.method.clips else " or set --grad-clip 1")
+        return DtoolsError(f"training diverged at step {step}: {what}; stopped, {kept}; try a {hint}")
+
+    def _log_window(self, window: Window) -> dict[str, Any]:
+        """Close a --log-every window: one metrics record, kept in memory and appended to metrics.jsonl."""
+        rec = {"step": self.step, "epoch": self.stream.epoch, **self.method.record(window.means()),
+               "img_per_s": round(window.rate(self.method.images_per_step), 2),
+               "elapsed": round(self.elapsed(), 3)}
+        self.metrics.append(rec)
+        append_metric(self.run_dir / METRICS_FILE, rec)
+        window.reset(rec["img_per_s"])
+        return rec
+
+    def last_loss(self) -> float | None:
+        """The mean loss of the last logged window (None for a method without a single "loss")."""
+        return self.metrics[-1].get("loss") if self.metrics else None
+
+    def last_losses(self) -> dict[str, float]:
+        """The method's named losses in the last logged window."""
+        return {k: self.metrics[-1][k] for k in self.method.losses} if self.metrics else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The DDPM (`--model unet`)
+
+
+def schedule_on(schedule: Schedule, device: torch.device) -> Schedule:
+    """The schedule's tables on the training device (MPS has no float64: there they become float32)."""
+    if device.type == "mps":
+        return Schedule(*(getattr(schedule, f).float().to(device) for f in schedule.__dataclass_fields__))
+    return schedule.to(device)
+
+
+class Ddpm(Method):
+    """The seed's DDPM: a U-Net regressing the parameterization's target on noised images (Ho et al.
+    2020, Algorithm 1), Adam, an EMA of the weights for sampling."""
+
+    model_type = "unet"
+    losses = ("loss",)
+    plots = (Plot(LOSS_PLOT, "training loss", ("loss",)),)
+    clips = True
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
+        super().__init__(cfg, rt, real_batch)
+        self.schedule_cpu = Schedule.from_betas(cfg.betas)  # float64; what the samplers get
+        self.schedule = schedule_on(self.schedule_cpu, self.device)
+        self.model = UNet(UNetConfig.from_dict(cfg.model)).to(self.device)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
+
     def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A whole batch's images, timesteps and noise, drawn in one fixed order (so --grad-accum
         splits exactly the batch that an unsplit step would see)."""
         cfg, device = self.cfg, self.device
-        idx = self.stream.next(cfg.batch_size)
-        x0 = augment(self.images[idx], cfg.flip).to(device, non_blocking=True)
-        x0 = x0.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
+        x0 = self.real_batch()  # (B, C, H, W) in [-1, 1]
         t = torch.randint(0, self.schedule.T, (cfg.batch_size,), device=device)  # (B,)
         eps = torch.randn(x0.shape, device=device)  # (B, C, H, W)
         return x0, t, eps
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer step; returns (loss, gradient norm) or raises NonFiniteLoss before updating."""
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns its loss and gradient norm or raises NonFiniteLoss before updating."""
         cfg, s, param = self.cfg, self.schedule, self.cfg.parameterization
         micro = cfg.batch_size // cfg.grad_accum
         self.model.train()
@@ -252,123 +349,55 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.ema.update(self.model)
-        return loss_value, grad_norm
+        return {"loss": loss_value, "grad_norm": grad_norm}
 
-    def write_samples(self) -> None:
-        """samples/step_XXXXXX.png: EMA samples of fixed seeds (those of `dtools sample --seed SEED`)."""
-        from dtools.grid import make_grid
-        from dtools.images import save_png, to_uint8
-        from dtools.samplers import generate, image_seed
+    def record(self, means: dict[str, float]) -> dict[str, Any]:
+        return {"loss": means["loss"], "lr": self.cfg.lr, "grad_norm": means["grad_norm"]}
 
-        cfg, device = self.cfg, self.device
+    def sample(self, seeds: list[int]) -> torch.Tensor:
+        """EMA samples, dpm++2m with 20 steps."""
+        from dtools.samplers import generate
+
+        cfg = self.cfg
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self.rt.autocast():
                 return self.ema.module(x_t, t).float()
 
-        seeds = [image_seed(cfg.seed, i) for i in range(cfg.sample_count)]
         shape = (cfg.channels, cfg.image_size, cfg.image_size)
-        # sampling must not disturb the training RNG streams (exact resume)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            x = generate(model_fn, self.schedule_cpu, cfg.parameterization, shape, seeds,
-                         sampler=SAMPLE_SAMPLER, steps=SAMPLE_STEPS, device=device)
-        nrow = math.ceil(math.sqrt(cfg.sample_count))
-        grid = make_grid(to_uint8(x), nrow=nrow, scale=max(1, 64 // cfg.image_size))
-        save_png(grid, self.run_dir / SAMPLES_DIR / f"step_{self.step:06d}.png", force=True)
+        return generate(model_fn, self.schedule_cpu, cfg.parameterization, shape, seeds,
+                        sampler=SAMPLE_SAMPLER, steps=SAMPLE_STEPS, device=self.device)
 
-    def save_checkpoint(self) -> None:
-        """model.safetensors, metrics.jsonl, loss.png, then train-state.safetensors (the commit point)."""
-        from dtools.plots import loss_curve
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"weights": self.model, "EMA weights": self.ema.module}
 
-        for name, module in (("weights", self.model), ("EMA weights", self.ema.module)):
-            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
-                raise NonFiniteLoss(f"the {name} are not finite")
-        tensors, info = capture(self.model, self.ema, self.optimizer, self.stream, self.scaler)
-        meta = {**self.header, "step": self.step, "train": self.cfg.to_dict()}
-        weights = {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}
-        save_model(self.run_dir / MODEL_FILE, weights, config=self.cfg.model, meta=meta, force=True)
-        write_metrics(self.run_dir / METRICS_FILE, self.metrics)
-        if self.metrics:
-            steps, losses = [r["step"] for r in self.metrics], [r["loss"] for r in self.metrics]
-            loss_curve(steps, losses, self.run_dir / LOSS_PLOT, force=True)
-        # The state goes last: it is what --resume trusts, and it only moves once the rest is on disk.
-        save_state(self.run_dir / STATE_FILE, tensors, {**meta, **info, "elapsed": self.elapsed()})
-        self.checkpoint_step = self.step
-
-    def run(self) -> TrainResult:
-        """Set up, then train to the end of the session; returns what happened."""
-        self.setup()
-        cfg, total, rt = self.cfg, self.total, self.rt
-        n_params = count_parameters(self.model)
-        self.log(f"training {self.run_dir}: {cfg.num_images} images {cfg.image_size}x{cfg.image_size}x"
-                 f"{cfg.channels}, preset {cfg.preset}, {n_params / 1e6:.2f}M parameters, {rt.device} "
-                 f"{rt.precision}{' compiled' if rt.compile else ''}, steps {self.step}->{total}")
-        window, stopped = _Window(), "done"
-        budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
-        try:
-            with _StopSignals() as signals, self._progress_bar() as bar:
-                while self.step < total and stopped == "done":
-                    try:
-                        window.add(*self.train_step())
-                    except NonFiniteLoss as e:
-                        raise self._diverged(str(e), self.step + 1) from None
-                    self.step += 1
-                    if self.step % cfg.log_every == 0 or self.step == total:
-                        rec = self._log_window(window)
-                        bar.update(loss=f"{rec['loss']:.4f}", ips=f"{rec['img_per_s']:.0f}")
-                    bar.update(completed=self.step)
-                    if signals.requested:
-                        stopped = "interrupted"
-                    elif time.monotonic() - self.session_start >= budget and self.step < total:
-                        stopped = "max_minutes"
-                    self._write_outputs(end=self.step == total or stopped != "done",
-                                        samples=stopped != "interrupted", window=window)
-        except NonFiniteLoss as e:
-            raise self._diverged(str(e), self.step) from None
-        return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
-                           self.checkpoint_step, self.metrics)
-
-    def _progress_bar(self) -> contextlib.AbstractContextManager[Bar]:
-        """step N/M, the bar, loss, img/s, elapsed, ETA, time left; it stays on screen when done."""
-        return progress_bar(
-            "step {task.completed}/{task.total}", self.total, completed=self.step,
-            fields={"loss": "-", "ips": "-"},
-            columns=("loss {task.fields[loss]}", "{task.fields[ips]} img/s"),
-            count=False, elapsed=True, transient=False, show=self.show_bar,
-        )
-
-    def _write_outputs(self, end: bool, samples: bool, window: _Window) -> None:
-        """Sample grid and checkpoint when they are due (and always at the end)."""
+    def checkpoint(self) -> tuple[Weights, dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
-        if samples and cfg.sample_every and (self.step % cfg.sample_every == 0 or end):
-            self.write_samples()
-        if self.step % cfg.save_every == 0 or end:
-            self.save_checkpoint()
-            if not self.show_bar:
-                loss = self.last_loss()
-                self.log(f"step {self.step}/{self.total}  loss {'-' if loss is None else f'{loss:.4g}'}  "
-                         f"{window.rate(cfg.batch_size):.0f} img/s  elapsed {_fmt_time(self.elapsed())}  "
-                         f"saved {self.run_dir / MODEL_FILE}")
+        header = {
+            "model": cfg.model, "parameterization": cfg.parameterization,
+            "betas": [float(b) for b in cfg.betas],  # the exact float64 schedule
+            "ema_decay": cfg.ema_decay, "image_size": cfg.image_size, "channels": cfg.channels,
+        }
+        return {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}, cfg.model, header
 
-    def _diverged(self, what: str, step: int) -> DtoolsError:
-        kept = (f"the last good checkpoint (step {self.checkpoint_step}) in {self.run_dir} is intact"
-                if self.checkpoint_step >= 0 else "no checkpoint had been written yet")
-        hint = "lower --lr" + ("" if self.cfg.grad_clip else " or set --grad-clip 1")
-        return DtoolsError(f"training diverged at step {step}: {what}; stopped, {kept}; try a {hint}")
+    def capture(self, stream: BatchStream) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        modules = {"raw": self.model, "ema": self.ema.module}
+        tensors, info = capture(modules, {"adam": (self.optimizer, self.model)}, stream, self.scaler)
+        return tensors, {"ema_updates": self.ema.num_updates, **info}
 
-    def _log_window(self, window: _Window) -> dict[str, Any]:
-        """Close a --log-every window: one metrics record, kept in memory and appended to metrics.jsonl."""
-        rec = {"step": self.step, "epoch": self.stream.epoch, "loss": window.loss / window.steps,
-               "lr": self.cfg.lr, "grad_norm": window.grad_norm / window.steps,
-               "img_per_s": round(window.rate(self.cfg.batch_size), 2), "elapsed": round(self.elapsed(), 3)}
-        self.metrics.append(rec)
-        append_metric(self.run_dir / METRICS_FILE, rec)
-        window.reset(rec["img_per_s"])
-        return rec
+    def restore(self, path: Any, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> BatchStream:
+        modules = {"raw": self.model, "ema": self.ema.module}
+        return restore(path, tensors, info, modules, {"adam": (self.optimizer, self.model)}, self.scaler,
+                       (self.ema,))
 
-    def last_loss(self) -> float | None:
-        """The mean loss of the last logged window."""
-        return self.metrics[-1]["loss"] if self.metrics else None
+    def describe(self) -> str:
+        return f"preset {self.cfg.preset}, {count_parameters(self.model) / 1e6:.2f}M parameters"
+
+    def compile(self) -> None:
+        self.model.compile()
+
+
+METHODS: dict[str, type[Method]] = {"unet": Ddpm, "dcgan": Dcgan, "vae": Vae}  # by --model
 
 
 def train(

@@ -14,6 +14,7 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "train-state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
+ACCURACY_PLOT = "accuracy.png"  # a GAN's discriminator accuracy
 CONFIG_FILE = "config.json"
 SAMPLES_DIR = "samples"
 
@@ -39,7 +40,7 @@ def prepare_run_dir(run: Path, resume: bool, force: bool) -> None:
                 f"{run} already exists and is not empty; pass --resume to continue its run, or --force to "
                 "start over"
             )
-        for name in (MODEL_FILE, STATE_FILE, METRICS_FILE, LOSS_PLOT, CONFIG_FILE):
+        for name in (MODEL_FILE, STATE_FILE, METRICS_FILE, LOSS_PLOT, ACCURACY_PLOT, CONFIG_FILE):
             (run / name).unlink(missing_ok=True)
         for p in (run / SAMPLES_DIR).glob("step_*.png"):
             p.unlink()

@@ -11,7 +11,12 @@ One safetensors file (RUN/train-state.safetensors) holds, as tensors:
 
 and in the JSON header (key "dtools", format "dtools.train-state"): step, the EMA update count, the
 data stream position, the GradScaler state, the elapsed training time, the resolved training and
-model config, the parameterization and the exact betas.
+model config, and for a diffusion model the parameterization and the exact betas.
+
+That is a DDPM run's state, as dtools 0.1.0 wrote it. A training method with more networks or
+optimizers names them with more prefixes (a DCGAN: `disc.<key>` for the discriminator and
+`adam_disc.<name>.<field>` for its Adam), and its header says its "model_type" (absent: "unet").
+`capture` and `restore` take the modules and optimizers by prefix.
 """
 
 from __future__ import annotations
@@ -31,24 +36,27 @@ STATE_FORMAT = "dtools.train-state"
 ADAM_FIELDS = ("exp_avg", "exp_avg_sq", "step")
 
 
+Modules = dict[str, nn.Module]  # tensor-name prefix -> module ({"raw": model, "ema": ema.module})
+Optimizers = dict[str, tuple[torch.optim.Optimizer, nn.Module]]  # prefix -> (Adam, the module it updates)
+
+
 def capture(
-    model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, stream: BatchStream,
-    scaler: torch.amp.GradScaler | None,
+    modules: Modules, optimizers: Optimizers, stream: BatchStream, scaler: torch.amp.GradScaler | None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Snapshot of the run as (tensors, header fields); tensors are copies, safe to write later."""
     tensors: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
-        tensors[f"raw.{k}"] = v.detach().clone()
-    for k, v in ema.state_dict().items():
-        tensors[f"ema.{k}"] = v.detach().clone()
-    names = [n for n, _ in model.named_parameters()]
-    opt_state = optimizer.state_dict()["state"]
-    for i, name in enumerate(names):
-        for field in ADAM_FIELDS:
-            if i in opt_state and field in opt_state[i]:
-                val = opt_state[i][field]
-                val = val if isinstance(val, torch.Tensor) else torch.tensor(float(val))
-                tensors[f"adam.{name}.{field}"] = val.detach().clone()
+    for prefix, module in modules.items():
+        for k, v in module.state_dict().items():
+            tensors[f"{prefix}.{k}"] = v.detach().clone()
+    for prefix, (optimizer, model) in optimizers.items():
+        names = [n for n, _ in model.named_parameters()]
+        opt_state = optimizer.state_dict()["state"]
+        for i, name in enumerate(names):
+            for field in ADAM_FIELDS:
+                if i in opt_state and field in opt_state[i]:
+                    val = opt_state[i][field]
+                    val = val if isinstance(val, torch.Tensor) else torch.tensor(float(val))
+                    tensors[f"{prefix}.{name}.{field}"] = val.detach().clone()
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -57,7 +65,6 @@ def capture(
     for k, v in data_tensors.items():
         tensors[f"data.{k}"] = v
     info = {
-        "ema_updates": ema.num_updates,
         "data": data_info,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
@@ -71,14 +78,17 @@ def save_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
 def read_state_header(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON header of a training state (cheap), checked for the fields a resume needs."""
     info = read_header(path, STATE_FORMAT)
-    for key in ("step", "train", "model", "parameterization", "betas", "data", "ema_updates"):
+    info.setdefault("model_type", "unet")  # dtools 0.1.0 and every DDPM run: a U-Net with a schedule
+    diffusion = info["model_type"] == "unet"
+    keys = ("step", "train", "model", "parameterization", "betas", "data", "ema_updates")
+    for key in keys if diffusion else (k for k in keys if k not in ("parameterization", "betas")):
         if key not in info:
             raise DtoolsError(f"{path}: training state lacks {key!r}; it cannot be resumed")
     kinds = {"step": int, "train": dict, "model": dict, "betas": list, "data": dict, "ema_updates": int}
     for key, kind in kinds.items():
-        if not isinstance(info[key], kind) or isinstance(info[key], bool):
+        if key in info and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
             raise DtoolsError(f"{path}: damaged training state ({key!r} is not a {kind.__name__})")
-    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in info["betas"]):
+    if diffusion and not all(isinstance(b, int | float) and not isinstance(b, bool) for b in info["betas"]):
         raise DtoolsError(f"{path}: damaged training state (betas are not all numbers)")
     return info
 
@@ -93,29 +103,22 @@ def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 
 def restore(
-    path: str | os.PathLike, tensors: dict[str, torch.Tensor], info: dict[str, Any], model: nn.Module,
-    ema: EMA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], info: dict[str, Any], modules: Modules,
+    optimizers: Optimizers, scaler: torch.amp.GradScaler | None, emas: tuple[EMA, ...] = (),
 ) -> BatchStream:
-    """Put a loaded state back into freshly built objects; returns the data stream at its position.
+    """Put a loaded state back into freshly built objects (`modules` and `optimizers` by prefix, as
+    `capture` took them; each of `emas` gets the update count); returns the data stream at its position.
 
     Any mismatch (missing or misshapen tensors) is a one-line DtoolsError naming the file.
     """
     try:
-        device = next(model.parameters()).device
-        model.load_state_dict(_prefixed(tensors, "raw."), strict=True)
-        ema.module.load_state_dict(_prefixed(tensors, "ema."), strict=True)
-        ema.num_updates = int(info["ema_updates"])
-        names = [n for n, _ in model.named_parameters()]
-        state = {}
-        for i, name in enumerate(names):
-            fields = {f: tensors[f"adam.{name}.{f}"] for f in ADAM_FIELDS if f"adam.{name}.{f}" in tensors}
-            if fields:
-                if set(fields) != set(ADAM_FIELDS):
-                    raise KeyError(f"adam.{name}")
-                state[i] = {f: (v if f == "step" else v.to(device)) for f, v in fields.items()}
-        sd = optimizer.state_dict()
-        sd["state"] = state
-        optimizer.load_state_dict(sd)
+        device = next(next(iter(modules.values())).parameters()).device
+        for prefix, module in modules.items():
+            module.load_state_dict(_prefixed(tensors, f"{prefix}."), strict=True)
+        for ema in emas:
+            ema.num_updates = int(info["ema_updates"])
+        for prefix, (optimizer, model) in optimizers.items():
+            _restore_adam(tensors, prefix, optimizer, model, device)
         if info.get("scaler") and scaler is not None and scaler.is_enabled():
             scaler.load_state_dict(info["scaler"])
         stream = BatchStream.restore(_prefixed(tensors, "data."), info["data"])
@@ -130,3 +133,22 @@ def restore(
     except (RuntimeError, ValueError, TypeError) as e:
         raise DtoolsError(f"{path}: training state does not fit this model ({first_line(e)})") from None
     return stream
+
+
+def _restore_adam(
+    tensors: dict[str, torch.Tensor], prefix: str, optimizer: torch.optim.Optimizer, model: nn.Module,
+    device: torch.device,
+) -> None:
+    """Adam's per-parameter state from `prefix.<name>.<field>` tensors (a KeyError names a missing one)."""
+    names = [n for n, _ in model.named_parameters()]
+    state = {}
+    for i, name in enumerate(names):
+        keys = {f: f"{prefix}.{name}.{f}" for f in ADAM_FIELDS}
+        fields = {f: tensors[k] for f, k in keys.items() if k in tensors}
+        if fields:
+            if set(fields) != set(ADAM_FIELDS):
+                raise KeyError(f"{prefix}.{name}")
+            state[i] = {f: (v if f == "step" else v.to(device)) for f, v in fields.items()}
+    sd = optimizer.state_dict()
+    sd["state"] = state
+    optimizer.load_state_dict(sd)

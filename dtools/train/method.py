@@ -1,0 +1,169 @@
+"""What a training method (`--model`) brings to the Trainer, and the pieces every method shares.
+
+The Trainer (dtools.train.loop) owns what all methods have in common: the run folder, the data and
+its seeded batch stream, stop signals, --max-steps / --epochs / --max-minutes, the --log-every
+windows of metrics.jsonl, the curves in RUN/, the checkpoint cadence and order, the handling of a
+diverged run, the progress bar and --resume. A Method owns the rest: its networks, optimizers and
+EMA (built when it is made, after the Trainer seeds torch), one training step (returning its named
+losses and metrics), its sample grid, the weights and header of its model checkpoint, and the
+tensors of its training state. The methods: "unet" (the DDPM, `loop.Ddpm`), "dcgan"
+(`gan.Dcgan`) and "vae" (`vae.Vae`); `loop.METHODS` maps `--model` to them. The session's shared
+pieces are here too: the metrics `Window`, `StopSignals` and `fmt_time`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from dtools.runtime import Runtime
+from dtools.train.config import TrainConfig
+from dtools.train.data import BatchStream
+from dtools.unet import count_parameters
+
+RealBatch = Callable[[], torch.Tensor]  # the next training batch (B, C, H, W) in [-1, 1] on the device
+Weights = dict[str, dict[str, torch.Tensor]]  # {"ema": state dict, "raw": state dict}
+
+
+class NonFiniteLoss(Exception):
+    """A step met a loss, gradient or weight that is not finite; nothing of it may be saved."""
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A picture of metrics.jsonl that a method keeps in RUN/ (rewritten at every checkpoint)."""
+
+    file: str
+    title: str
+    keys: tuple[str, ...]  # the metrics.jsonl fields drawn
+    ylabel: str = "loss"
+    log_y: bool = True
+    ylim: tuple[float, float] | None = None
+
+
+class Method:
+    """A way to train a generative model: build it with the run's config (torch already seeded), then
+    the Trainer calls `train_step` once per step and the rest at checkpoints."""
+
+    model_type: ClassVar[str]  # its checkpoint's MODEL_TYPES key, and the --model value
+    losses: ClassVar[tuple[str, ...]]  # the step values shown on the bar, in the log lines and the summary
+    plots: ClassVar[tuple[Plot, ...]]
+    clips: ClassVar[bool] = False  # whether --grad-clip applies (the hint when a run diverges)
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
+        self.cfg, self.rt, self.device, self.real_batch = cfg, rt, rt.device, real_batch
+
+    def train_step(self) -> dict[str, float]:
+        """One training step: its named losses and metrics (the window means of metrics.jsonl), or
+        NonFiniteLoss before any weight changes."""
+        raise NotImplementedError
+
+    def record(self, means: dict[str, float]) -> dict[str, Any]:
+        """A metrics.jsonl record's method fields (between "epoch" and "img_per_s") from the window's
+        means of `train_step`'s values."""
+        return {**means, "lr": self.cfg.lr}
+
+    def sample(self, seeds: list[int]) -> torch.Tensor:
+        """The sample grid's images (N, C, H, W) in [-1, 1], those of `dtools sample --seed SEED` on the
+        checkpoint; the Trainer keeps the training RNG streams out of it."""
+        raise NotImplementedError
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The networks whose weights must be finite before a save, by how a message names them."""
+        raise NotImplementedError
+
+    def checkpoint(self) -> tuple[Weights, dict[str, Any], dict[str, Any]]:
+        """(weights, network config, header fields) of the model checkpoint; the Trainer adds step
+        and train config."""
+        raise NotImplementedError
+
+    def capture(self, stream: BatchStream) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The training state: its tensors (copies) and header fields."""
+        raise NotImplementedError
+
+    def restore(self, path: Any, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> BatchStream:
+        """Put a training state back; returns the data stream at its position."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What the start-of-run log line says about the model, e.g. 'preset cpu32, 1.11M parameters'."""
+        raise NotImplementedError
+
+    def compile(self) -> None:
+        """torch.compile the trained networks in place (state-dict keys stay clean)."""
+
+    @property
+    def images_per_step(self) -> int:
+        return self.cfg.images_per_step()
+
+
+def parameters(**modules: nn.Module) -> str:
+    """'generator 1.07M + discriminator 0.66M parameters'."""
+    sizes = (f"{name} {count_parameters(m) / 1e6:.2f}M" for name, m in modules.items())
+    return " + ".join(sizes) + " parameters"
+
+
+@dataclass
+class Window:
+    """Running sums of a step's named values over the current --log-every window of steps."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    last_rate: float = 0.0  # img/s of the previous window
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.steps for k, v in self.sums.items()}
+
+    def rate(self, images_per_step: int) -> float:
+        """img/s in this window so far (the previous window's when this one is empty)."""
+        if not self.steps:
+            return self.last_rate
+        return self.steps * images_per_step / max(time.perf_counter() - self.start, 1e-9)
+
+    def reset(self, rate: float) -> None:
+        self.sums, self.steps = {}, 0
+        self.start, self.last_rate = time.perf_counter(), rate
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set a flag, so the loop stops at the next step boundary with a checkpoint.
+
+    A second Ctrl-C raises KeyboardInterrupt at once. Only installed from the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -1,0 +1,137 @@
+"""The defaults a new run starts from: PRESETS, the U-Nets (by image size) and their training defaults,
+and LATENT_MODELS, the defaults of the seed's two baselines (`--model dcgan|vae`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from dtools.dcgan import DCGANConfig, Discriminator, Generator
+from dtools.errors import DtoolsError
+from dtools.unet import UNet, UNetConfig
+from dtools.vae import VAE, VAEConfig
+
+# ---------------------------------------------------------------------------------------------
+# Presets, chosen by image size. "seed64" is the seed report's network and recipe; the CPU presets
+# were sized by short measured runs on a 2-core CPU (docs/train.md, "How the CPU presets were chosen")
+# to learn emoji-like blobs in minutes.
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A U-Net for an image size, and the training defaults that come with it (options override them)."""
+
+    summary: str
+    build: Callable[[int, int], UNetConfig]  # (image_size, channels) -> config
+    lr: float
+    batch_size: int
+    ema_warmup: bool
+    max_steps: int  # the default only when neither --max-steps nor --epochs is given
+    save_every: int
+    sample_every: int
+    grad_clip: float | None
+
+    def defaults(self) -> dict[str, Any]:
+        """The TrainConfig fields this preset sets (all but max_steps)."""
+        return {"lr": self.lr, "batch_size": self.batch_size, "ema_warmup": self.ema_warmup,
+                "save_every": self.save_every, "sample_every": self.sample_every, "grad_clip": self.grad_clip}
+
+
+def _seed64(size: int, channels: int) -> UNetConfig:
+    # 3 levels, 64 base channels doubling, attention at the deepest level (16x16 for 64x64 input)
+    return UNetConfig(size, channels, 64, (1, 2, 4), 2, (size // 4,), num_heads=4, dropout=0.1)
+
+
+def _cpu32(size: int, channels: int) -> UNetConfig:
+    return UNetConfig(size, channels, 32, (1, 2, 2), 1, (size // 4,), num_heads=2, dropout=0.0, norm_groups=8)
+
+
+def _cpu16(size: int, channels: int) -> UNetConfig:
+    return UNetConfig(size, channels, 32, (1, 2), 1, (size // 2,), num_heads=2, dropout=0.0, norm_groups=8)
+
+
+_CPU = {"lr": 1e-3, "batch_size": 16, "ema_warmup": True, "max_steps": 2000, "save_every": 250,
+        "sample_every": 500, "grad_clip": 1.0}
+PRESETS: dict[str, Preset] = {
+    "cpu16": Preset("16x16: 2 levels, 32 base channels (1,2), 1 block per level, attention at 8x8", _cpu16,
+                    **_CPU),
+    "cpu32": Preset("32x32: 3 levels, 32 base channels (1,2,2), 1 block per level, attention at 8x8", _cpu32,
+                    **_CPU),
+    "seed64": Preset("64x64, the seed: 3 levels, 64 base channels (1,2,4), 2 blocks, attention 16", _seed64,
+                     lr=1e-4, batch_size=128, ema_warmup=False, max_steps=25_000, save_every=1000,
+                     sample_every=1000, grad_clip=None),
+}
+
+
+def preset_for_size(image_size: int) -> str:
+    """The preset `auto` picks: cpu16 up to 16 pixels, cpu32 up to 32, else the seed's network."""
+    if image_size <= 16:
+        return "cpu16"
+    if image_size <= 32:
+        return "cpu32"
+    return "seed64"
+
+
+def resolve_preset(name: str, image_size: int) -> str:
+    """The preset that --preset `name` stands for (`auto`: by image size); an unknown name is an error."""
+    resolved = preset_for_size(image_size) if name == "auto" else name
+    if resolved not in PRESETS:
+        raise DtoolsError(f"unknown --preset {name!r}; choose auto or one of {', '.join(PRESETS)}")
+    return resolved
+
+
+def preset_config(name: str, image_size: int, channels: int) -> UNetConfig:
+    """The U-Net of preset `name` (or `auto`) for images of `image_size` pixels and `channels`."""
+    return PRESETS[resolve_preset(name, image_size)].build(image_size, channels)
+
+
+# ---------------------------------------------------------------------------------------------
+# The baselines of the seed's comparison (`--model dcgan|vae`). Their optimizer defaults come from
+# their sources; the run's cadence (default steps, saves, sample grids, EMA decay and warm-up) is the
+# U-Net preset's for the same image size, so the three models of a comparison differ in what they are.
+
+MODELS = ("unet", "dcgan", "vae")  # --model; "unet" is the DDPM
+DDPM = ("unet",)
+LATENT = ("dcgan", "vae")
+
+
+@dataclass(frozen=True)
+class LatentModel:
+    config: type[DCGANConfig]  # the networks' config (VAEConfig is a DCGANConfig)
+    defaults: dict[str, Any]  # TrainConfig fields
+
+
+LATENT_MODELS: dict[str, LatentModel] = {
+    # Radford et al. 2016, sec. 3: mini-batches of 128, Adam with lr 0.0002 and β1 0.5 (gan.ADAM_BETAS);
+    # one discriminator update per generator update, as in the paper and PyTorch's example
+    "dcgan": LatentModel(DCGANConfig, {"lr": 2e-4, "batch_size": 128, "d_steps": "1:1"}),
+    # pytorch/examples vae/main.py: Adam with lr 1e-3, batches of 128; KL weight 1: the plain ELBO
+    "vae": LatentModel(VAEConfig, {"lr": 1e-3, "batch_size": 128, "kl_weight": 1.0}),
+}
+
+
+def parse_ratio(text: str) -> tuple[int, int]:
+    """--d-steps D:G -> (D, G): per training step, D discriminator updates, then G generator updates."""
+    try:
+        d, g = (int(v) for v in str(text).split(":"))
+    except ValueError:
+        raise DtoolsError(f"--d-steps expects D:G like 1:2 (discriminator:generator updates), "
+                          f"got {text!r}") from None
+    if d < 1 or g < 1:
+        raise DtoolsError(f"--d-steps {text}: both numbers must be at least 1")
+    return d, g
+
+
+def networks(model_type: str, config: dict[str, Any]) -> dict[str, nn.Module]:
+    """Fresh copies of the networks a `model_type` run trains, by name (for their sizes)."""
+    if model_type == "dcgan":
+        net = DCGANConfig.from_dict(config)
+        return {"generator": Generator(net), "discriminator": Discriminator(net)}
+    if model_type == "vae":
+        vae = VAE(VAEConfig.from_dict(config))
+        return {"encoder": vae.encoder, "decoder": vae.decoder}
+    return {"unet": UNet(UNetConfig.from_dict(config))}
