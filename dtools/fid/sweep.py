@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtools import samplers
-from dtools.checkpoint import load_model
+from dtools.checkpoint import MODEL_TYPES, load_model, read_info
 from dtools.errors import DtoolsError, OptionError
 from dtools.fid.evaluate import extract_features, open_images
 from dtools.fid.interval import SUBSETS, FixedReferenceFid, Interval, compare, fid_interval
@@ -102,7 +102,11 @@ class SweepConfig:
 def resolve_settings(cfg: SweepConfig) -> list[Setting]:
     """The settings with their steps, each checked against the checkpoint's schedule; no duplicates."""
     settings = parse_settings(cfg.samplers)
-    loaded = load_model(cfg.checkpoint, cfg.weights, "cpu")  # a bad checkpoint fails now, not after minutes
+    kind = read_info(cfg.checkpoint)["model_type"]  # a bad checkpoint fails now, not after minutes
+    if not MODEL_TYPES[kind].diffusion:
+        raise DtoolsError(f"{cfg.checkpoint} holds a {kind} model: it makes each image in one network call, "
+                          "with no sampler to sweep; score its samples with `dtools fid`")
+    loaded = load_model(cfg.checkpoint, cfg.weights, "cpu")
     betas = loaded.schedule.betas.numpy()
     out: list[Setting] = []
     for s in settings:

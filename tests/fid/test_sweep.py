@@ -112,3 +112,15 @@ def test_bad_requests_fail_before_sampling(tmp_path):
     with pytest.raises(DtoolsError, match="is not a folder"):
         sweep(SweepConfig(CKPT, str(FIXTURE / "data"), "ddim:5", str(tmp_path / "file")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_checkpoint_without_a_sampler_is_refused(tmp_path):
+    from dtools.checkpoint import save_model
+    from dtools.dcgan import DCGANConfig, Generator
+
+    cfg = DCGANConfig(image_size=8, latent_dim=4, base_channels=4)
+    save_model(tmp_path / "g.safetensors", {"ema": Generator(cfg).state_dict()}, config=cfg.to_dict(),
+               model_type="dcgan", meta={"step": 1})
+    with pytest.raises(DtoolsError, match="holds a dcgan model: .* no sampler to sweep") as e:
+        sweep(SweepConfig(tmp_path / "g.safetensors", str(FIXTURE / "data"), "ddim:5", str(tmp_path / "o")))
+    assert "\n" not in str(e.value) and not (tmp_path / "o").exists()
