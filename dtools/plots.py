@@ -1,5 +1,6 @@
 """Pictures people would rather see than read: schedule plots (and, from train, loss curves and the
-other curves of metrics.jsonl: a GAN's two losses and its discriminator's accuracy).
+other curves of metrics.jsonl: a GAN's two losses and its discriminator's accuracy), and FID against
+sampling cost (from sweep).
 
 matplotlib with the non-interactive Agg backend; files are written atomically.
 """
@@ -88,6 +89,37 @@ def metric_curves(
     ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.grid(alpha=0.3, which="both")
     ax.legend(frameon=False)
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"), force)
+    plt.close(fig)
+
+
+def fid_vs_cost(rows: list[dict], path: str | os.PathLike, force: bool = False, title: str = "") -> None:
+    """FID against network calls per image (log x), one line per sampler, with each score's interval
+    as an error bar: the `dtools sweep` picture. Each row needs sampler, nfe, fid and, for the bars,
+    fid_low and fid_high."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        mine = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
+        x = np.array([r["nfe"] for r in mine])
+        y = np.array([r["fid"] for r in mine])
+        line = ax.plot(x, y, marker="o", label=sampler)[0]
+        if all("fid_low" in r for r in mine):
+            err = np.array([[r["fid"] - r["fid_low"] for r in mine],
+                            [r["fid_high"] - r["fid"] for r in mine]])
+            ax.errorbar(x, y, yerr=np.clip(err, 0, None), fmt="none", ecolor=line.get_color(), capsize=3)
+        for r in mine:
+            ax.annotate(str(r["steps"]), (r["nfe"], r["fid"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8, color=line.get_color())
+    ax.set_xscale("log")
+    ticks = sorted({r["nfe"] for r in rows})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set(xlabel="network calls per image (log scale)", ylabel="FID (lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(frameon=False, title="sampler (labels: steps)")
     fig.tight_layout()
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"), force)
     plt.close(fig)
