@@ -142,18 +142,9 @@ def train(
         return
 
     result = training.train(cfg, resume=resume, force=force)
-    ckpt = result.run / training.MODEL_FILE
     if result.stopped == "interrupted":
-        typer.echo(
-            f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "
-            f"continue with: dtools train --resume -o {result.run}",
-            err=True,
-        )
+        ckpt = result.run / training.MODEL_FILE
+        typer.echo(f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "
+                   f"continue with: dtools train --resume -o {result.run}", err=True)
         raise typer.Exit(130)
-    how = "time budget (--max-minutes) used up" if result.stopped == "max_minutes" else "done"
-    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items()) or "loss -"
-    typer.echo(
-        f"{how}: step {result.step}/{result.total_steps}, {losses} (mean of {cfg.log_every} steps), "
-        f"{result.elapsed / 60:.1f} min in all; wrote {ckpt}",
-        err=True,
-    )
+    typer.echo(training.summary(result), err=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 from dtools.diffusion import PARAMETERIZATIONS
 from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import load_schedule
+from dtools.progress import log as log_line
 from dtools.runtime import Runtime, resolve
 from dtools.train.data import peek
 from dtools.train.presets import (
@@ -369,13 +371,26 @@ def resolved(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
             "total_steps": cfg.total_steps()}
 
 
-def dry_run(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """What `dtools train --dry-run` prints: the configuration and what it resolves to."""
+def dry_run(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = log_line,
+            estimate: bool = True) -> dict[str, Any]:
+    """What `dtools train --dry-run` prints: the configuration and what it resolves to, and, with
+    `estimate`, the time the run's steps would take, measured on a few steps (estimate.time_steps; its
+    lines, and the warning about a tiny data set, go to `log`)."""
+    from dtools.train import estimate as est  # it imports this module
+
     rt = resolve(cfg.device, cfg.precision, cfg.compile)
     counts = {name: count_parameters(net) for name, net in networks(cfg.model_type, cfg.model).items()}
     facts = {**resolved(cfg, rt), "micro_batch": cfg.batch_size // cfg.grad_accum,
              "parameters": sum(counts.values())}
     if len(counts) > 1:
         facts["parameters_by_network"] = counts
-    return {"config": cfg.to_dict(), "resolved": facts, "resume": resume}
-
+    out = {"config": cfg.to_dict(), "resolved": facts, "resume": resume}
+    if estimate:
+        timed = est.time_steps(cfg, rt)
+        out["estimate"] = timed
+        line, warning = est.estimate_lines(timed["seconds_per_step"], timed["steps"], timed["steps"], None,
+                                           timed["how"])
+        for text in (est.data_warning(cfg), line, warning):
+            if text:
+                log(text)
+    return out
