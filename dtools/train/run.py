@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dtools.checkpoint import RUN_MODEL_FILE
 from dtools.errors import DtoolsError
 from dtools.fileio import atomic_write_bytes
 
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = RUN_MODEL_FILE
 STATE_FILE = "train-state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
