@@ -102,6 +102,14 @@ def train(
         help="torch.compile the networks in place [default: on for CUDA; off on CPU, where compiling "
         "took 108 s and saved 2% per step (measured, docs/train.md)].",
     ),
+    init_from: str = typer.Option(
+        None, "--init-from", metavar="CKPT",
+        help="Fine-tune: start a new run from this checkpoint's (or run folder's) weights; the network, and "
+        "for unet the schedule and --param, come from it; new data, lr, steps.",
+    ),
+    init_weights: str = typer.Option(
+        None, "--init-weights", help="With --init-from: ema (the sampling weights) or raw. [default: ema]"
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
     force: bool = typer.Option(False, "--force", "-f",
                                help="Start over in an existing RUN (deletes its files)."),
@@ -127,6 +135,7 @@ def train(
       dtools train data/ --beta cosine -o runs/v --param v --min-snr-gamma 5 --dry-run
       dtools sample runs/emoji/model.safetensors | dtools grid -o samples.png
       dtools train data/ --model dcgan --d-steps 1:2 -o runs/gan --max-minutes 10
+      dtools train mine/ -o runs/mine --init-from runs/emoji --lr 2e-4 --max-steps 500
     """
     from dtools import train as training
 

@@ -34,6 +34,7 @@ from dtools.runtime import Runtime, resolve
 from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import BatchStream, augment, fingerprint, load_images
 from dtools.train.estimate import StepClock, data_warning
+from dtools.train.finetune import load_init
 from dtools.train.gan import Dcgan
 from dtools.train.method import (
     Method,
@@ -126,6 +127,8 @@ class Trainer:
         self.stream = BatchStream(n, cfg.seed)
         if state is not None:
             self._restore(*state, n)
+        elif cfg.init_from is not None:
+            self.log(load_init(self.method, cfg))
         if self.rt.compile:
             self.method.compile()
         write_config(self.run_dir, {**cfg.to_dict(), "resolved": resolved(cfg, self.rt)})
@@ -436,6 +439,11 @@ class Ddpm(Method):
         modules = {"raw": self.model, "ema": self.ema.module}
         return restore(path, tensors, info, modules, {"adam": (self.optimizer, self.model)}, self.scaler,
                        (self.ema,))
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
+        self.model.load_state_dict(weights, strict=True)
+        self.ema.module.load_state_dict(weights, strict=True)
+        return ""
 
     def describe(self) -> str:
         return f"preset {self.cfg.preset}, {count_parameters(self.model) / 1e6:.2f}M parameters"

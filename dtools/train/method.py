@@ -90,6 +90,11 @@ class Method:
         """Put a training state back; returns the data stream at its position."""
         raise NotImplementedError
 
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
+        """Start from a model checkpoint's state dict (--init-from): into the network it holds and that
+        network's EMA; returns what it leaves fresh ('' when nothing)."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         """What the start-of-run log line says about the model, e.g. 'preset cpu32, 1.11M parameters'."""
         raise NotImplementedError

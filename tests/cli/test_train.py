@@ -294,3 +294,16 @@ def test_the_progress_bar_shows_the_measured_time_left(data, beta, tmp_path):
     left = [float(v) for v in re.findall(r"ETA (\d+\.\d)s", text)]
     assert any(v > 0 for v in left), text  # shown while the run went on, down to 0 at its end
     assert "ETA 0.0s" in text
+
+
+def test_init_from_fine_tunes_through_the_command(data, beta, tmp_path):
+    pre = tmp_path / "pre"
+    assert invoke(data, "--beta", beta, "-o", pre, "--max-steps", "2", *TINY).exit_code == 0
+    tuned = tmp_path / "tuned"
+    result = invoke(data, "-o", tuned, "--init-from", pre, "--init-weights", "raw", "--max-steps", "1",
+                    "--lr", "1e-4", "--sample-every", "0")
+    assert result.exit_code == 0, result.stderr
+    assert f"starting from the raw weights of {pre / 'model.safetensors'} (step 2)" in result.stderr
+    train = read_header(tuned / "model.safetensors", "dtools.model")["train"]
+    assert (train["init_weights"], train["lr"], train["T"]) == ("raw", 1e-4, 50)
+    assert invoke(data, "--beta", beta, "-o", tmp_path / "x", "--init-weights", "raw").exit_code == 2
