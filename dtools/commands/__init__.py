@@ -8,6 +8,7 @@ from dtools.commands.export import export
 from dtools.commands.fid import fid
 from dtools.commands.grid import grid
 from dtools.commands.import_ import import_
+from dtools.commands.info import info
 from dtools.commands.noise import noise
 from dtools.commands.prep import prep
 from dtools.commands.sample import sample
@@ -25,4 +26,5 @@ COMMANDS = {
     "fid": fid,
     "export": export,
     "import": import_,
+    "info": info,
 }

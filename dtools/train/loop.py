@@ -203,7 +203,8 @@ class Trainer:
                 raise NonFiniteLoss(f"the {name} are not finite")
         tensors, info = method.capture(self.stream)
         weights, config, header = method.checkpoint()
-        meta = {**header, "step": self.step, "train": self.cfg.to_dict()}
+        meta = {**header, "step": self.step, "images_seen": self.step * method.images_per_step,
+                "elapsed": round(self.elapsed(), 3), "train": self.cfg.to_dict()}
         save_model(self.run_dir / MODEL_FILE, weights, config=config, model_type=method.model_type, meta=meta,
                    force=True)
         write_metrics(self.run_dir / METRICS_FILE, self.metrics)
