@@ -8,6 +8,7 @@ from dtools.commands.export import export
 from dtools.commands.fid import fid
 from dtools.commands.grid import grid
 from dtools.commands.import_ import import_
+from dtools.commands.info import info
 from dtools.commands.nn import nn
 from dtools.commands.noise import noise
 from dtools.commands.prep import prep
@@ -29,4 +30,5 @@ COMMANDS = {
     "nn": nn,
     "export": export,
     "import": import_,
+    "info": info,
 }
