@@ -221,7 +221,8 @@ class Trainer:
         cfg, total, rt = self.cfg, self.total, self.rt
         self.log(f"training {self.run_dir}: {cfg.num_images} images {cfg.image_size}x{cfg.image_size}x"
                  f"{cfg.channels}, {self.method.describe()}, {rt.device} "
-                 f"{rt.precision}{' compiled' if rt.compile else ''}{self.group.describe()}, steps {self.step}->{total}")
+                 f"{rt.precision}{' compiled' if rt.compile else ''}{self.group.describe()}, "
+                 f"steps {self.step}->{total}")
         window, stopped = Window(), "done"
         budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
         try:

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -42,13 +43,11 @@ class Recording(training.Trainer):
 
 def config(run: dict) -> training.TrainConfig:
     options = dict(run["options"])
-    n, h, w, c = peek(run["data"])
+    shape = peek(run["data"])
     if options.get("model_type", "unet") == "unet":
-        return training.new_config(run["data"], run["out"], "cosine", make_schedule("cosine", 100), (n, h, w, c),
+        return training.new_config(run["data"], run["out"], "cosine", make_schedule("cosine", 100), shape,
                                    options)
-    import numpy as np
-
-    return training.new_config(run["data"], run["out"], None, np.zeros(0), (n, h, w, c), options)
+    return training.new_config(run["data"], run["out"], None, np.zeros(0), shape, options)
 
 
 def train(run: dict) -> Recording:

@@ -32,7 +32,8 @@ TINY = {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attent
         "num_heads": 2, "lr": 3e-3, "sample_every": 0, "log_every": 1, "dropout": 0.0}
 # a global batch of 8 in 2 micro-batches: each process trains on 4 images, 2 per micro-batch
 UNET = {**TINY, "batch_size": 8, "grad_accum": 2, "save_every": 3, "max_steps": 6}
-SMALL = {"base_channels": 8, "latent_dim": 4, "batch_size": 8, "save_every": 3, "log_every": 1, "max_steps": 3}
+SMALL = {"base_channels": 8, "latent_dim": 4, "batch_size": 8, "save_every": 3, "log_every": 1,
+         "max_steps": 3}
 
 
 def env(**extra: str) -> dict[str, str]:
