@@ -292,6 +292,8 @@ def guard(current: Callable[[], Group]) -> Iterator[None]:
         if not group.active:
             raise
         text = first_line(e)
+        if text.startswith("[") and "] " in text:  # gloo's '[.../pair.cc:561] Connection closed ...'
+            text = text.split("] ", 1)[1].split(". ")[0]
         lost = any(s in text.lower() for s in ("closed by peer", "connection reset", "broken pipe",
                                                   "timed out", "timeout"))
         if lost:

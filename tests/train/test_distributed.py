@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -166,12 +167,23 @@ def test_a_distributed_run_resumes_in_one_process(ddp, data8, config, fit):
     assert set(runs["unet"]) == set(runs["single"]) and apart(runs["unet"], runs["single"]) < 2e-3
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_a_broken_process_ends_the_run_with_one_line_each_not_a_hang(data8, tmp_path):
+    """Rank 1 raises at step 2; rank 0, inside a collective, ends too, with no launcher to kill it."""
     run = {"data": str(data8), "out": str(tmp_path / "run"), "options": UNET, "fail": [1, 2]}
-    start = time.monotonic()
-    done = torchrun(str(Path(ddp_worker.__file__)), spec(tmp_path / "spec.json", [run]), timeout=90)
-    assert done.returncode != 0 and time.monotonic() - start < 60
-    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    cmd = [sys.executable, str(Path(ddp_worker.__file__)), spec(tmp_path / "spec.json", [run])]
+    start, port = time.monotonic(), str(free_port())
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env(
+        RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+        for r in range(2)]
+    stderr = [p.communicate(timeout=90)[1] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1] and time.monotonic() - start < 60
+    errors = [line for text in stderr for line in text.splitlines() if line.startswith("Error: ")]
     assert "Error: rank 1: rank 1 broke on purpose at step 2" in errors
     assert len(errors) <= 2 and all("rank 0: another training process stopped" in e or "rank 1" in e
                                     for e in errors), errors
@@ -193,3 +205,54 @@ def test_batch_must_split_over_the_processes():
 def test_without_nproc():
     argv = ["train", "d", "--nproc", "2", "-o", "r", "--nproc=3", "--batch", "8"]
     assert distributed.without_nproc(argv) == ["train", "d", "-o", "r", "--batch", "8"]
+
+
+def test_dtools_train_nproc_launches_torchrun_and_rank_0_reports(data8, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dtools", "train", str(data8), "--beta", "cosine", "-o", str(run),
+           "--nproc", "2", "--batch", "8", "--max-steps", "2", "--save-every", "2", "--sample-every", "0",
+           "--log-every", "1", "--base-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1",
+           "--attention", "none"]
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert [line for line in lines if line.startswith("training ")][0].count("2 processes (gloo)") == 1
+    assert len([line for line in lines if line.startswith("done: step 2/2")]) == 1  # rank 0 alone
+    assert [r["step"] for r in metrics(run)] == [1, 2]
+    weights, info = read_model(run / training.MODEL_FILE)
+    assert info["step"] == 2 and set(weights) == {"ema", "raw"}
+
+
+class Failure:
+    def __init__(self, exitcode: int, message: str | None = None, kind: str | None = None):
+        self.exitcode = exitcode
+        extra = {"timestamp": "0", "py_callstack": ""} | ({"dtools": kind} if kind else {})
+        self.error_file_data = {"message": {"message": message, "extraInfo": extra}} if message else {}
+
+
+def test_the_launcher_names_the_root_cause_not_its_consequences():
+    cause = distributed._root_cause
+    lost = Failure(1, "rank 0: another training process stopped or did not answer (...)", "peer")
+    own = Failure(1, "rank 1: CUDA out of memory", "rank")
+    assert cause({0: lost, 1: own}) == ("rank 1: CUDA out of memory", 1)
+    shared = Failure(1, "RUN already exists", "shared")
+    assert cause({0: Failure(1, "RUN already exists", "error"), 1: shared}) == ("RUN already exists", 1)
+    assert cause({0: Failure(-15), 1: own})[0] == "rank 1: CUDA out of memory"
+    assert cause({0: Failure(-9)}) == ("rank 0 was stopped by signal 9", 1)
+
+
+def test_which_process_prints_its_error(monkeypatch, tmp_path):
+    monkeypatch.delenv(distributed.LAUNCHED_ENV, raising=False)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert not distributed.speaks(distributed.DtoolsError("bad data"))  # rank 0 says it
+    assert json.loads((tmp_path / "error.json").read_text())["message"]["message"] == "bad data"
+    assert distributed.speaks(distributed.RankFailure("rank 1: broke"))  # its own failure
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.speaks(distributed.DtoolsError("bad data"))
+    assert not distributed.speaks(distributed.Shared("bad data"))
+    monkeypatch.setenv(distributed.LAUNCHED_ENV, "1")  # dtools train --nproc: the launcher says it
+    assert not distributed.speaks(distributed.RankFailure("rank 0: broke"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.speaks(distributed.DtoolsError("bad data"))
