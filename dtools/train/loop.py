@@ -234,15 +234,16 @@ class Trainer:
                         raise self._diverged(str(e), self.step + 1) from None
                     self.group.sync_buffers(self.method.networks().values())
                     self.step += 1
-                    if self.step % cfg.log_every == 0 or self.step == total:
-                        rec = self._log_window(window)
-                        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
-                    bar.update(completed=self.step)
                     if signals.requested:
                         stopped = "interrupted"
                     elif time.monotonic() - self.session_start >= budget and self.step < total:
                         stopped = "max_minutes"
                     stopped = self.group.agree(stopped)  # several processes stop at the same step
+                    # a window closes every --log-every steps and when the session ends
+                    if self.step % cfg.log_every == 0 or self.step == total or stopped != "done":
+                        rec = self._log_window(window)
+                        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
+                    bar.update(completed=self.step)
                     self._write_outputs(end=self.step == total or stopped != "done",
                                         samples=stopped != "interrupted", window=window)
         except NonFiniteLoss as e:
