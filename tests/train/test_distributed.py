@@ -63,6 +63,9 @@ def ddp(data8, tmp_path_factory):
                                                                    "sample_every": 0}},
         {"data": str(data8), "out": str(root / "dcgan"), "options": {**SMALL, "model_type": "dcgan",
                                                                      "sample_every": 3, "sample_count": 4}},
+        # a time budget that each process finds used up at its own moment
+        {"data": str(data8), "out": str(root / "budget"), "options": {**UNET, "max_steps": 500,
+                                                                      "max_minutes": 0.002}},
     ]
     done = torchrun(str(Path(ddp_worker.__file__)), spec(root / "spec.json", runs))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -112,6 +115,14 @@ def test_shards_are_disjoint_and_make_up_the_global_batch(ddp, data8, model):
         assert len(single) == len(steps)
         for s in steps:
             assert torch.equal(torch.cat([a[f"batch.{s}"], b[f"batch.{s}"]]), single[s - 1])
+
+
+def test_the_processes_stop_at_the_same_step(ddp):
+    a, b = ranks(ddp[0] / "budget")
+    steps = [k for k in a if k.startswith("batch.")]
+    assert 0 < len(steps) < 500 and set(steps) == {k for k in b if k.startswith("batch.")}
+    info = read_header(ddp[0] / "budget" / training.STATE_FILE, "dtools.train-state")
+    assert info["step"] == len(steps) == metrics(ddp[0] / "budget")[-1]["step"]
 
 
 def test_the_loss_trajectory_is_that_of_one_process(ddp):
