@@ -354,13 +354,15 @@ def launch(argv: list[str], nproc: int) -> int:
     returns the exit code (130: interrupted). A failure is one DtoolsError, its root cause's line."""
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     os.environ[LAUNCHED_ENV] = "1"
     # CPU threads shared out between the processes (torchrun would set 1 and say so)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in [n for n in logging.Logger.manager.loggerDict if n.startswith("torch.distributed")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the workers and this line say what matters
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.2",
                        "--module", "dtools", *argv])
     try:
@@ -372,6 +374,8 @@ def launch(argv: list[str], nproc: int) -> int:
         if code == 130:
             return 130
         raise DtoolsError(message) from None
+    except SignalException as e:  # Ctrl-C or SIGTERM: the workers finish their step and save
+        return 128 + int(e.sigval)
     except KeyboardInterrupt:
         return 130
     finally:
