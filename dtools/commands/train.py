@@ -105,6 +105,14 @@ def train(
         help="torch.compile the networks in place [default: on for CUDA; off on CPU, where compiling "
         "took 108 s and saved 2% per step (measured, docs/train.md)].",
     ),
+    init_from: str = typer.Option(
+        None, "--init-from", metavar="CKPT",
+        help="Fine-tune: start a new run from this checkpoint's (or run folder's) weights; the network, and "
+        "for unet the schedule and --param, come from it; new data, lr, steps.",
+    ),
+    init_weights: str = typer.Option(
+        None, "--init-weights", help="With --init-from: ema (the sampling weights) or raw. [default: ema]"
+    ),
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Train in N processes on this machine (DistributedDataParallel through "
         "torchrun: one per GPU, or CPU processes); --batch stays the global batch. Several machines: "
@@ -135,6 +143,7 @@ def train(
       dtools train data/ --beta cosine -o runs/v --param v --min-snr-gamma 5 --dry-run
       dtools sample runs/emoji/model.safetensors | dtools grid -o samples.png
       dtools train data/ --model dcgan --d-steps 1:2 -o runs/gan --max-minutes 10
+      dtools train mine/ -o runs/mine --init-from runs/emoji --lr 2e-4 --max-steps 500
       dtools train data/ --beta cosine -o runs/ddp --nproc 4 --batch 512
     """
     from dtools import train as training
@@ -163,18 +172,9 @@ def train(
         raise
     if result.rank:  # one process of several: rank 0 reports
         raise typer.Exit(130 if result.stopped == "interrupted" else 0)
-    ckpt = result.run / training.MODEL_FILE
     if result.stopped == "interrupted":
-        typer.echo(
-            f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "
-            f"continue with: dtools train --resume -o {result.run}",
-            err=True,
-        )
+        ckpt = result.run / training.MODEL_FILE
+        typer.echo(f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "
+                   f"continue with: dtools train --resume -o {result.run}", err=True)
         raise typer.Exit(130)
-    how = "time budget (--max-minutes) used up" if result.stopped == "max_minutes" else "done"
-    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items()) or "loss -"
-    typer.echo(
-        f"{how}: step {result.step}/{result.total_steps}, {losses} (mean of {cfg.log_every} steps), "
-        f"{result.elapsed / 60:.1f} min in all; wrote {ckpt}",
-        err=True,
-    )
+    typer.echo(training.summary(result), err=True)
