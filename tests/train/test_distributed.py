@@ -228,7 +228,7 @@ def test_dtools_train_nproc_launches_torchrun_and_rank_0_reports(data8, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stderr.splitlines()
     assert [line for line in lines if line.startswith("training ")][0].count("2 processes (gloo)") == 1
-    assert len([line for line in lines if line.startswith("done: step 2/2")]) == 1  # rank 0 alone
+    assert len([line for line in lines if line.startswith("done: ")]) == 1  # rank 0 alone
     assert [r["step"] for r in metrics(run)] == [1, 2]
     weights, info = read_model(run / training.MODEL_FILE)
     assert info["step"] == 2 and set(weights) == {"ema", "raw"}
