@@ -203,12 +203,12 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """model.safetensors, metrics.jsonl, the curves, then train-state.safetensors (the commit point);
         a second Ctrl-C waits until all are written. Of several processes, rank 0 writes."""
-        for name, module in self.method.networks().items():
-            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
-                raise NonFiniteLoss(f"the {name} are not finite")
         with self.writing:
+            for name, module in self.method.networks().items():
+                if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                    raise NonFiniteLoss(f"the {name} are not finite")
             self.group.on_main(self._save_checkpoint)
-        self.checkpoint_step = self.step
+            self.checkpoint_step = self.step  # before a second Ctrl-C may name it
 
     def _save_checkpoint(self) -> None:
         method = self.method
