@@ -4,8 +4,11 @@ with EMA and exact resume."""
 from __future__ import annotations
 
 import json
+import sys
 
 import typer
+
+from dtools.errors import DtoolsError, OptionError
 
 _MODEL_HELP = (
     "What to train: unet (the DDPM), or the seed's baselines dcgan (Radford et al. 2016; Adam lr 2e-4, "
@@ -110,6 +113,11 @@ def train(
     init_weights: str = typer.Option(
         None, "--init-weights", help="With --init-from: ema (the sampling weights) or raw. [default: ema]"
     ),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Train in N processes on this machine (DistributedDataParallel through "
+        "torchrun: one per GPU, or CPU processes); --batch stays the global batch. Several machines: "
+        "docs/distributed.md."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
     force: bool = typer.Option(False, "--force", "-f",
                                help="Start over in an existing RUN (deletes its files)."),
@@ -136,21 +144,34 @@ def train(
       dtools sample runs/emoji/model.safetensors | dtools grid -o samples.png
       dtools train data/ --model dcgan --d-steps 1:2 -o runs/gan --max-minutes 10
       dtools train mine/ -o runs/mine --init-from runs/emoji --lr 2e-4 --max-steps 500
+      dtools train data/ --beta cosine -o runs/ddp --nproc 4 --batch 512
     """
     from dtools import train as training
+    from dtools.train import distributed
 
     if resume and force:
         raise typer.BadParameter(
             "--resume continues RUN, --force starts it over: give one", param_hint="--force"
         )
-    # the parameters are named like TrainConfig's fields (and the U-Net's options): no key list here
-    options = {name: value for name, value in ctx.params.items() if name in training.OPTIONS}
-    cfg = training.configure(out, data, beta, options, resume=resume)
-    if dry_run:
-        typer.echo(json.dumps(training.dry_run(cfg, resume=resume), indent=2))
-        return
-
-    result = training.train(cfg, resume=resume, force=force)
+    try:
+        # the parameters are named like TrainConfig's fields (and the U-Net's options): no key list here
+        options = {name: value for name, value in ctx.params.items() if name in training.OPTIONS}
+        processes = max(nproc, distributed.env_rank()[1])
+        distributed.check(processes, beta=beta)
+        cfg = training.configure(out, data, beta, options, resume=resume)
+        distributed.check(processes, cfg=cfg)
+        if dry_run:
+            typer.echo(json.dumps(training.dry_run(cfg, resume=resume), indent=2))
+            return
+        if nproc > 1:
+            raise typer.Exit(distributed.launch(distributed.without_nproc(sys.argv[1:]), nproc))
+        result = training.train(cfg, resume=resume, force=force)
+    except DtoolsError as e:  # of several processes, one says it (dtools.train.distributed.speaks)
+        if not distributed.speaks(e):
+            raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
+        raise
+    if result.rank:  # one process of several: rank 0 reports
+        raise typer.Exit(130 if result.stopped == "interrupted" else 0)
     if result.stopped == "interrupted":
         ckpt = result.run / training.MODEL_FILE
         typer.echo(f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "

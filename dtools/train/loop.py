@@ -31,6 +31,7 @@ from dtools.errors import DtoolsError
 from dtools.progress import Bar, progress_bar
 from dtools.progress import log as log_line
 from dtools.runtime import Runtime, resolve
+from dtools.train import distributed
 from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import BatchStream, augment, fingerprint, load_images
 from dtools.train.estimate import StepClock, data_warning
@@ -79,6 +80,7 @@ class TrainResult:
     losses: dict[str, float] = field(default_factory=dict)  # the method's named losses, last window
     loss_steps: int = 0  # the steps that window held (fewer than --log-every at a run's end)
     start_step: int = 0  # the step this session started at
+    rank: int = 0  # this process's rank among several training processes (0: the one that reports)
 
 
 class Trainer:
@@ -98,14 +100,19 @@ class Trainer:
         self.checkpoint_step = -1  # the step of the last checkpoint on disk (-1: none yet)
         self.start_step, self.loss_steps = 0, 0
         self.writing = threading.Lock()  # held while RUN's files are written: a second Ctrl-C waits for it
+        self.group = distributed.Group()  # the training processes (under torchrun; see setup)
 
     def setup(self) -> bool:
         """Check RUN and the device, load the data (and with --resume the state), prepare RUN, build
         the method (its networks, EMA and optimizers), write config.json. False when a resumed run is
         already at its last step: then nothing was touched."""
         cfg = self.cfg
-        restart = check_run_dir(self.run_dir, self.resume, self.force)  # nothing is written before the checks
-        self.rt = resolve(cfg.device, cfg.precision, cfg.compile)  # e.g. no GPU: RUN is not created
+        # under torchrun: join the other processes (a no-op in one process); only rank 0 writes and speaks
+        self.group, self.rt = distributed.join(resolve(cfg.device, cfg.precision, cfg.compile), cfg)
+        if not self.group.is_main:
+            self.log, self.show_bar = (lambda message: None), False
+        # nothing is written before the checks (e.g. no GPU: RUN is not created)
+        restart = self.group.on_main(lambda: check_run_dir(self.run_dir, self.resume, self.force))
         self.device = self.rt.device
         if self.resume:  # check the state file before spending time on data
             self.step = int(read_state_header(self.run_dir / STATE_FILE)["step"])
@@ -117,7 +124,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         n = self._load_data()
-        prepare_run_dir(self.run_dir, self.resume, self.force)
+        self.group.on_main(lambda: prepare_run_dir(self.run_dir, self.resume, self.force))
         if restart:
             self.log(f"{self.run_dir}: its earlier run stopped before its first checkpoint; starting it over")
 
@@ -131,7 +138,10 @@ class Trainer:
             self.log(load_init(self.method, cfg))
         if self.rt.compile:
             self.method.compile()
-        write_config(self.run_dir, {**cfg.to_dict(), "resolved": resolved(cfg, self.rt)})
+        self.method.distribute(self.group)
+        self.group.sync_rng()
+        self.group.on_main(lambda: write_config(self.run_dir, {**cfg.to_dict(),
+                                                               "resolved": resolved(cfg, self.rt)}))
         self.session_start = time.monotonic()
         self.start_step = self.step
         return True
@@ -161,7 +171,7 @@ class Trainer:
         self.step, self.elapsed_before = int(info["step"]), float(info.get("elapsed", 0.0))
         self.checkpoint_step = self.step
         self.metrics = read_metrics(self.run_dir / METRICS_FILE, self.step)
-        write_metrics(self.run_dir / METRICS_FILE, self.metrics)
+        self.group.on_main(lambda: write_metrics(self.run_dir / METRICS_FILE, self.metrics))
 
     def elapsed(self) -> float:
         """Seconds of training over all sessions of the run."""
@@ -169,9 +179,9 @@ class Trainer:
 
     def real_batch(self) -> torch.Tensor:
         """The next --batch images of the shuffled data, each flipped with probability 1/2 (--flip), on
-        the device: (B, C, H, W) in [-1, 1]."""
+        the device: (B, C, H, W) in [-1, 1]; of several processes' global batch, this one's slice."""
         idx = self.stream.next(self.cfg.batch_size)
-        x0 = augment(self.images[idx], self.cfg.flip).to(self.device, non_blocking=True)
+        x0 = self.group.shard(augment(self.images[idx], self.cfg.flip)).to(self.device, non_blocking=True)
         return x0.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
 
     def write_samples(self) -> None:
@@ -192,15 +202,16 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """model.safetensors, metrics.jsonl, the curves, then train-state.safetensors (the commit point);
-        a second Ctrl-C waits until all are written."""
+        a second Ctrl-C waits until all are written. Of several processes, rank 0 writes."""
         with self.writing:
-            self._save_checkpoint()
+            for name, module in self.method.networks().items():
+                if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                    raise NonFiniteLoss(f"the {name} are not finite")
+            self.group.on_main(self._save_checkpoint)
+            self.checkpoint_step = self.step  # before a second Ctrl-C may name it
 
     def _save_checkpoint(self) -> None:
         method = self.method
-        for name, module in method.networks().items():
-            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
-                raise NonFiniteLoss(f"the {name} are not finite")
         tensors, info = method.capture(self.stream)
         weights, config, header = method.checkpoint()
         meta = {**header, "step": self.step, "images_seen": self.step * method.images_per_step,
@@ -212,7 +223,6 @@ class Trainer:
             self._plot()
         # The state goes last: it is what --resume trusts, and it only moves once the rest is on disk.
         save_state(self.run_dir / STATE_FILE, tensors, {**meta, **info, "elapsed": self.elapsed()})
-        self.checkpoint_step = self.step
 
     def _plot(self) -> None:
         from dtools.plots import metric_curves
@@ -226,13 +236,18 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Set up, then train to the end of the session; returns what happened."""
+        with distributed.guard(lambda: self.group):  # one line for a broken run of several processes
+            return self._run()
+
+    def _run(self) -> TrainResult:
         if not self.setup():
             return TrainResult(self.step, self.total, "nothing_to_do", None, 0.0, self.run_dir, self.step,
-                               start_step=self.step)
+                               start_step=self.step, rank=self.group.rank)
         cfg, total, rt = self.cfg, self.total, self.rt
         self.log(f"training {self.run_dir}: {cfg.num_images} images {cfg.image_size}x{cfg.image_size}x"
                  f"{cfg.channels}, {self.method.describe()}, {rt.device} "
-                 f"{rt.precision}{' compiled' if rt.compile else ''}, steps {self.step}->{total}")
+                 f"{rt.precision}{' compiled' if rt.compile else ''}{self.group.describe()}, "
+                 f"steps {self.step}->{total}")
         warning = data_warning(cfg)
         if warning:
             self.log(warning)
@@ -247,6 +262,7 @@ class Trainer:
                         window.add(self.method.train_step())
                     except NonFiniteLoss as e:
                         raise self._diverged(str(e), self.step + 1) from None
+                    self.group.sync_buffers(self.method.networks().values())
                     self.step += 1
                     self.clock.tick(self.step)
                     if self.step % cfg.log_every == 0 or self.step == total:
@@ -255,6 +271,7 @@ class Trainer:
                         stopped = "interrupted"
                     elif time.monotonic() - self.session_start >= budget and self.step < total:
                         stopped = "max_minutes"
+                    stopped = self.group.agree(stopped)  # several processes stop at the same step
                     if stopped != "done" and window.steps:  # the session's last, partial window
                         self._close_window(window, bar)
                     bar.update(completed=self.step, eta=self.clock.eta_text())
@@ -265,7 +282,7 @@ class Trainer:
             raise self._diverged(str(e), self.step) from None
         return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
                            self.checkpoint_step, self.metrics, self.last_losses(), self.loss_steps,
-                           self.start_step)
+                           self.start_step, self.group.rank)
 
     def _report_pace(self, budget: float) -> None:
         """The estimate of the whole run, once the first steps have been timed (see estimate.py)."""
@@ -301,7 +318,7 @@ class Trainer:
     def _write_outputs(self, end: bool, samples: bool, window: Window) -> None:
         """Sample grid and checkpoint when they are due (and always at the end)."""
         cfg = self.cfg
-        if samples and cfg.sample_every and (self.step % cfg.sample_every == 0 or end):
+        if samples and cfg.sample_every and (self.step % cfg.sample_every == 0 or end) and self.group.is_main:
             self.write_samples()
         if self.step % cfg.save_every == 0 or end:
             self.save_checkpoint()
@@ -319,12 +336,14 @@ class Trainer:
 
     def _log_window(self, window: Window) -> dict[str, Any]:
         """Close a --log-every window: one metrics record, kept in memory and appended to metrics.jsonl."""
-        rec = {"step": self.step, "epoch": self.stream.epoch, **self.method.record(window.means()),
+        means = self.group.mean(window.means())  # of several processes, over all
+        rec = {"step": self.step, "epoch": self.stream.epoch, **self.method.record(means),
                "img_per_s": round(window.rate(self.method.images_per_step), 2),
                "elapsed": round(self.elapsed(), 3)}
         self.metrics.append(rec)
-        with self.writing:
-            append_metric(self.run_dir / METRICS_FILE, rec)
+        if self.group.is_main:
+            with self.writing:
+                append_metric(self.run_dir / METRICS_FILE, rec)
         self.loss_steps = window.steps
         window.reset(rec["img_per_s"])
         return rec
@@ -366,33 +385,42 @@ class Ddpm(Method):
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
+        self.net = self.model  # what a step calls (DistributedDataParallel around it: `distribute`)
+
+    def distribute(self, group: distributed.Group) -> None:
+        super().distribute(group)
+        self.net = group.wrap(self.model)
 
     def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A whole batch's images, timesteps and noise, drawn in one fixed order (so --grad-accum
-        splits exactly the batch that an unsplit step would see)."""
-        cfg, device = self.cfg, self.device
-        x0 = self.real_batch()  # (B, C, H, W) in [-1, 1]
+        splits exactly the batch that an unsplit step would see). Of several processes: this one's
+        slice of the whole batch's draws (every process draws them all, the same)."""
+        cfg, device, shard = self.cfg, self.device, self.group.shard
+        x0 = self.real_batch()  # (b, C, H, W) in [-1, 1]: b = B / processes
         t = torch.randint(0, self.schedule.T, (cfg.batch_size,), device=device)  # (B,)
-        eps = torch.randn(x0.shape, device=device)  # (B, C, H, W)
-        return x0, t, eps
+        eps = torch.randn((cfg.batch_size, *x0.shape[1:]), device=device)  # (B, C, H, W)
+        return x0, shard(t), shard(eps)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns its loss and gradient norm or raises NonFiniteLoss before updating."""
         cfg, s, param = self.cfg, self.schedule, self.cfg.parameterization
-        micro = cfg.batch_size // cfg.grad_accum
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total_loss = torch.zeros((), device=self.device)
         x0_all, t_all, eps_all = self.draw_batch()
-        for x0, t, eps in zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro), strict=True):
+        b = x0_all.shape[0]  # this process's images (DDP averages the processes' gradients)
+        micro = b // cfg.grad_accum
+        for i, (x0, t, eps) in enumerate(zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro),
+                                             strict=True)):
             x_t = q_sample(s, x0, t, eps)
             target = training_target(s, param, x0, eps, t)
             with self.rt.autocast():
-                out = self.model(x_t, t)
+                out = self.net(x_t, t)
             per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
             # the mean over the whole batch, accumulated one micro-batch at a time
-            loss = (loss_weight(s, param, t, cfg.min_snr_gamma) * per_sample).sum() / cfg.batch_size
-            self.scaler.scale(loss).backward()
+            loss = (loss_weight(s, param, t, cfg.min_snr_gamma) * per_sample).sum() / b
+            with self.group.no_sync(self.net, sync=i == cfg.grad_accum - 1):
+                self.scaler.scale(loss).backward()
             total_loss += loss.detach()
         loss_value = float(total_loss)
         if not math.isfinite(loss_value):

@@ -24,6 +24,7 @@ from torch import nn
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig
 from dtools.train.data import BatchStream
+from dtools.train.distributed import Group
 from dtools.unet import count_parameters
 
 RealBatch = Callable[[], torch.Tensor]  # the next training batch (B, C, H, W) in [-1, 1] on the device
@@ -57,6 +58,13 @@ class Method:
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
         self.cfg, self.rt, self.device, self.real_batch = cfg, rt, rt.device, real_batch
+        self.group = Group()  # one process, until `distribute`
+
+    def distribute(self, group: Group) -> None:
+        """Train as one of `group`'s processes: keep `group` (its `shard` of the whole batch's noise
+        draws) and call the trained networks through `group.wrap(...)`; real_batch() is already this
+        process's slice. A no-op in one process."""
+        self.group = group
 
     def train_step(self) -> dict[str, float]:
         """One training step: its named losses and metrics (the window means of metrics.jsonl), or
