@@ -59,6 +59,17 @@ class Method:
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
         self.cfg, self.rt, self.device, self.real_batch = cfg, rt, rt.device, real_batch
+        self.lr = cfg.lr  # the learning rate of the coming step (the Trainer follows train/lr.py)
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers whose learning rate follows the run's schedule."""
+        raise NotImplementedError
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        for optimizer in self.optimizers():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     def train_step(self) -> dict[str, float]:
         """One training step: its named losses and metrics (the window means of metrics.jsonl), or
@@ -68,7 +79,7 @@ class Method:
     def record(self, means: dict[str, float]) -> dict[str, Any]:
         """A metrics.jsonl record's method fields (between "epoch" and "img_per_s") from the window's
         means of `train_step`'s values."""
-        return {**means, "lr": self.cfg.lr}
+        return {**means, "lr": self.lr}
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """The sample grid's images (N, C, H, W) in [-1, 1], those of `dtools sample --seed SEED` on the
