@@ -185,7 +185,8 @@ class TrainConfig:
         if not 0 <= self.warmup < 1:
             raise DtoolsError(f"{flag('warmup')} is a fraction of the run in [0, 1), got {self.warmup}")
         if self.lr_decay not in DECAYS:
-            raise OptionError(flag("lr_decay"), f"unknown {self.lr_decay!r}; choose one of {', '.join(DECAYS)}")
+            choices = ", ".join(DECAYS)
+            raise OptionError(flag("lr_decay"), f"unknown {self.lr_decay!r}; choose one of {choices}")
         if self.ema_length is not None and not 0 < self.ema_length < 0.5:
             raise DtoolsError(f"{flag('ema_length')} is a fraction of the run in (0, 0.5), "
                               f"got {self.ema_length}")
