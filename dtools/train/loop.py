@@ -220,14 +220,15 @@ class Trainer:
                         raise self._diverged(str(e), self.step + 1) from None
                     self.step += 1
                     finished = self.finished()
-                    if self.step % cfg.log_every == 0 or finished:
-                        rec = self._log_window(window)
-                        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
-                    self._advance(bar)
                     if signals.requested:
                         stopped = "interrupted"
                     elif not finished and time.monotonic() - self.session_start >= session_budget:
                         stopped = "max_minutes"
+                    # a window closes every --log-every steps and when the session ends
+                    if self.step % cfg.log_every == 0 or finished or stopped != "done":
+                        rec = self._log_window(window)
+                        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
+                    self._advance(bar)
                     self._write_outputs(end=finished or stopped != "done",
                                         samples=stopped != "interrupted", window=window)
         except NonFiniteLoss as e:
