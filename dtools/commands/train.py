@@ -30,7 +30,7 @@ def train(
     ),
     beta: str = typer.Option(
         None, "--beta", "-b",
-        help="Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name (cosine, linear...)."
+        help="Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name [default: cosine]."
     ),
     out: str = typer.Option(..., "-o", "--out", help="Run folder: checkpoints, metrics, curves, samples."),
     model_type: str = typer.Option(None, "--model", help=_MODEL_HELP),
@@ -65,8 +65,21 @@ def train(
         None, "--grad-accum", min=1,
         help="Split each batch into N micro-batches (same maths, less memory) [1]."
     ),
+    warmup: float = typer.Option(
+        None, "--warmup", min=0.0, max=0.99,
+        help="Learning-rate warm-up, as a fraction of the run (its steps, or its minutes) [preset].",
+    ),
+    lr_decay: str = typer.Option(
+        None, "--lr-decay",
+        help="After the warm-up the lr falls to 0 at the run's end: cosine, linear, or constant [preset].",
+    ),
     ema_decay: float = typer.Option(
-        None, "--ema", min=0.0, max=0.99999, help="EMA decay of the sampling weights [0.999]."
+        None, "--ema", min=0.0, max=0.99999,
+        help="A fixed EMA decay of the sampling weights (instead of --ema-length) [0.999].",
+    ),
+    ema_length: float = typer.Option(
+        None, "--ema-length", min=0.0, max=0.49,
+        help="EDM2's power EMA: the average's width as a fraction of the run, e.g. 0.1 [preset].",
     ),
     ema_warmup: bool = typer.Option(
         None, "--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+n)/(10+n)) [default: preset]."
@@ -85,7 +98,9 @@ def train(
     epochs: float = typer.Option(None, "--epochs", min=0.0,
                                  help="Stop after this many passes over the data."),
     max_minutes: float = typer.Option(
-        None, "--max-minutes", min=0.0, help="Wall-clock budget of this session; it ends with a checkpoint."
+        None, "--max-minutes", min=0.0,
+        help="Training minutes. Alone: the run's length (its lr schedule spans it; --resume continues "
+        "to it); with --max-steps or --epochs: a cap on this session.",
     ),
     seed: int = typer.Option(None, "--seed", help="Seed of init, shuffling and noise [default: 0]."),
     save_every: int = typer.Option(None, "--save-every", min=1,
@@ -174,7 +189,8 @@ def train(
         raise typer.Exit(130 if result.stopped == "interrupted" else 0)
     if result.stopped == "interrupted":
         ckpt = result.run / training.MODEL_FILE
-        typer.echo(f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "
+        typer.echo(f"interrupted at step {result.step}"
+                   f"{'' if result.total_steps is None else '/' + str(result.total_steps)}; saved {ckpt}; "
                    f"continue with: dtools train --resume -o {result.run}", err=True)
         raise typer.Exit(130)
     typer.echo(training.summary(result), err=True)

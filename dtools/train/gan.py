@@ -61,7 +61,7 @@ class Dcgan(Method):
         net = DCGANConfig.from_dict(cfg.model)
         self.generator = Generator(net).to(self.device)
         self.discriminator = Discriminator(net).to(self.device)
-        self.ema = EMA(self.generator, cfg.ema_decay, cfg.ema_warmup)
+        self.ema = EMA(self.generator, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
@@ -77,6 +77,9 @@ class Dcgan(Method):
         """z for the whole batch, of several processes this one's slice (b, latent)."""
         return self.group.shard(torch.randn(self.cfg.batch_size, self.cfg.model["latent_dim"],
                                             device=self.device))
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_g, self.opt_d]
 
     def _update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -37,6 +37,7 @@ from dtools.train.data import BatchStream, augment, fingerprint, load_images
 from dtools.train.estimate import StepClock, data_warning
 from dtools.train.finetune import load_init
 from dtools.train.gan import Dcgan
+from dtools.train.lr import factor as lr_factor
 from dtools.train.method import (
     Method,
     NonFiniteLoss,
@@ -70,7 +71,7 @@ SAMPLE_SAMPLER, SAMPLE_STEPS = "dpm++2m", 20
 @dataclass
 class TrainResult:
     step: int
-    total_steps: int
+    total_steps: int | None  # None: a run sized in time
     stopped: str  # "done", "max_minutes", "interrupted" or "nothing_to_do" (already at total_steps)
     loss: float | None  # mean of the last --log-every window
     elapsed: float
@@ -116,7 +117,7 @@ class Trainer:
         self.device = self.rt.device
         if self.resume:  # check the state file before spending time on data
             self.step = int(read_state_header(self.run_dir / STATE_FILE)["step"])
-            if self.step >= self.total:
+            if self.total is not None and self.step >= self.total:
                 return False
         state = load_state(self.run_dir / STATE_FILE) if self.resume else None
         if self.device.type == "cuda":
@@ -243,21 +244,24 @@ class Trainer:
         if not self.setup():
             return TrainResult(self.step, self.total, "nothing_to_do", None, 0.0, self.run_dir, self.step,
                                start_step=self.step, rank=self.group.rank)
-        cfg, total, rt = self.cfg, self.total, self.rt
+        cfg, rt = self.cfg, self.rt
         self.log(f"training {self.run_dir}: {cfg.num_images} images {cfg.image_size}x{cfg.image_size}x"
                  f"{cfg.channels}, {self.method.describe()}, {rt.device} "
-                 f"{rt.precision}{' compiled' if rt.compile else ''}{self.group.describe()}, "
-                 f"steps {self.step}->{total}")
+                 f"{rt.precision}{' compiled' if rt.compile else ''}{self.group.describe()}, {self._span()}")
         warning = data_warning(cfg)
         if warning:
             self.log(warning)
         window, stopped = Window(), "done"
-        budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
-        self.clock = StepClock(self.step, total)
+        # --max-minutes caps this session, unless it sizes the whole run (given alone: time_sized)
+        capped = cfg.max_minutes is not None and not cfg.time_sized()
+        budget = cfg.max_minutes * 60 if capped else math.inf
+        self.clock = StepClock(self.step, self.total)
+        done = self.finished()
         try:
             signals = StopSignals(self._stopping, self._abort, self.writing)
             with signals, self._progress_bar() as bar:
-                while self.step < total and stopped == "done":
+                while not done and stopped == "done":
+                    self.method.set_lr(cfg.lr * lr_factor(self.progress(), cfg.warmup, cfg.lr_decay))
                     try:
                         window.add(self.method.train_step())
                     except NonFiniteLoss as e:
@@ -265,22 +269,25 @@ class Trainer:
                     self.group.sync_buffers(self.method.networks().values())
                     self.step += 1
                     self.clock.tick(self.step)
-                    if self.step % cfg.log_every == 0 or self.step == total:
+                    done = self.finished()
+                    if self.total is None:  # a run sized in time: its processes end at the same step
+                        done = self.group.agree("max_minutes" if done else "done") != "done"
+                    if self.step % cfg.log_every == 0 or done:
                         self._close_window(window, bar)
                     if signals.requested:
                         stopped = "interrupted"
-                    elif time.monotonic() - self.session_start >= budget and self.step < total:
+                    elif not done and time.monotonic() - self.session_start >= budget:
                         stopped = "max_minutes"
                     stopped = self.group.agree(stopped)  # several processes stop at the same step
                     if stopped != "done" and window.steps:  # the session's last, partial window
                         self._close_window(window, bar)
-                    bar.update(completed=self.step, eta=self.clock.eta_text())
+                    self._advance(bar)
                     self._report_pace(budget)
-                    self._write_outputs(end=self.step == total or stopped != "done",
+                    self._write_outputs(end=done or stopped != "done",
                                         samples=stopped != "interrupted", window=window)
         except NonFiniteLoss as e:
             raise self._diverged(str(e), self.step) from None
-        return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
+        return TrainResult(self.step, self.total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
                            self.checkpoint_step, self.metrics, self.last_losses(), self.loss_steps,
                            self.start_step, self.group.rank)
 
@@ -302,18 +309,50 @@ class Trainer:
         rec = self._log_window(window)
         bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
 
+    def progress(self) -> float:
+        """How far the run is, from 0 to 1: in steps, or in training time for a run sized in time."""
+        if self.total is not None:
+            return self.step / self.total
+        return self.elapsed() / (self.cfg.max_minutes * 60)
+
+    def finished(self) -> bool:
+        """Whether the run has reached its end: its last step, or for a run sized in time, its minutes."""
+        return self.progress() >= 1.0
+
+    def _span(self) -> str:
+        """What this session will train: 'steps 0->2000' or 'for 15 min in all (0.0 done)'."""
+        if self.total is not None:
+            return f"steps {self.step}->{self.total}"
+        return f"for {self.cfg.max_minutes:g} min in all ({self.elapsed_before / 60:.1f} done)"
+
+    def _step_text(self) -> str:
+        return f"step {self.step}" + (f"/{self.total}" if self.total is not None else "")
+
     def _losses_text(self, rec: dict[str, Any] | None, fmt: str) -> str:
         """'loss 0.0412' (a GAN: 'loss_d 1.21 loss_g 0.93'); '-' for each value not yet logged."""
         return "  ".join(f"{k} {'-' if rec is None else fmt.format(rec[k])}" for k in self.method.losses)
 
     def _progress_bar(self) -> contextlib.AbstractContextManager[Bar]:
-        """step N/M, the bar, loss, img/s, elapsed, ETA, time left; it stays on screen when done."""
+        """step N/M (a run sized in time: step N, the bar in seconds), the bar, loss, img/s, elapsed,
+        ETA, time left; it stays on screen when done."""
+        fields = {"loss": self._losses_text(None, ""), "ips": "-", "step": str(self.step)}
+        columns = ("{task.fields[loss]}", "{task.fields[ips]} img/s")
+        if self.total is None:
+            return progress_bar("step {task.fields[step]}", round(self.cfg.max_minutes * 60),
+                                completed=round(self.elapsed_before), fields=fields, columns=columns,
+                                count=False, elapsed=True, transient=False, show=self.show_bar)
         return progress_bar(
             "step {task.completed}/{task.total}", self.total, completed=self.step,
-            fields={"loss": self._losses_text(None, ""), "ips": "-", "eta": "ETA -"},
-            columns=("{task.fields[loss]}", "{task.fields[ips]} img/s"),
+            fields={**fields, "eta": "ETA -"}, columns=columns,
             count=False, elapsed=True, transient=False, show=self.show_bar, remaining="{task.fields[eta]}",
         )
+
+    def _advance(self, bar: Bar) -> None:
+        if self.total is None:
+            bar.update(completed=min(round(self.elapsed()), round(self.cfg.max_minutes * 60)),
+                       step=str(self.step))
+        else:
+            bar.update(completed=self.step, eta=self.clock.eta_text())
 
     def _write_outputs(self, end: bool, samples: bool, window: Window) -> None:
         """Sample grid and checkpoint when they are due (and always at the end)."""
@@ -324,7 +363,7 @@ class Trainer:
             self.save_checkpoint()
             if not self.show_bar:
                 last = self.metrics[-1] if self.metrics else None
-                self.log(f"step {self.step}/{self.total}  {self._losses_text(last, '{:.4g}')}  "
+                self.log(f"{self._step_text()}  {self._losses_text(last, '{:.4g}')}  "
                          f"{window.rate(self.method.images_per_step):.0f} img/s  "
                          f"elapsed {fmt_time(self.elapsed())}  saved {self.run_dir / MODEL_FILE}")
 
@@ -382,7 +421,7 @@ class Ddpm(Method):
         self.schedule_cpu = Schedule.from_betas(cfg.betas)  # float64; what the samplers get
         self.schedule = schedule_on(self.schedule_cpu, self.device)
         self.model = UNet(UNetConfig.from_dict(cfg.model)).to(self.device)
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
         self.net = self.model  # what a step calls (DistributedDataParallel around it: `distribute`)
@@ -436,7 +475,10 @@ class Ddpm(Method):
         return {"loss": loss_value, "grad_norm": grad_norm}
 
     def record(self, means: dict[str, float]) -> dict[str, Any]:
-        return {"loss": means["loss"], "lr": self.cfg.lr, "grad_norm": means["grad_norm"]}
+        return {"loss": means["loss"], "lr": self.lr, "grad_norm": means["grad_norm"]}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """EMA samples, dpm++2m with 20 steps."""

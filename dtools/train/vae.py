@@ -37,7 +37,7 @@ class Vae(Method):
     def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
         super().__init__(cfg, rt, real_batch)
         self.vae = VAE(VAEConfig.from_dict(cfg.model)).to(self.device)
-        self.ema = EMA(self.vae, cfg.ema_decay, cfg.ema_warmup)
+        self.ema = EMA(self.vae, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
         self.net = self.vae  # what a step calls (DistributedDataParallel around it: `distribute`)
@@ -70,8 +70,11 @@ class Vae(Method):
         return {"loss": loss_value, "recon": float(recon.detach().mean()), "kl": float(kl.detach().mean()),
                 "grad_norm": grad_norm}
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
     def record(self, means: dict[str, float]) -> dict[str, Any]:
-        return {"loss": means["loss"], "recon": means["recon"], "kl": means["kl"], "lr": self.cfg.lr,
+        return {"loss": means["loss"], "recon": means["recon"], "kl": means["kl"], "lr": self.lr,
                 "grad_norm": means["grad_norm"]}
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
