@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_MINUTES ?= 5
 DEMO_OUT     ?= demo/out
 
-.PHONY: install test lint docs demo bench bench-kernels bench-threads clean
+.PHONY: install test lint docs demo bench bench-kernels bench-threads bench-quality clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: install
 
 bench-kernels bench-threads: install
 	$(BIN)/python bench/$(subst -,_,$@).py
+
+# sample quality per CPU-minute against the diffusers recipe (docs/quality.md): about 2.5 hours
+bench-quality: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/quality.py $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -4,8 +4,11 @@ with EMA and exact resume."""
 from __future__ import annotations
 
 import json
+import sys
 
 import typer
+
+from dtools.errors import DtoolsError, OptionError
 
 _MODEL_HELP = (
     "What to train: unet (the DDPM), or the seed's baselines dcgan (Radford et al. 2016; Adam lr 2e-4, "
@@ -27,7 +30,7 @@ def train(
     ),
     beta: str = typer.Option(
         None, "--beta", "-b",
-        help="Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name (cosine, linear...)."
+        help="Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name [default: cosine]."
     ),
     out: str = typer.Option(..., "-o", "--out", help="Run folder: checkpoints, metrics, curves, samples."),
     model_type: str = typer.Option(None, "--model", help=_MODEL_HELP),
@@ -62,8 +65,21 @@ def train(
         None, "--grad-accum", min=1,
         help="Split each batch into N micro-batches (same maths, less memory) [1]."
     ),
+    warmup: float = typer.Option(
+        None, "--warmup", min=0.0, max=0.99,
+        help="Learning-rate warm-up, as a fraction of the run (its steps, or its minutes) [preset].",
+    ),
+    lr_decay: str = typer.Option(
+        None, "--lr-decay",
+        help="After the warm-up the lr falls to 0 at the run's end: cosine, linear, or constant [preset].",
+    ),
     ema_decay: float = typer.Option(
-        None, "--ema", min=0.0, max=0.99999, help="EMA decay of the sampling weights [0.999]."
+        None, "--ema", min=0.0, max=0.99999,
+        help="A fixed EMA decay of the sampling weights (instead of --ema-length) [0.999].",
+    ),
+    ema_length: float = typer.Option(
+        None, "--ema-length", min=0.0, max=0.49,
+        help="EDM2's power EMA: the average's width as a fraction of the run, e.g. 0.1 [preset].",
     ),
     ema_warmup: bool = typer.Option(
         None, "--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+n)/(10+n)) [default: preset]."
@@ -82,7 +98,9 @@ def train(
     epochs: float = typer.Option(None, "--epochs", min=0.0,
                                  help="Stop after this many passes over the data."),
     max_minutes: float = typer.Option(
-        None, "--max-minutes", min=0.0, help="Wall-clock budget of this session; it ends with a checkpoint."
+        None, "--max-minutes", min=0.0,
+        help="Training minutes. Alone: the run's length (its lr schedule spans it; --resume continues "
+        "to it); with --max-steps or --epochs: a cap on this session.",
     ),
     seed: int = typer.Option(None, "--seed", help="Seed of init, shuffling and noise [default: 0]."),
     save_every: int = typer.Option(None, "--save-every", min=1,
@@ -102,6 +120,19 @@ def train(
         None, "--compile/--no-compile",
         help="torch.compile the networks in place [default: on for CUDA; off on CPU, where compiling "
         "took 108 s and saved 2% per step (measured, docs/train.md)].",
+    ),
+    init_from: str = typer.Option(
+        None, "--init-from", metavar="CKPT",
+        help="Fine-tune: start a new run from this checkpoint's (or run folder's) weights; the network, and "
+        "for unet the schedule and --param, come from it; new data, lr, steps.",
+    ),
+    init_weights: str = typer.Option(
+        None, "--init-weights", help="With --init-from: ema (the sampling weights) or raw. [default: ema]"
+    ),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Train in N processes on this machine (DistributedDataParallel through "
+        "torchrun: one per GPU, or CPU processes); --batch stays the global batch. Several machines: "
+        "docs/distributed.md."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
     force: bool = typer.Option(False, "--force", "-f",
@@ -128,33 +159,39 @@ def train(
       dtools train data/ --beta cosine -o runs/v --param v --min-snr-gamma 5 --dry-run
       dtools sample runs/emoji/model.safetensors | dtools grid -o samples.png
       dtools train data/ --model dcgan --d-steps 1:2 -o runs/gan --max-minutes 10
+      dtools train mine/ -o runs/mine --init-from runs/emoji --lr 2e-4 --max-steps 500
+      dtools train data/ --beta cosine -o runs/ddp --nproc 4 --batch 512
     """
     from dtools import train as training
+    from dtools.train import distributed
 
     if resume and force:
         raise typer.BadParameter(
             "--resume continues RUN, --force starts it over: give one", param_hint="--force"
         )
-    # the parameters are named like TrainConfig's fields (and the U-Net's options): no key list here
-    options = {name: value for name, value in ctx.params.items() if name in training.OPTIONS}
-    cfg = training.configure(out, data, beta, options, resume=resume)
-    if dry_run:
-        typer.echo(json.dumps(training.dry_run(cfg, resume=resume), indent=2))
-        return
-
-    result = training.train(cfg, resume=resume, force=force)
-    ckpt = result.run / training.MODEL_FILE
+    try:
+        # the parameters are named like TrainConfig's fields (and the U-Net's options): no key list here
+        options = {name: value for name, value in ctx.params.items() if name in training.OPTIONS}
+        processes = max(nproc, distributed.env_rank()[1])
+        distributed.check(processes, beta=beta)
+        cfg = training.configure(out, data, beta, options, resume=resume)
+        distributed.check(processes, cfg=cfg)
+        if dry_run:
+            typer.echo(json.dumps(training.dry_run(cfg, resume=resume), indent=2))
+            return
+        if nproc > 1:
+            raise typer.Exit(distributed.launch(distributed.without_nproc(sys.argv[1:]), nproc))
+        result = training.train(cfg, resume=resume, force=force)
+    except DtoolsError as e:  # of several processes, one says it (dtools.train.distributed.speaks)
+        if not distributed.speaks(e):
+            raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
+        raise
+    if result.rank:  # one process of several: rank 0 reports
+        raise typer.Exit(130 if result.stopped == "interrupted" else 0)
     if result.stopped == "interrupted":
-        typer.echo(
-            f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "
-            f"continue with: dtools train --resume -o {result.run}",
-            err=True,
-        )
+        ckpt = result.run / training.MODEL_FILE
+        typer.echo(f"interrupted at step {result.step}"
+                   f"{'' if result.total_steps is None else '/' + str(result.total_steps)}; saved {ckpt}; "
+                   f"continue with: dtools train --resume -o {result.run}", err=True)
         raise typer.Exit(130)
-    how = "time budget (--max-minutes) used up" if result.stopped == "max_minutes" else "done"
-    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items()) or "loss -"
-    typer.echo(
-        f"{how}: step {result.step}/{result.total_steps}, {losses} (mean of {cfg.log_every} steps), "
-        f"{result.elapsed / 60:.1f} min in all; wrote {ckpt}",
-        err=True,
-    )
+    typer.echo(training.summary(result), err=True)

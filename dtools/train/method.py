@@ -8,13 +8,11 @@ EMA (built when it is made, after the Trainer seeds torch), one training step (r
 losses and metrics), its sample grid, the weights and header of its model checkpoint, and the
 tensors of its training state. The methods: "unet" (the DDPM, `loop.Ddpm`), "dcgan"
 (`gan.Dcgan`) and "vae" (`vae.Vae`); `loop.METHODS` maps `--model` to them. The session's shared
-pieces are here too: the metrics `Window`, `StopSignals` and `fmt_time`.
+pieces are here too: the metrics `Window` and `fmt_time` (signals.py answers Ctrl-C).
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from torch import nn
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig
 from dtools.train.data import BatchStream
+from dtools.train.distributed import Group
 from dtools.unet import count_parameters
 
 RealBatch = Callable[[], torch.Tensor]  # the next training batch (B, C, H, W) in [-1, 1] on the device
@@ -59,6 +58,24 @@ class Method:
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
         self.cfg, self.rt, self.device, self.real_batch = cfg, rt, rt.device, real_batch
+        self.group = Group()  # one process, until `distribute`
+        self.lr = cfg.lr  # the learning rate of the coming step (the Trainer follows train/lr.py)
+
+    def distribute(self, group: Group) -> None:
+        """Train as one of `group`'s processes: keep `group` (its `shard` of the whole batch's noise
+        draws) and call the trained networks through `group.wrap(...)`; real_batch() is already this
+        process's slice. A no-op in one process."""
+        self.group = group
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers whose learning rate follows the run's schedule."""
+        raise NotImplementedError
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        for optimizer in self.optimizers():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     def train_step(self) -> dict[str, float]:
         """One training step: its named losses and metrics (the window means of metrics.jsonl), or
@@ -68,7 +85,7 @@ class Method:
     def record(self, means: dict[str, float]) -> dict[str, Any]:
         """A metrics.jsonl record's method fields (between "epoch" and "img_per_s") from the window's
         means of `train_step`'s values."""
-        return {**means, "lr": self.cfg.lr}
+        return {**means, "lr": self.lr}
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """The sample grid's images (N, C, H, W) in [-1, 1], those of `dtools sample --seed SEED` on the
@@ -90,6 +107,11 @@ class Method:
 
     def restore(self, path: Any, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> BatchStream:
         """Put a training state back; returns the data stream at its position."""
+        raise NotImplementedError
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
+        """Start from a model checkpoint's state dict (--init-from): into the network it holds and that
+        network's EMA; returns what it leaves fresh ('' when nothing)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -136,32 +158,6 @@ class Window:
     def reset(self, rate: float) -> None:
         self.sums, self.steps = {}, 0
         self.start, self.last_rate = time.perf_counter(), rate
-
-
-class StopSignals:
-    """SIGINT/SIGTERM set a flag, so the loop stops at the next step boundary with a checkpoint.
-
-    A second Ctrl-C raises KeyboardInterrupt at once. Only installed from the main thread.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def fmt_time(s: float) -> str:
