@@ -41,6 +41,7 @@ class FidConfig:
     batch_size: int = 64
     device: str = "auto"
     force: bool = False
+    limit: int | None = None  # only the first N images of each image source (not of a statistics file)
 
     @property
     def metrics(self) -> MetricsConfig:
@@ -74,13 +75,14 @@ def check_request(cfg: FidConfig) -> None:
         raise DtoolsError(msg)
 
 
-def open_images(source: str) -> ImageSource:
-    """An image folder (recursive, sorted), a ``.npy`` uint8 batch [N,H,W,C] or ``-`` (stdin), as RGB.
+def open_images(source: str, limit: int | None = None) -> ImageSource:
+    """An image folder (recursive, sorted), a ``.npy`` uint8 batch [N,H,W,C] or ``-`` (stdin), as RGB;
+    with `limit`, only its first `limit` images (a folder's other files are never opened).
 
     Grey images are repeated to RGB; transparency is composited onto white (as everywhere in dtools).
     Images of a folder may differ in size: each is resized to 299x299 by the network.
     """
-    return open_source(source, channels=3, empty_hint=" in this folder")
+    return open_source(source, channels=3, limit=limit, empty_hint=" in this folder")
 
 
 @torch.inference_mode()
@@ -136,7 +138,7 @@ def evaluate(cfg: FidConfig, log: Callable[[str], None] = _log) -> dict:
             stats[side] = load_stats(source)
             check_stats(stats[side], metrics)
         else:
-            image_sets[side] = open_images(source)
+            image_sets[side] = open_images(source, cfg.limit)
     notes: list[str] = []
     weights_sha = next(iter(stats.values())).weights_sha256 if stats else None
     if image_sets:  # two statistics files need no network at all
