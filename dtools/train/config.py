@@ -95,7 +95,7 @@ class TrainConfig:
     model_type: str = _option("unet", "--model")
     parameterization: str = _option("eps", "--param", models=DDPM)
     lr: float = _option(1e-4, "--lr")
-    batch_size: int = _option(128, "--batch")
+    batch_size: int = _option(128, "--batch-size")
     grad_accum: int = _option(1, "--grad-accum", models=DDPM)
     ema_decay: float = _option(0.999, "--ema")
     ema_warmup: bool = _option(False, "--ema-warmup")
@@ -195,7 +195,7 @@ class TrainConfig:
         if self.model_type == "dcgan":
             parse_ratio(self.d_steps)
         elif not (isinstance(self.kl_weight, int | float) and self.kl_weight > 0):
-            raise DtoolsError(f"{flag('kl_weight')} must be positive, got {self.kl_weight}")
+            raise OptionError(flag("kl_weight"), f"must be positive, got {self.kl_weight}")
         return self
 
 
