@@ -174,7 +174,7 @@ def test_real_shell_pipe(ckpt, tmp_path):
     in-process .npy batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out.png"
-    cmd = f"set -o pipefail; '{DTOOLS}' sample '{ckpt}' -n 4 --steps 5 | '{DTOOLS}' grid --nrow 4 -o '{out}'"
+    cmd = f"set -o pipefail; '{DTOOLS}' sample '{ckpt}' -n 4 --steps 5 | '{DTOOLS}' grid --nrow 4 --scale 1 -o '{out}'"
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "sampled 4 images in" in proc.stderr
@@ -190,6 +190,27 @@ def test_real_shell_pipe(ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     in_process = images(invoke(ckpt, "-n", 4, "--steps", 5))
     np.testing.assert_array_equal(np.load(tmp_path / "piped.npy"), in_process)
+
+
+def test_png_output_is_one_grid_not_a_folder(ckpt, tmp_path):
+    """`-o out.png` writes the grid `| dtools grid -o out.png` would (not a folder called out.png);
+    `-o DIR.png/` is still a folder; another image format is refused with a pointer."""
+    from PIL import Image
+
+    from dtools.grid import make_grid
+
+    out = tmp_path / "out.png"
+    res = invoke(ckpt, "-n", 4, "--steps", 5, "-o", out)
+    assert res.exit_code == 0 and out.is_file(), res.stderr
+    assert f"wrote {out} (a grid of 4 images" in res.stderr
+    expected = make_grid(images(invoke(ckpt, "-n", 4, "--steps", 5)), scale=None)
+    with Image.open(out) as im:
+        np.testing.assert_array_equal(np.asarray(im), expected)
+    one_line_error(invoke(ckpt, "-n", 4, "--steps", 5, "-o", out), "already exists; pass --force")
+    assert invoke(ckpt, "-n", 2, "--steps", 5, "-o", f"{tmp_path / 'dir.png'}/").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "dir.png").iterdir()) == ["000000.png", "000001.png"]
+    one_line_error(invoke(ckpt, "-n", 2, "-o", tmp_path / "out.jpg"), "| dtools grid")
+    assert not (tmp_path / "out.jpg").exists()
 
 
 def test_refuses_a_terminal(ckpt, monkeypatch):
