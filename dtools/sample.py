@@ -22,7 +22,7 @@ import torch
 
 from dtools import samplers
 from dtools.checkpoint import MODEL_TYPES, LoadedModel, load_model, read_info
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, refuse_terminal, write_npy
 from dtools.grid import make_grid
 from dtools.images import IMAGE_EXTS, numbered_index, numbered_png, png_bytes, to_uint8, write_png_folder
@@ -72,9 +72,9 @@ class SampleConfig:
             return
         samplers.check_sampler(self.sampler_name)
         if self.eta is not None and self.sampler_name != "ddim":
-            raise DtoolsError(f"--eta applies to --sampler ddim, not {self.sampler_name}")
+            raise OptionError("--eta", f"applies to --sampler ddim, not {self.sampler_name}")
         if self.variance is not None and self.sampler_name != "ddpm":
-            raise DtoolsError(f"--variance applies to --sampler ddpm, not {self.sampler_name}")
+            raise OptionError("--variance", f"applies to --sampler ddpm, not {self.sampler_name}")
 
     def chain_options(self) -> dict[str, object]:
         """The options that only a diffusion model's sampling chain uses, by flag."""
@@ -208,7 +208,7 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
     sampler, spacing = cfg.sampler_name, cfg.spacing or "trailing"
     steps = cfg.steps if cfg.steps is not None else (schedule.T if sampler == "ddpm" else DEFAULT_STEPS)
     if cfg.trajectory is not None and cfg.trajectory > steps + 1:
-        raise DtoolsError(f"--trajectory {cfg.trajectory}: the chain has only {steps + 1} states to show")
+        raise OptionError("--trajectory", f"{cfg.trajectory}: the chain has only {steps + 1} states to show")
     eta, variance = cfg.eta or 0.0, cfg.variance or "posterior"
     samplers.check_options(sampler, param, spacing, eta, variance)
     samplers.Chain.make(schedule.betas.numpy(), steps, spacing)  # --steps out of range: fail now
