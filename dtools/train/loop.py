@@ -215,14 +215,15 @@ class Trainer:
                     except NonFiniteLoss as e:
                         raise self._diverged(str(e), self.step + 1) from None
                     self.step += 1
-                    if self.step % cfg.log_every == 0 or self.step == total:
-                        rec = self._log_window(window)
-                        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
-                    bar.update(completed=self.step)
                     if signals.requested:
                         stopped = "interrupted"
                     elif time.monotonic() - self.session_start >= budget and self.step < total:
                         stopped = "max_minutes"
+                    # a window closes every --log-every steps and when the session ends
+                    if self.step % cfg.log_every == 0 or self.step == total or stopped != "done":
+                        rec = self._log_window(window)
+                        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
+                    bar.update(completed=self.step)
                     self._write_outputs(end=self.step == total or stopped != "done",
                                         samples=stopped != "interrupted", window=window)
         except NonFiniteLoss as e:
