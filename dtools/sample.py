@@ -72,9 +72,9 @@ class SampleConfig:
             return
         samplers.check_sampler(self.sampler_name)
         if self.eta is not None and self.sampler_name != "ddim":
-            raise OptionError("--eta", f"applies to --sampler ddim, not {self.sampler_name}")
+            raise DtoolsError(f"--eta applies to --sampler ddim, not {self.sampler_name}")
         if self.variance is not None and self.sampler_name != "ddpm":
-            raise OptionError("--variance", f"applies to --sampler ddpm, not {self.sampler_name}")
+            raise DtoolsError(f"--variance applies to --sampler ddpm, not {self.sampler_name}")
 
     def chain_options(self) -> dict[str, object]:
         """The options that only a diffusion model's sampling chain uses, by flag."""

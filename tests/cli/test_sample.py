@@ -273,9 +273,7 @@ def test_bad_checkpoint_contents(tmp_path):
 @pytest.mark.parametrize("args,match", [
     (("--steps", 101), "--steps: must lie in [2, 100]"),
     (("--steps", 1), "'--steps'"),
-    (("--eta", 0.5), "--eta: applies to --sampler ddim, not dpm++2m"),
     (("--sampler", "ddim", "--eta", 2), "--eta: must lie in [0, 1]"),
-    (("--variance", "beta"), "--variance: applies to --sampler ddpm"),
     (("--sampler", "ddpm", "--variance", "learned"), "'learned' is not one of beta, posterior"),
     (("--sampler", "euler"), "'euler' is not one of ddpm, ddim, dpm++2m, heun"),
     (("--spacing", "karras"), "'karras' is not one of"),
@@ -288,6 +286,12 @@ def test_bad_options(ckpt, args, match):
     """A bad option value, refused by Click or by a check against the checkpoint, is a usage error."""
     res = invoke(ckpt, "-n", 1, *args)
     assert res.exit_code == 2 and match in res.stderr and "Usage:" in res.stderr, res.stderr
+
+
+def test_an_option_for_another_sampler_is_refused_in_one_line(ckpt):
+    """Not a bad value but an option that does not apply (as train's options for another --model): exit 1."""
+    one_line_error(invoke(ckpt, "-n", 1, "--eta", 0.5), "--eta applies to --sampler ddim, not dpm++2m")
+    one_line_error(invoke(ckpt, "-n", 1, "--variance", "beta"), "--variance applies to --sampler ddpm")
 
 
 @pytest.mark.parametrize("args", [("-n", 0), ("--batch-size", 0), ("--trajectory", 1), ("--steps", "many")])
