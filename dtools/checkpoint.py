@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -32,6 +33,7 @@ from dtools.errors import DtoolsError, mismatch_detail
 from dtools.tensorfile import load_tensors, read_header, save_tensors
 
 MODEL_FORMAT = "dtools.model"
+RUN_MODEL_FILE = "model.safetensors"  # the checkpoint in a `dtools train` run folder
 WEIGHTS = ("ema", "raw")  # the sets of weights `dtools train` writes, the sampling default first
 
 
@@ -119,8 +121,21 @@ def save_model(
     save_tensors(path, tensors, header, force)
 
 
+def model_file(path: str | os.PathLike) -> Path:
+    """`path` itself, or for the run folder of `dtools train` the checkpoint in it (RUN/model.safetensors)."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / RUN_MODEL_FILE).is_file():
+            return p / RUN_MODEL_FILE
+        raise DtoolsError(f"{p}: a folder without {RUN_MODEL_FILE}; give a checkpoint file, or a run folder "
+                          "of `dtools train` once it has saved its first checkpoint")
+    return p
+
+
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint's header alone (cheap), with its model type checked (and set for dtools 0.1.0's)."""
+    """A checkpoint's header alone (cheap), with its model type checked (and set for dtools 0.1.0's);
+    `path` may be a run folder (model_file)."""
+    path = model_file(path)
     return _checked(path, read_header(path, MODEL_FORMAT))
 
 
@@ -137,7 +152,9 @@ def _checked(path: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_model(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """A checkpoint's sets of weights by name ({"ema": state dict, "raw": ...}) and its checked header."""
+    """A checkpoint's sets of weights by name ({"ema": state dict, "raw": ...}) and its checked header;
+    `path` may be a run folder (model_file)."""
+    path = model_file(path)
     tensors, info = load_tensors(path, MODEL_FORMAT)
     info = _checked(path, info)
     names = info.get("weights")
@@ -161,6 +178,7 @@ def load_model(
     for a denoiser, its schedule and parameterization. Every problem is a one-line DtoolsError."""
     if weights not in WEIGHTS:
         raise DtoolsError(f"unknown --weights {weights!r}; choose ema or raw")
+    path = model_file(path)
     sets, info = read_model(path)
     if weights not in sets:
         hint = "non-EMA" if weights == "raw" else "EMA"

@@ -55,12 +55,15 @@ def progress_bar(
     elapsed: bool = False,
     transient: bool = True,
     show: bool | None = None,
+    remaining: str | None = None,
 ) -> Iterator[Bar]:
     """A bar for `total` units of work: `description`, the bar, [N/M], `columns`, [elapsed], time left.
 
     `description` and `columns` are rich format strings ('{task.completed}', '{task.fields[loss]}');
     `fields` gives the initial values of the fields they name. `show` forces the bar on or off
-    (default: on when stderr is a terminal); `transient` bars vanish when done.
+    (default: on when stderr is a terminal); `transient` bars vanish when done. `remaining`, a format
+    string, replaces rich's time-left estimate for a job that measures its own pace (rich's needs
+    several updates within 30 s, so it shows nothing for slow steps).
     """
     console = stderr_console()
     parts = [TextColumn(description), BarColumn()]
@@ -68,8 +71,12 @@ def progress_bar(
         parts.append(MofNCompleteColumn())
     parts += [TextColumn(c) for c in columns]
     if elapsed:
-        parts += [TimeElapsedColumn(), TextColumn("ETA")]
-    parts.append(TimeRemainingColumn())
+        parts.append(TimeElapsedColumn())
+    if remaining is not None:
+        parts.append(TextColumn(remaining))
+    else:
+        parts += [TextColumn("ETA")] if elapsed else []
+        parts.append(TimeRemainingColumn())
     visible = console.is_terminal if show is None else show
     with Progress(*parts, console=console, transient=transient, disable=not visible) as progress:
         task = progress.add_task(description, total=total, completed=completed, **(fields or {}))

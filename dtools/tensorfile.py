@@ -37,8 +37,9 @@ def save_tensors(
     atomic_save(path, lambda tmp: save_file(flat, tmp, metadata={HEADER_KEY: json.dumps(header)}), force)
 
 
-def read_header(path: str | os.PathLike, expected_format: str) -> dict[str, Any]:
-    """Read and check only the JSON header (cheap: no tensor data is loaded)."""
+def read_header(path: str | os.PathLike, expected_format: str | None) -> dict[str, Any]:
+    """Read and check only the JSON header (cheap: no tensor data is loaded); `expected_format` None
+    accepts any dtools format (the caller looks at "format")."""
     p = Path(path)
     if not p.exists():
         raise DtoolsError(f"{p}: no such file")
@@ -63,7 +64,7 @@ def read_header(path: str | os.PathLike, expected_format: str) -> dict[str, Any]
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
         raise DtoolsError(f"{p}: not a safetensors checkpoint ({e})") from None
     fmt = info.get("format")
-    if fmt != expected_format:
+    if expected_format is not None and fmt != expected_format:
         raise DtoolsError(f"{p}: is a {fmt!r} file, expected a {expected_format!r} checkpoint")
     if info.get("format_version", 0) > FORMAT_VERSION:
         raise DtoolsError(
@@ -71,6 +72,17 @@ def read_header(path: str | os.PathLike, expected_format: str) -> dict[str, Any]
             f"this dtools reads up to v{FORMAT_VERSION}, please upgrade"
         )
     return info
+
+
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor in a safetensors file, from its header (no data is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorsError, OSError, ValueError, RuntimeError) as e:
+        raise DtoolsError(f"{path}: damaged checkpoint ({first_line(e)})") from None
 
 
 def load_tensors(

@@ -8,10 +8,13 @@ from dtools.commands.export import export
 from dtools.commands.fid import fid
 from dtools.commands.grid import grid
 from dtools.commands.import_ import import_
+from dtools.commands.info import info
+from dtools.commands.nn import nn
 from dtools.commands.noise import noise
 from dtools.commands.prep import prep
 from dtools.commands.sample import sample
 from dtools.commands.schedule import schedule
+from dtools.commands.sweep import sweep
 from dtools.commands.train import train
 
 # Pipeline order: this is the order `dtools --help` lists them in.
@@ -23,6 +26,9 @@ COMMANDS = {
     "sample": sample,
     "grid": grid,
     "fid": fid,
+    "sweep": sweep,
+    "nn": nn,
     "export": export,
     "import": import_,
+    "info": info,
 }

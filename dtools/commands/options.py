@@ -99,8 +99,8 @@ def batch_size(default: int | None = 64, help: str = "Images per network call (m
     return option(default, "--batch-size", min=1, help=help, old=old, **kw)
 
 
-def num(default: int = 64, help: str = "Number of images to make."):
-    return option(default, "-n", "--num", min=1, help=help)
+def num(default: int = 64, help: str = "Number of images to make.", min: int = 1):
+    return option(default, "-n", "--num", min=min, help=help)
 
 
 def limit(help: str = "Use only the first N images.", old: Sequence[str] = ()):

@@ -22,7 +22,8 @@ SPACINGS = ("trailing", "linspace", "leading")  # dtools.diffusion.SPACING
 
 def sample(
     checkpoint: Path = typer.Argument(
-        ..., metavar="CKPT", help="Model checkpoint written by `dtools train` (RUN/model.safetensors)."
+        ..., metavar="CKPT", help="Model checkpoint written by `dtools train` (RUN/model.safetensors), or "
+        "the run folder RUN itself."
     ),
     n: int = opt.num(),
     sampler: str = opt.sampler(
@@ -80,7 +81,7 @@ def sample(
     \b
     Examples:
       dtools sample runs/emoji/model.safetensors | dtools grid -o samples.png
-      dtools sample runs/emoji/model.safetensors -n 16 -o samples.png
+      dtools sample runs/emoji -n 16 -o samples.png
       dtools sample runs/emoji/model.safetensors -n 16 --sampler ddpm --variance beta -o ddpm/
       dtools sample ckpt.safetensors -n 10000 --steps 50 -o fid-samples/ && dtools fid fid-samples/ data/
       dtools sample ckpt.safetensors -n 4 --sampler ddpm --trajectory 8 | dtools grid --nrow 8 -o chain.png

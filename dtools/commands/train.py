@@ -122,6 +122,15 @@ def train(
         help="torch.compile the networks in place (on the CPU compiling took 108 s and saved 2% per step, "
         "docs/train.md).",
     ),
+    init_from: str = typer.Option(
+        None, "--init-from", metavar="CKPT", show_default="none: a new network",
+        help="Fine-tune: start a new run from this checkpoint's (or run folder's) weights; the network, and "
+        "for unet the schedule and --param, come from it; new data, lr, steps.",
+    ),
+    init_weights: str = opt.choice(
+        None, "--init-weights", choices=("ema", "raw"), show_default="ema",
+        help="With --init-from: ema (the sampling weights) or raw.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
     force: bool = opt.force("Start over in an existing RUN (deletes its files)."),
     dry_run: bool = typer.Option(False, "--dry-run",
@@ -146,6 +155,7 @@ def train(
       dtools train data/ --beta cosine -o runs/v --param v --min-snr-gamma 5 --dry-run
       dtools sample runs/emoji/model.safetensors | dtools grid -o samples.png
       dtools train data/ --model dcgan --d-steps 1:2 -o runs/gan --max-minutes 10
+      dtools train mine/ -o runs/mine --init-from runs/emoji --lr 2e-4 --max-steps 500
     """
     from dtools import train as training
 
@@ -161,18 +171,9 @@ def train(
         return
 
     result = training.train(cfg, resume=resume, force=force)
-    ckpt = result.run / training.MODEL_FILE
     if result.stopped == "interrupted":
-        typer.echo(
-            f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "
-            f"continue with: dtools train --resume -o {result.run}",
-            err=True,
-        )
+        ckpt = result.run / training.MODEL_FILE
+        typer.echo(f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "
+                   f"continue with: dtools train --resume -o {result.run}", err=True)
         raise typer.Exit(130)
-    how = "time budget (--max-minutes) used up" if result.stopped == "max_minutes" else "done"
-    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items()) or "loss -"
-    typer.echo(
-        f"{how}: step {result.step}/{result.total_steps}, {losses} (mean of {cfg.log_every} steps), "
-        f"{result.elapsed / 60:.1f} min in all; wrote {ckpt}",
-        err=True,
-    )
+    typer.echo(training.summary(result), err=True)

@@ -18,6 +18,7 @@ import torch
 
 from dtools.errors import DtoolsError, OptionError
 from dtools.fid.inception import InceptionV3
+from dtools.fid.interval import SUBSETS, FixedReferenceFid, fid_interval
 from dtools.fid.metrics import MetricsConfig, bias_warning, check_stats, compute_metrics
 from dtools.fid.stats import Stats, is_stats_file, load_stats, save_stats, stats_from_features
 from dtools.fid.weights import INCEPTION_SHA256, Weights, find_weights, load_inception
@@ -36,6 +37,7 @@ class FidConfig:
     kid: bool = False
     prc: bool = False
     isc: bool = False
+    interval: bool = False
     save_stats: str | None = None
     weights: str | None = None
     batch_size: int = 64
@@ -70,6 +72,8 @@ def check_request(cfg: FidConfig) -> None:
         check_writable(cfg.save_stats, cfg.force)
     if cfg.isc and cfg.samples is None:
         raise DtoolsError("--isc scores SAMPLES; give them (the Inception Score has no reference)")
+    if cfg.interval and cfg.samples is None:
+        raise DtoolsError("--interval is over the samples; give SAMPLES")
     if cfg.isc and is_stats_file(cfg.samples):
         msg = f"{cfg.samples}: the Inception Score needs the sample images, not a statistics file"
         raise DtoolsError(msg)
@@ -139,6 +143,8 @@ def evaluate(cfg: FidConfig, log: Callable[[str], None] = _log) -> dict:
             check_stats(stats[side], metrics)
         else:
             image_sets[side] = open_images(source, cfg.limit)
+    if cfg.interval and "samples" in stats:
+        _check_interval_input(stats["samples"])  # before minutes of features
     notes: list[str] = []
     weights_sha = next(iter(stats.values())).weights_sha256 if stats else None
     if image_sets:  # two statistics files need no network at all
@@ -155,6 +161,8 @@ def evaluate(cfg: FidConfig, log: Callable[[str], None] = _log) -> dict:
     if "samples" in stats:
         with status("computing the scores (FID: a 2048x2048 matrix square root)"):
             result = compute_metrics(stats["reference"], stats["samples"], metrics)
+        if cfg.interval:
+            result["fid_interval"] = _interval(stats["reference"], stats["samples"])
     warning = bias_warning(s.count for s in stats.values()) if result else None
     notes += [warning] if warning else []
     return {
@@ -187,6 +195,21 @@ def _image_stats(
             feats = extract_features(net, images, cfg.batch_size, device, on_batch=bar.advance)
         computed[side] = stats_from_features(feats, images.name, w.sha256)
     return computed, w
+
+
+def _check_interval_input(samples: Stats) -> None:
+    if samples.features is None:
+        raise DtoolsError(f"{samples.from_file}: --interval needs the samples' features; give the images, "
+                          "or a statistics file saved with --kid")
+
+
+def _interval(reference: Stats, samples: Stats) -> dict:
+    """--interval: FID's 95% interval from half-subsets of the samples (dtools.fid.interval)."""
+    _check_interval_input(samples)
+    with status(f"FID's interval: {SUBSETS} half-subsets of the samples"):
+        feats = None if reference.features is None else reference.features.numpy()
+        iv = fid_interval(FixedReferenceFid(reference.mu, reference.sigma, feats), samples.features.numpy())
+    return iv.to_dict()
 
 
 def _literal(text: str) -> str:

@@ -45,9 +45,10 @@ from dtools.train.run import (
     STATE_FILE,
     append_metric,
 )
+from dtools.train.summary import summary
 
 __all__ = [
     "CONFIG_FILE", "LOSS_PLOT", "METRICS_FILE", "MODEL_FILE", "MODEL_OPTIONS", "OPTIONS", "PRESETS",
     "SAMPLES_DIR", "STATE_FILE", "TrainConfig", "TrainResult", "Trainer", "append_metric", "configure",
-    "dry_run", "flag", "new_config", "preset_config", "preset_for_size", "resume_config", "train",
+    "dry_run", "flag", "new_config", "preset_config", "preset_for_size", "resume_config", "summary", "train",
 ]

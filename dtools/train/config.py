@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 from dtools.diffusion import PARAMETERIZATIONS
 from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import load_schedule
+from dtools.progress import log as log_line
 from dtools.runtime import Runtime, resolve
 from dtools.train.data import peek
 from dtools.train.presets import (
@@ -117,6 +119,10 @@ class TrainConfig:
     # None: on for CUDA, off for the CPU (measured, docs/train.md)
     compile: bool | None = _option(None, "--compile", resumable=True)
     data_fingerprint: str = ""
+    # --init-from: the checkpoint whose weights (--init-weights) a new run starts from; both stay out of
+    # to_dict() when it is None (a run's config then has the keys of dtools 0.1.0)
+    init_from: str | None = _option(None, "--init-from")
+    init_weights: str = _option("ema", "--init-weights")
 
     def __post_init__(self) -> None:
         self.betas = np.asarray(self.betas, dtype=np.float64)
@@ -139,7 +145,8 @@ class TrainConfig:
         "train" header hold."""
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in _FIELDS.values()
                 if f.name != "betas" and applies(f.name, self.model_type)
-                and not (f.name == "model_type" and self.model_type == "unet")}
+                and not (f.name == "model_type" and self.model_type == "unet")
+                and not (f.name in _INIT and self.init_from is None)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], betas: np.ndarray) -> TrainConfig:
@@ -171,6 +178,8 @@ class TrainConfig:
             raise DtoolsError(f"{flag('sample_every')} must be 0 (off) or positive, got {self.sample_every}")
         if self.max_steps is None and self.epochs is None:
             raise DtoolsError(f"give {flag('max_steps')} or {flag('epochs')}")
+        if self.init_weights not in ("ema", "raw"):
+            raise DtoolsError(f"{flag('init_weights')} must be ema or raw, got {self.init_weights!r}")
         if self.model_type not in MODELS:
             raise DtoolsError(f"unknown {flag('model_type')} {self.model_type!r}; choose one of "
                               f"{', '.join(MODELS)}")
@@ -200,6 +209,7 @@ class TrainConfig:
 
 
 _FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_INIT = ("init_from", "init_weights")
 
 # What `dtools train` passes in its options dict: the fields that have a flag, then the model options.
 OPTIONS: tuple[str, ...] = (*(n for n, f in _FIELDS.items() if "flag" in f.metadata), *MODEL_OPTIONS)
@@ -245,6 +255,12 @@ def configure(
         return _resumed(out, data, beta, options)
     if data is None:
         raise OptionError("DATA", "give the DATA folder (or --resume an existing run)")
+    if options.get("init_weights") is not None and options.get("init_from") is None:
+        raise OptionError("--init-weights", "applies with --init-from CKPT; drop it")
+    if options.get("init_from") is not None:
+        from dtools.train.finetune import init_config  # it builds on this module
+
+        return init_config(out, data, beta, options)
     model_type = options.get("model_type") or "unet"
     if model_type != "unet":
         _refuse_beta(beta, model_type)
@@ -369,13 +385,26 @@ def resolved(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
             "total_steps": cfg.total_steps()}
 
 
-def dry_run(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """What `dtools train --dry-run` prints: the configuration and what it resolves to."""
+def dry_run(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = log_line,
+            estimate: bool = True) -> dict[str, Any]:
+    """What `dtools train --dry-run` prints: the configuration and what it resolves to, and, with
+    `estimate`, the time the run's steps would take, measured on a few steps (estimate.time_steps; its
+    lines, and the warning about a tiny data set, go to `log`)."""
+    from dtools.train import estimate as est  # it imports this module
+
     rt = resolve(cfg.device, cfg.precision, cfg.compile)
     counts = {name: count_parameters(net) for name, net in networks(cfg.model_type, cfg.model).items()}
     facts = {**resolved(cfg, rt), "micro_batch": cfg.batch_size // cfg.grad_accum,
              "parameters": sum(counts.values())}
     if len(counts) > 1:
         facts["parameters_by_network"] = counts
-    return {"config": cfg.to_dict(), "resolved": facts, "resume": resume}
-
+    out = {"config": cfg.to_dict(), "resolved": facts, "resume": resume}
+    if estimate:
+        timed = est.time_steps(cfg, rt)
+        out["estimate"] = timed
+        line, warning = est.estimate_lines(timed["seconds_per_step"], timed["steps"], timed["steps"], None,
+                                           timed["how"])
+        for text in (est.data_warning(cfg), line, warning):
+            if text:
+                log(text)
+    return out

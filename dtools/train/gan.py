@@ -128,6 +128,11 @@ class Dcgan(Method):
                   "ema_decay": cfg.ema_decay, "image_size": cfg.image_size, "channels": cfg.channels}
         return {"ema": self.ema.state_dict(), "raw": self.generator.state_dict()}, cfg.model, header
 
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
+        self.generator.load_state_dict(weights, strict=True)
+        self.ema.module.load_state_dict(weights, strict=True)
+        return "the discriminator starts afresh (a checkpoint holds only the generator)"
+
     def _parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
         modules = {"raw": self.generator, "ema": self.ema.module, "disc": self.discriminator}
         return modules, {"adam": (self.opt_g, self.generator), "adam_disc": (self.opt_d, self.discriminator)}

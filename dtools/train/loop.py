@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,13 +33,14 @@ from dtools.progress import log as log_line
 from dtools.runtime import Runtime, resolve
 from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import BatchStream, augment, fingerprint, load_images
+from dtools.train.estimate import StepClock, data_warning
+from dtools.train.finetune import load_init
 from dtools.train.gan import Dcgan
 from dtools.train.method import (
     Method,
     NonFiniteLoss,
     Plot,
     RealBatch,
-    StopSignals,
     Weights,
     Window,
     fmt_time,
@@ -50,12 +52,14 @@ from dtools.train.run import (
     SAMPLES_DIR,
     STATE_FILE,
     append_metric,
+    check_run_dir,
     prepare_run_dir,
     read_metrics,
     write_config,
     write_metrics,
 )
-from dtools.train.state import capture, load_state, restore, save_state
+from dtools.train.signals import StopSignals, abort, abort_message, stop_message
+from dtools.train.state import capture, load_state, read_state_header, restore, save_state
 from dtools.train.vae import Vae
 from dtools.unet import UNet, UNetConfig, count_parameters
 
@@ -66,13 +70,15 @@ SAMPLE_SAMPLER, SAMPLE_STEPS = "dpm++2m", 20
 class TrainResult:
     step: int
     total_steps: int
-    stopped: str  # "done", "max_minutes" or "interrupted"
+    stopped: str  # "done", "max_minutes", "interrupted" or "nothing_to_do" (already at total_steps)
     loss: float | None  # mean of the last --log-every window
     elapsed: float
     run: Path
     checkpoint_step: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
     losses: dict[str, float] = field(default_factory=dict)  # the method's named losses, last window
+    loss_steps: int = 0  # the steps that window held (fewer than --log-every at a run's end)
+    start_step: int = 0  # the step this session started at
 
 
 class Trainer:
@@ -90,21 +96,30 @@ class Trainer:
         self.show_bar = sys.stderr.isatty() if progress is None else progress
         self.step, self.elapsed_before, self.metrics = 0, 0.0, []
         self.checkpoint_step = -1  # the step of the last checkpoint on disk (-1: none yet)
+        self.start_step, self.loss_steps = 0, 0
+        self.writing = threading.Lock()  # held while RUN's files are written: a second Ctrl-C waits for it
 
-    def setup(self) -> None:
-        """Prepare RUN, load the data (and with --resume the state), build the method (its networks,
-        EMA and optimizers), write config.json."""
+    def setup(self) -> bool:
+        """Check RUN and the device, load the data (and with --resume the state), prepare RUN, build
+        the method (its networks, EMA and optimizers), write config.json. False when a resumed run is
+        already at its last step: then nothing was touched."""
         cfg = self.cfg
-        prepare_run_dir(self.run_dir, self.resume, self.force)
-        # with --resume, check the state file before spending time on data
-        state = load_state(self.run_dir / STATE_FILE) if self.resume else None
-        self.rt = resolve(cfg.device, cfg.precision, cfg.compile)
+        restart = check_run_dir(self.run_dir, self.resume, self.force)  # nothing is written before the checks
+        self.rt = resolve(cfg.device, cfg.precision, cfg.compile)  # e.g. no GPU: RUN is not created
         self.device = self.rt.device
+        if self.resume:  # check the state file before spending time on data
+            self.step = int(read_state_header(self.run_dir / STATE_FILE)["step"])
+            if self.step >= self.total:
+                return False
+        state = load_state(self.run_dir / STATE_FILE) if self.resume else None
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         n = self._load_data()
+        prepare_run_dir(self.run_dir, self.resume, self.force)
+        if restart:
+            self.log(f"{self.run_dir}: its earlier run stopped before its first checkpoint; starting it over")
 
         # Networks, EMA, optimizers (seeded, so a run is reproducible)
         torch.manual_seed(cfg.seed)
@@ -112,10 +127,14 @@ class Trainer:
         self.stream = BatchStream(n, cfg.seed)
         if state is not None:
             self._restore(*state, n)
+        elif cfg.init_from is not None:
+            self.log(load_init(self.method, cfg))
         if self.rt.compile:
             self.method.compile()
         write_config(self.run_dir, {**cfg.to_dict(), "resolved": resolved(cfg, self.rt)})
         self.session_start = time.monotonic()
+        self.start_step = self.step
+        return True
 
     def _load_data(self) -> int:
         """Decode the images once, kept as uint8 (N, C, H, W) on the CPU; returns N."""
@@ -168,17 +187,24 @@ class Trainer:
             x = self.method.sample(seeds)
         nrow = math.ceil(math.sqrt(cfg.sample_count))
         grid = make_grid(to_uint8(x), nrow=nrow, scale=max(1, 64 // cfg.image_size))
-        save_png(grid, self.run_dir / SAMPLES_DIR / f"step_{self.step:06d}.png", force=True)
+        with self.writing:
+            save_png(grid, self.run_dir / SAMPLES_DIR / f"step_{self.step:06d}.png", force=True)
 
     def save_checkpoint(self) -> None:
-        """model.safetensors, metrics.jsonl, the curves, then train-state.safetensors (the commit point)."""
+        """model.safetensors, metrics.jsonl, the curves, then train-state.safetensors (the commit point);
+        a second Ctrl-C waits until all are written."""
+        with self.writing:
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
         method = self.method
         for name, module in method.networks().items():
             if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
                 raise NonFiniteLoss(f"the {name} are not finite")
         tensors, info = method.capture(self.stream)
         weights, config, header = method.checkpoint()
-        meta = {**header, "step": self.step, "train": self.cfg.to_dict()}
+        meta = {**header, "step": self.step, "images_seen": self.step * method.images_per_step,
+                "elapsed": round(self.elapsed(), 3), "train": self.cfg.to_dict()}
         save_model(self.run_dir / MODEL_FILE, weights, config=config, model_type=method.model_type, meta=meta,
                    force=True)
         write_metrics(self.run_dir / METRICS_FILE, self.metrics)
@@ -200,36 +226,64 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Set up, then train to the end of the session; returns what happened."""
-        self.setup()
+        if not self.setup():
+            return TrainResult(self.step, self.total, "nothing_to_do", None, 0.0, self.run_dir, self.step,
+                               start_step=self.step)
         cfg, total, rt = self.cfg, self.total, self.rt
         self.log(f"training {self.run_dir}: {cfg.num_images} images {cfg.image_size}x{cfg.image_size}x"
                  f"{cfg.channels}, {self.method.describe()}, {rt.device} "
                  f"{rt.precision}{' compiled' if rt.compile else ''}, steps {self.step}->{total}")
+        warning = data_warning(cfg)
+        if warning:
+            self.log(warning)
         window, stopped = Window(), "done"
         budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+        self.clock = StepClock(self.step, total)
         try:
-            with StopSignals() as signals, self._progress_bar() as bar:
+            signals = StopSignals(self._stopping, self._abort, self.writing)
+            with signals, self._progress_bar() as bar:
                 while self.step < total and stopped == "done":
                     try:
                         window.add(self.method.train_step())
                     except NonFiniteLoss as e:
                         raise self._diverged(str(e), self.step + 1) from None
                     self.step += 1
+                    self.clock.tick(self.step)
+                    if self.step % cfg.log_every == 0 or self.step == total:
+                        self._close_window(window, bar)
                     if signals.requested:
                         stopped = "interrupted"
                     elif time.monotonic() - self.session_start >= budget and self.step < total:
                         stopped = "max_minutes"
-                    # a window closes every --log-every steps and when the session ends
-                    if self.step % cfg.log_every == 0 or self.step == total or stopped != "done":
-                        rec = self._log_window(window)
-                        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
-                    bar.update(completed=self.step)
+                    if stopped != "done" and window.steps:  # the session's last, partial window
+                        self._close_window(window, bar)
+                    bar.update(completed=self.step, eta=self.clock.eta_text())
+                    self._report_pace(budget)
                     self._write_outputs(end=self.step == total or stopped != "done",
                                         samples=stopped != "interrupted", window=window)
         except NonFiniteLoss as e:
             raise self._diverged(str(e), self.step) from None
         return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
-                           self.checkpoint_step, self.metrics, self.last_losses())
+                           self.checkpoint_step, self.metrics, self.last_losses(), self.loss_steps,
+                           self.start_step)
+
+    def _report_pace(self, budget: float) -> None:
+        """The estimate of the whole run, once the first steps have been timed (see estimate.py)."""
+        left = budget - (time.monotonic() - self.session_start) if math.isfinite(budget) else None
+        for line in self.clock.report(left):
+            self.log(line)
+
+    def _stopping(self, signal_name: str) -> None:
+        """Said at once on the first Ctrl-C (or SIGTERM), while the step still runs."""
+        self.log(stop_message(signal_name, self.step + 1, self.clock.pace(), self.checkpoint_step))
+
+    def _abort(self) -> None:
+        """The second Ctrl-C: end the process now (no file is being written: the caller holds the lock)."""
+        abort(abort_message(self.step + 1, self.checkpoint_step, self.run_dir))
+
+    def _close_window(self, window: Window, bar: Bar) -> None:
+        rec = self._log_window(window)
+        bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
 
     def _losses_text(self, rec: dict[str, Any] | None, fmt: str) -> str:
         """'loss 0.0412' (a GAN: 'loss_d 1.21 loss_g 0.93'); '-' for each value not yet logged."""
@@ -239,9 +293,9 @@ class Trainer:
         """step N/M, the bar, loss, img/s, elapsed, ETA, time left; it stays on screen when done."""
         return progress_bar(
             "step {task.completed}/{task.total}", self.total, completed=self.step,
-            fields={"loss": self._losses_text(None, ""), "ips": "-"},
+            fields={"loss": self._losses_text(None, ""), "ips": "-", "eta": "ETA -"},
             columns=("{task.fields[loss]}", "{task.fields[ips]} img/s"),
-            count=False, elapsed=True, transient=False, show=self.show_bar,
+            count=False, elapsed=True, transient=False, show=self.show_bar, remaining="{task.fields[eta]}",
         )
 
     def _write_outputs(self, end: bool, samples: bool, window: Window) -> None:
@@ -269,7 +323,9 @@ class Trainer:
                "img_per_s": round(window.rate(self.method.images_per_step), 2),
                "elapsed": round(self.elapsed(), 3)}
         self.metrics.append(rec)
-        append_metric(self.run_dir / METRICS_FILE, rec)
+        with self.writing:
+            append_metric(self.run_dir / METRICS_FILE, rec)
+        self.loss_steps = window.steps
         window.reset(rec["img_per_s"])
         return rec
 
@@ -389,6 +445,11 @@ class Ddpm(Method):
         modules = {"raw": self.model, "ema": self.ema.module}
         return restore(path, tensors, info, modules, {"adam": (self.optimizer, self.model)}, self.scaler,
                        (self.ema,))
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
+        self.model.load_state_dict(weights, strict=True)
+        self.ema.module.load_state_dict(weights, strict=True)
+        return ""
 
     def describe(self) -> str:
         return f"preset {self.cfg.preset}, {count_parameters(self.model) / 1e6:.2f}M parameters"

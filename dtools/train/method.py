@@ -8,13 +8,11 @@ EMA (built when it is made, after the Trainer seeds torch), one training step (r
 losses and metrics), its sample grid, the weights and header of its model checkpoint, and the
 tensors of its training state. The methods: "unet" (the DDPM, `loop.Ddpm`), "dcgan"
 (`gan.Dcgan`) and "vae" (`vae.Vae`); `loop.METHODS` maps `--model` to them. The session's shared
-pieces are here too: the metrics `Window`, `StopSignals` and `fmt_time`.
+pieces are here too: the metrics `Window` and `fmt_time` (signals.py answers Ctrl-C).
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +90,11 @@ class Method:
         """Put a training state back; returns the data stream at its position."""
         raise NotImplementedError
 
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
+        """Start from a model checkpoint's state dict (--init-from): into the network it holds and that
+        network's EMA; returns what it leaves fresh ('' when nothing)."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         """What the start-of-run log line says about the model, e.g. 'preset cpu32, 1.11M parameters'."""
         raise NotImplementedError
@@ -136,32 +139,6 @@ class Window:
     def reset(self, rate: float) -> None:
         self.sums, self.steps = {}, 0
         self.start, self.last_rate = time.perf_counter(), rate
-
-
-class StopSignals:
-    """SIGINT/SIGTERM set a flag, so the loop stops at the next step boundary with a checkpoint.
-
-    A second Ctrl-C raises KeyboardInterrupt at once. Only installed from the main thread.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def fmt_time(s: float) -> str:

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dtools.checkpoint import RUN_MODEL_FILE
 from dtools.errors import DtoolsError
 from dtools.fileio import atomic_write_bytes
 
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = RUN_MODEL_FILE
 STATE_FILE = "train-state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -19,29 +20,68 @@ CONFIG_FILE = "config.json"
 SAMPLES_DIR = "samples"
 
 
+RUN_FILES = (MODEL_FILE, STATE_FILE, METRICS_FILE, LOSS_PLOT, ACCURACY_PLOT, CONFIG_FILE)
+
+
+def _leftover(p: Path) -> bool:
+    """A file of a run, or the temp file of one cut off while being written (.model.x1y2.tmp.safetensors)."""
+    if p.name in RUN_FILES:
+        return True
+    return p.name.startswith(".") and any(p.name.startswith(f".{Path(f).stem}.") and ".tmp" in p.name
+                                          for f in RUN_FILES)
+
+
+def unfinished(run: Path) -> bool:
+    """Whether RUN holds a run that stopped before its first checkpoint: its config.json, perhaps the
+    first metrics and sample grids, but no training state, and nothing else."""
+    if not (run / CONFIG_FILE).is_file() or (run / STATE_FILE).exists():
+        return False
+    for p in run.iterdir():
+        grids = p.name == SAMPLES_DIR and p.is_dir() and all(q.name.startswith("step_") for q in p.iterdir())
+        if not (grids or (p.is_file() and _leftover(p))):
+            return False
+    return True
+
+
 def resumable_state(run: Path) -> Path:
     """RUN's training state file, or a clear error when there is nothing to resume."""
     if not (run / STATE_FILE).is_file():
+        if run.is_dir() and unfinished(run):
+            raise DtoolsError(f"{run}: its run stopped before its first checkpoint, so there is nothing to "
+                              "resume; the same command without --resume starts it over")
         raise DtoolsError(f"{run}: nothing to resume (no {STATE_FILE}); start a new run without --resume")
     return run / STATE_FILE
 
 
-def prepare_run_dir(run: Path, resume: bool, force: bool) -> None:
-    """Check RUN for a new run (empty or missing), a --resume (a state to continue), or a --force (the
-    files of an earlier run are deleted; other files stay); create it when missing."""
+def check_run_dir(run: Path, resume: bool, force: bool) -> bool:
+    """Refuse RUN unless it suits a new run (missing or empty), a --resume (a state to continue) or a
+    --force; touches nothing. True when RUN holds a run that stopped before its first checkpoint,
+    which a new run starts over without --force."""
     if run.exists() and not run.is_dir():
         raise DtoolsError(f"{run} exists and is not a folder; -o names the run folder")
     if resume:
         resumable_state(run)
+        return False
+    if run.exists() and any(run.iterdir()) and not force:
+        if unfinished(run):
+            return True
+        raise DtoolsError(
+            f"{run} already exists and is not empty; pass --resume to continue its run, or --force to "
+            "start over"
+        )
+    return False
+
+
+def prepare_run_dir(run: Path, resume: bool, force: bool) -> None:
+    """Check RUN (check_run_dir), then for a new run delete the files of an earlier one (other files
+    stay) and create RUN when missing."""
+    restart = check_run_dir(run, resume, force)
+    if resume:
         return
-    if run.exists() and any(run.iterdir()):
-        if not force:
-            raise DtoolsError(
-                f"{run} already exists and is not empty; pass --resume to continue its run, or --force to "
-                "start over"
-            )
-        for name in (MODEL_FILE, STATE_FILE, METRICS_FILE, LOSS_PLOT, ACCURACY_PLOT, CONFIG_FILE):
-            (run / name).unlink(missing_ok=True)
+    if run.exists() and (force or restart):
+        for p in run.iterdir():
+            if p.is_file() and _leftover(p):
+                p.unlink()
         for p in (run / SAMPLES_DIR).glob("step_*.png"):
             p.unlink()
     run.mkdir(parents=True, exist_ok=True)

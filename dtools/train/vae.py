@@ -88,6 +88,11 @@ class Vae(Method):
         weights = {"ema": self.ema.module.decoder.state_dict(), "raw": self.vae.decoder.state_dict()}
         return weights, cfg.model, header
 
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
+        self.vae.decoder.load_state_dict(weights, strict=True)
+        self.ema.module.decoder.load_state_dict(weights, strict=True)
+        return "the encoder starts afresh (a checkpoint holds only the decoder)"
+
     def capture(self, stream: BatchStream) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         modules = {"raw": self.vae, "ema": self.ema.module}
         tensors, info = capture(modules, {"adam": (self.optimizer, self.vae)}, stream, self.scaler)

@@ -16,7 +16,9 @@ from dtools import __version__
 from dtools.cli import app
 from dtools.errors import DtoolsError
 
-PIPELINE = ["prep", "schedule", "noise", "train", "sample", "grid", "fid", "export", "import"]
+PIPELINE = [
+    "prep", "schedule", "noise", "train", "sample", "grid", "fid", "sweep", "nn", "export", "import", "info",
+]
 
 
 def listed_commands(help_text: str) -> list[str]:

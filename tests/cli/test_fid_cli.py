@@ -52,9 +52,10 @@ def _run(*args: str, input: bytes | None = None, code: int = 0):
 
 @pytest.fixture(scope="module")
 def scored(data) -> tuple[dict, Path]:
-    """Folders in, every metric, and the reference statistics saved for reuse."""
+    """Folders in, every metric and FID's interval, and the reference statistics saved for reuse."""
     stats = data["dir"] / "ref_stats.safetensors"
-    r = _run(str(data["ref"]), str(data["gen"]), "--kid", "--prc", "--save-stats", str(stats), "--json")
+    r = _run(str(data["ref"]), str(data["gen"]), "--kid", "--prc", "--interval", "--save-stats", str(stats),
+             "--json")
     return json.loads(r.stdout), stats
 
 
@@ -133,6 +134,22 @@ def test_npy_and_stdin_through_a_real_shell_pipe_give_the_folder_score(data, sco
     assert report["samples"]["source"] == "stdin" and report["samples"]["images"] == N
     _same_scores(report, scored[0])
     assert b"reference images" not in out.stderr  # --json: the JSON is the result, no table
+
+
+def test_interval_around_the_score(scored):
+    report = scored[0]  # --interval rides on the same Inception pass as the other metrics
+    iv = report["fid_interval"]
+    assert iv["low"] < report["fid"] < iv["high"] and iv["subsets"] == 200 and iv["method"] == "half-sampling"
+    assert iv["high"] - iv["low"] < report["fid"]  # 12 images: wide, but not a blank cheque
+
+
+def test_interval_needs_the_samples_features(scored):
+    # a statistics file without features stands in for SAMPLES: refused before any network runs
+    stats = load_stats(scored[1])
+    stats.features = None
+    path = scored[1].parent / "no_features.safetensors"
+    save_stats(path, stats, with_features=False, force=True)
+    _fails(str(scored[1]), str(path), "--interval", match="--interval needs the samples' features")
 
 
 def test_help_has_examples():

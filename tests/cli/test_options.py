@@ -28,6 +28,9 @@ MINIMAL_ARGS = {
     "fid": ["a", "b"],
     "export": ["ckpt.safetensors", "-o", "out"],
     "import": ["folder", "-o", "ckpt.safetensors"],
+    "info": ["run"],
+    "nn": ["train", "samples"],
+    "sweep": ["ckpt.safetensors", "ref", "--samplers", "ddim:10", "-o", "out"],
 }
 
 

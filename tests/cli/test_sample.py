@@ -92,6 +92,14 @@ def test_npy_to_stdout(ckpt):
     assert "dpm++2m, 4 steps (4 network calls/image)" in result.stderr
 
 
+def test_a_run_folder_stands_for_its_model(ckpt, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(ckpt.read_bytes())
+    from_run = images(invoke(run, "-n", 3, "--steps", 4))
+    np.testing.assert_array_equal(from_run, images(invoke(ckpt, "-n", 3, "--steps", 4)))
+
+
 def test_batch_size_and_count_do_not_change_images(ckpt):
     whole = images(invoke(ckpt, "-n", 7, "--steps", 4, "--sampler", "ddpm", "--batch-size", 7))
     split = images(invoke(ckpt, "-n", 7, "--steps", 4, "--sampler", "ddpm", "--batch-size", 3))
@@ -248,7 +256,7 @@ def test_bad_checkpoint_files(tmp_path, which, match):
 
 def test_bad_checkpoint_contents(tmp_path):
     one_line_error(invoke(tmp_path / "missing.safetensors"), "no such file")
-    one_line_error(invoke(tmp_path), "is a directory")
+    one_line_error(invoke(tmp_path), "a folder without model.safetensors; give a checkpoint file, or a run")
     wrong = make_checkpoint(tmp_path / "wrong.safetensors")
     other = UNetConfig(**{**CFG.to_dict(), "base_channels": 16})
     path = tmp_path / "mismatch.safetensors"

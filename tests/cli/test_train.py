@@ -91,14 +91,24 @@ def test_train_then_resume(data, beta, tmp_path):
     run = tmp_path / "run"
     result = invoke(data, "--beta", beta, "-o", run, "--max-steps", "4", "--save-every", "2", *TINY)
     assert result.exit_code == 0, result.stderr
-    assert "done: step 4/4" in result.stderr and result.stdout == ""
+    assert "done: 4 steps, loss " in result.stderr and "(mean of the last step)" in result.stderr
+    assert result.stdout == ""
     assert read_header(run / "model.safetensors", "dtools.model")["step"] == 4
     # an existing run without --resume/--force is refused ...
     assert "--resume" in one_error_line(invoke(data, "--beta", beta, "-o", run, *TINY))
     # ... and --resume needs neither DATA nor --beta, and continues to the new total
     result = invoke("--resume", "-o", run, "--max-steps", "6")
     assert result.exit_code == 0, result.stderr
+    assert "done: 2 more steps, 4 -> 6, loss " in result.stderr
     assert read_header(run / "train-state.safetensors", "dtools.train-state")["step"] == 6
+    # resuming at the step already reached (or past it) does nothing and rewrites nothing
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.iterdir() if p.is_file()}
+    for steps in ("6", "5"):
+        result = invoke("--resume", "-o", run, "--max-steps", steps)
+        assert result.exit_code == 0, result.stderr
+        assert result.stderr.strip() == (f"nothing to do: {run} is already at step 6 of {steps}; give a "
+                                         "larger --max-steps (or --epochs) to train on")
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.iterdir() if p.is_file()} == before
     assert "--lr cannot change" in one_error_line(invoke("--resume", "-o", run, "--lr", "0.1"))
     assert "differs" in one_error_line(invoke("--resume", "-o", run, "--beta", "linear"))
 
@@ -230,3 +240,71 @@ def test_each_option_is_the_parameter_named_like_its_config_field():
     params = {p.name: p for p in click_command().commands["train"].params}
     for name in training.OPTIONS:
         assert training.flag(name) in params[name].opts, name
+
+
+def test_dry_run_estimates_the_time_of_the_run(data, beta, tmp_path):
+    run = tmp_path / "run"
+    result = invoke(data, "--beta", beta, "-o", run, "--max-steps", "50", *TINY, "--batch", "16", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    est = json.loads(result.stdout)["estimate"]
+    assert est["how"] == "2 steps of 16 random images timed on cpu" and est["steps"] == 50
+    assert est["seconds_per_step"] > 0
+    assert est["seconds"] == pytest.approx(50 * est["seconds_per_step"], abs=0.1)
+    assert "estimate: " in result.stderr and "so the run's 50 steps take about" in result.stderr
+    assert not run.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_missing_gpu_or_bad_data_leaves_no_run_folder(data, beta, tmp_path):
+    run = tmp_path / "run"
+    assert "no CUDA GPU" in one_error_line(invoke(data, "--beta", beta, "-o", run, "--device", "cuda", *TINY))
+    assert not run.exists()
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("000000.png", "000001.png"):
+        (mixed / name).write_bytes((data / name).read_bytes())
+    Image.new("RGB", (16, 16)).save(mixed / "000002.png")
+    assert one_error_line(invoke(mixed, "--beta", beta, "-o", run, *TINY))
+    assert not run.exists()
+
+
+def test_the_progress_bar_shows_the_measured_time_left(data, beta, tmp_path):
+    """On a terminal the bar's ETA comes from the measured pace of the steps (rich's own estimate shows
+    nothing when a step takes longer than its 30-s window)."""
+    import pty
+    import re
+
+    master, slave = pty.openpty()
+    cmd = [str(DTOOLS), "train", str(data), "--beta", str(beta), "-o", str(tmp_path / "run"), *TINY,
+           "--batch", "512", "--max-steps", "12"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "160"})
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    left = [float(v) for v in re.findall(r"ETA (\d+\.\d)s", text)]
+    assert any(v > 0 for v in left), text  # shown while the run went on, down to 0 at its end
+    assert "ETA 0.0s" in text
+
+
+def test_init_from_fine_tunes_through_the_command(data, beta, tmp_path):
+    pre = tmp_path / "pre"
+    assert invoke(data, "--beta", beta, "-o", pre, "--max-steps", "2", *TINY).exit_code == 0
+    tuned = tmp_path / "tuned"
+    result = invoke(data, "-o", tuned, "--init-from", pre, "--init-weights", "raw", "--max-steps", "1",
+                    "--lr", "1e-4", "--sample-every", "0")
+    assert result.exit_code == 0, result.stderr
+    assert f"starting from the raw weights of {pre / 'model.safetensors'} (step 2)" in result.stderr
+    train = read_header(tuned / "model.safetensors", "dtools.model")["train"]
+    assert (train["init_weights"], train["lr"], train["T"]) == ("raw", 1e-4, 50)
+    assert invoke(data, "--beta", beta, "-o", tmp_path / "x", "--init-weights", "raw").exit_code == 2

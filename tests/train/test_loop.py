@@ -141,15 +141,17 @@ def test_absurd_learning_rate_never_writes_nan_weights(data8, tmp_path, config, 
 
 def test_ctrl_c_saves_a_checkpoint(data8, tmp_path, monkeypatch, config, fit):
     run = tmp_path / "run"
-    real_append = loop.append_metric
+    real_step, calls = loop.Ddpm.train_step, []
 
-    def append_then_interrupt(path, record):
-        real_append(path, record)
-        if record["step"] == 3:
+    def step_then_interrupt(self):
+        out = real_step(self)
+        calls.append(1)
+        if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during step 3
+        return out
 
-    monkeypatch.setattr(loop, "append_metric", append_then_interrupt)
-    result = fit(config(data8, run, max_steps=50, save_every=100))
+    monkeypatch.setattr(loop.Ddpm, "train_step", step_then_interrupt)
+    result = fit(config(data8, run, max_steps=50, save_every=100, log_every=10))
     assert (result.stopped, result.step, result.checkpoint_step) == ("interrupted", 3, 3)
     assert read_header(run / training.STATE_FILE, "dtools.train-state")["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
