@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_MINUTES ?= 5
 DEMO_OUT     ?= demo/out
 
-.PHONY: install test lint docs demo bench clean
+.PHONY: install test lint docs demo bench bench-quality clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: install
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/bench_unet.py
+
+# sample quality per CPU-minute against the diffusers recipe (docs/quality.md): about 2.5 hours
+bench-quality: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/quality.py $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

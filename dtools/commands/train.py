@@ -4,10 +4,12 @@ with EMA and exact resume."""
 from __future__ import annotations
 
 import json
+import sys
 
 import typer
 
 from dtools.commands import options as opt
+from dtools.errors import DtoolsError, OptionError
 
 _MODEL_HELP = (
     "What to train: unet (the DDPM), or the seed's baselines dcgan (Radford et al. 2016; Adam lr 2e-4, "
@@ -18,6 +20,7 @@ _MODEL_HELP = (
 MODELS = ("unet", "dcgan", "vae")
 PARAMETERIZATIONS = ("eps", "x0", "v")
 PRESETS = ("auto", "cpu16", "cpu32", "seed64")
+LR_DECAYS = ("cosine", "linear", "constant")  # dtools.train.lr
 _PRESET_HELP = (
     "Model preset: auto picks by image size (<=16: cpu16, <=32: cpu32, else seed64, the seed's U-Net). "
     "cpu16/cpu32 default to lr 1e-3, batch 16, EMA warm-up, grad-clip 1, 2000 steps (chosen by measured "
@@ -32,8 +35,7 @@ def train(
         help="Folder of prepared square images (or a uint8 .npy batch); optional with --resume.",
     ),
     beta: str = opt.beta(
-        "Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name (cosine, linear...).",
-        show_default="none; required for unet",
+        "Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name.", show_default="cosine",
     ),
     out: str = opt.output("RUN, the run folder: checkpoints, metrics, curves, samples.", default=...,
                           show_default=None, metavar="RUN", old=("--out",)),
@@ -76,8 +78,21 @@ def train(
         None, "--grad-accum", min=1, show_default="1",
         help="Split each batch into N micro-batches (same maths, less memory).",
     ),
+    warmup: float = typer.Option(
+        None, "--warmup", min=0.0, max=0.99, show_default="preset",
+        help="Learning-rate warm-up, as a fraction of the run (its steps, or its minutes).",
+    ),
+    lr_decay: str = opt.choice(
+        None, "--lr-decay", choices=LR_DECAYS, show_default="preset",
+        help="After the warm-up the lr falls to 0 at the run's end: cosine, linear, or constant.",
+    ),
     ema_decay: float = typer.Option(
-        None, "--ema", min=0.0, max=0.99999, help="EMA decay of the sampling weights.", show_default="0.999"
+        None, "--ema", min=0.0, max=0.99999, show_default="0.999",
+        help="A fixed EMA decay of the sampling weights (instead of --ema-length).",
+    ),
+    ema_length: float = typer.Option(
+        None, "--ema-length", min=0.0, max=0.49, show_default="preset",
+        help="EDM2's power EMA: the average's width as a fraction of the run, e.g. 0.1.",
     ),
     ema_warmup: bool = typer.Option(
         None, "--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+n)/(10+n)).",
@@ -100,7 +115,8 @@ def train(
                                  help="Stop after this many passes over the data."),
     max_minutes: float = typer.Option(
         None, "--max-minutes", min=0.0, show_default="none",
-        help="Wall-clock budget of this session; it ends with a checkpoint.",
+        help="Training minutes. Alone: the run's length (its lr schedule spans it; --resume continues "
+        "to it); with --max-steps or --epochs: a cap on this session.",
     ),
     seed: int = opt.seed(None, help="Seed of init, shuffling and noise.", show_default="0"),
     save_every: int = typer.Option(None, "--save-every", min=1, show_default="preset",
@@ -131,6 +147,11 @@ def train(
         None, "--init-weights", choices=("ema", "raw"), show_default="ema",
         help="With --init-from: ema (the sampling weights) or raw.",
     ),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Train in N processes on this machine (DistributedDataParallel through "
+        "torchrun: one per GPU, or CPU processes); --batch-size stays the global batch. Several machines: "
+        "docs/distributed.md."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
     force: bool = opt.force("Start over in an existing RUN (deletes its files)."),
     dry_run: bool = typer.Option(False, "--dry-run",
@@ -156,24 +177,38 @@ def train(
       dtools sample runs/emoji/model.safetensors | dtools grid -o samples.png
       dtools train data/ --model dcgan --d-steps 1:2 -o runs/gan --max-minutes 10
       dtools train mine/ -o runs/mine --init-from runs/emoji --lr 2e-4 --max-steps 500
+      dtools train data/ --beta cosine -o runs/ddp --nproc 4 --batch-size 512
     """
     from dtools import train as training
+    from dtools.train import distributed
 
     if resume and force:
         raise typer.BadParameter(
             "--resume continues RUN, --force starts it over: give one", param_hint="--force"
         )
-    # the parameters are named like TrainConfig's fields (and the U-Net's options): no key list here
-    options = {name: value for name, value in ctx.params.items() if name in training.OPTIONS}
-    cfg = training.configure(out, data, beta, options, resume=resume)
-    if dry_run:
-        typer.echo(json.dumps(training.dry_run(cfg, resume=resume), indent=2))
-        return
-
-    result = training.train(cfg, resume=resume, force=force)
+    try:
+        # the parameters are named like TrainConfig's fields (and the U-Net's options): no key list here
+        options = {name: value for name, value in ctx.params.items() if name in training.OPTIONS}
+        processes = max(nproc, distributed.env_rank()[1])
+        distributed.check(processes, beta=beta)
+        cfg = training.configure(out, data, beta, options, resume=resume)
+        distributed.check(processes, cfg=cfg)
+        if dry_run:
+            typer.echo(json.dumps(training.dry_run(cfg, resume=resume), indent=2))
+            return
+        if nproc > 1:
+            raise typer.Exit(distributed.launch(distributed.without_nproc(sys.argv[1:]), nproc))
+        result = training.train(cfg, resume=resume, force=force)
+    except DtoolsError as e:  # of several processes, one says it (dtools.train.distributed.speaks)
+        if not distributed.speaks(e):
+            raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
+        raise
+    if result.rank:  # one process of several: rank 0 reports
+        raise typer.Exit(130 if result.stopped == "interrupted" else 0)
     if result.stopped == "interrupted":
         ckpt = result.run / training.MODEL_FILE
-        typer.echo(f"interrupted at step {result.step}/{result.total_steps}; saved {ckpt}; "
+        typer.echo(f"interrupted at step {result.step}"
+                   f"{'' if result.total_steps is None else '/' + str(result.total_steps)}; saved {ckpt}; "
                    f"continue with: dtools train --resume -o {result.run}", err=True)
         raise typer.Exit(130)
     typer.echo(training.summary(result), err=True)

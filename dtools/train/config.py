@@ -32,6 +32,7 @@ from dtools.fileio import load_schedule
 from dtools.progress import log as log_line
 from dtools.runtime import Runtime, resolve
 from dtools.train.data import peek
+from dtools.train.lr import DECAYS
 from dtools.train.presets import (
     DDPM,
     LATENT,
@@ -52,10 +53,14 @@ from dtools.unet import UNetConfig, count_parameters
 # The configuration and its flags
 
 
-def _option(default: Any, flag: str, *, resumable: bool = False, models: tuple[str, ...] = MODELS) -> Any:
+def _option(default: Any, flag: str, *, resumable: bool = False, models: tuple[str, ...] = MODELS,
+            omit_default: bool = False) -> Any:
     """A TrainConfig field set by the option `flag`; `resumable`: it may change when a run resumes;
-    `models`: the --model values it applies to (the others refuse it and leave it out of to_dict)."""
-    return field(default=default, metadata={"flag": flag, "resumable": resumable, "models": models})
+    `models`: the --model values it applies to (the others refuse it and leave it out of to_dict);
+    `omit_default`: to_dict leaves it out while it holds its default (a recipe option dtools 0.1.0 did
+    not have, whose default is 0.1.0's behaviour, so its runs resume unchanged and write the same keys)."""
+    return field(default=default, metadata={"flag": flag, "resumable": resumable, "models": models,
+                                            "omit_default": omit_default})
 
 
 @dataclass(frozen=True)
@@ -97,10 +102,16 @@ class TrainConfig:
     model_type: str = _option("unet", "--model")
     parameterization: str = _option("eps", "--param", models=DDPM)
     lr: float = _option(1e-4, "--lr")
+    # the learning rate over the run (train/lr.py): a linear warm-up over this fraction of the run, then
+    # a decay to 0 at its end (absent: constant, as in dtools 0.1.0)
+    warmup: float = _option(0.0, "--warmup", omit_default=True)
+    lr_decay: str = _option("constant", "--lr-decay", omit_default=True)
     batch_size: int = _option(128, "--batch-size")
     grad_accum: int = _option(1, "--grad-accum", models=DDPM)
     ema_decay: float = _option(0.999, "--ema")
     ema_warmup: bool = _option(False, "--ema-warmup")
+    # EDM2's power-function EMA: the average's width as a fraction of the run (replaces --ema's decay)
+    ema_length: float | None = _option(None, "--ema-length", omit_default=True)
     min_snr_gamma: float | None = _option(None, "--min-snr-gamma", models=DDPM)
     grad_clip: float | None = _option(None, "--grad-clip", models=DDPM)
     d_steps: str | None = _option(None, "--d-steps", models=("dcgan",))  # D:G updates per step
@@ -133,12 +144,19 @@ class TrainConfig:
         """Training images one step takes from the data (a GAN step: one batch per discriminator update)."""
         return self.batch_size * (parse_ratio(self.d_steps)[0] if self.model_type == "dcgan" else 1)
 
-    def total_steps(self) -> int:
-        """Where the run stops: --max-steps, or --epochs worth of batches, whichever comes first."""
+    def total_steps(self) -> int | None:
+        """Where the run stops: --max-steps, or --epochs worth of batches, whichever comes first; None
+        for a run sized in time (--max-minutes alone)."""
         limits = [self.max_steps] if self.max_steps is not None else []
         if self.epochs is not None:
             limits.append(math.ceil(self.epochs * self.num_images / self.images_per_step()))
-        return min(limits)
+        return min(limits) if limits else None
+
+    def time_sized(self) -> bool:
+        """Whether the run is sized in time: --max-minutes without --max-steps or --epochs. Then
+        --max-minutes is the run's whole training time (over all its sessions) and the learning-rate
+        schedule runs over it; otherwise it caps one session."""
+        return self.max_steps is None and self.epochs is None and self.max_minutes is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field that applies to the model but the betas: what config.json and the checkpoints'
@@ -146,7 +164,8 @@ class TrainConfig:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in _FIELDS.values()
                 if f.name != "betas" and applies(f.name, self.model_type)
                 and not (f.name == "model_type" and self.model_type == "unet")
-                and not (f.name in _INIT and self.init_from is None)}
+                and not (f.name in _INIT and self.init_from is None)
+                and not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], betas: np.ndarray) -> TrainConfig:
@@ -170,14 +189,22 @@ class TrainConfig:
                               f"{flag('grad_accum')} {self.grad_accum} equal parts")
         if not 0 <= self.ema_decay < 1:
             raise DtoolsError(f"{flag('ema_decay')} must lie in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.warmup < 1:
+            raise DtoolsError(f"{flag('warmup')} is a fraction of the run in [0, 1), got {self.warmup}")
+        if self.lr_decay not in DECAYS:
+            choices = ", ".join(DECAYS)
+            raise OptionError(flag("lr_decay"), f"unknown {self.lr_decay!r}; choose one of {choices}")
+        if self.ema_length is not None and not 0 < self.ema_length < 0.5:
+            raise DtoolsError(f"{flag('ema_length')} is a fraction of the run in (0, 0.5), "
+                              f"got {self.ema_length}")
         for name in ("min_snr_gamma", "grad_clip", "epochs", "max_minutes", "max_steps"):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise DtoolsError(f"{flag(name)} must be positive, got {v}")
         if self.sample_every < 0:
             raise DtoolsError(f"{flag('sample_every')} must be 0 (off) or positive, got {self.sample_every}")
-        if self.max_steps is None and self.epochs is None:
-            raise DtoolsError(f"give {flag('max_steps')} or {flag('epochs')}")
+        if self.max_steps is None and self.epochs is None and self.max_minutes is None:
+            raise DtoolsError(f"give {flag('max_steps')}, {flag('epochs')} or {flag('max_minutes')}")
         if self.init_weights not in ("ema", "raw"):
             raise DtoolsError(f"{flag('init_weights')} must be ema or raw, got {self.init_weights!r}")
         if self.model_type not in MODELS:
@@ -244,6 +271,8 @@ def check_applies(options: dict[str, Any], model_type: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Resolving a run's configuration
 
+DEFAULT_SCHEDULE = "cosine"  # --beta when none is given (Nichol & Dhariwal 2021; T = 1000)
+
 
 def configure(
     out: str, data: str | None, beta: str | None, options: dict[str, Any], *, resume: bool = False
@@ -265,9 +294,7 @@ def configure(
     if model_type != "unet":
         _refuse_beta(beta, model_type)
         return new_config(data, out, None, np.zeros(0), peek(data), options)
-    if beta is None:
-        raise OptionError("--beta", "give a noise schedule: --beta beta.npy (from `dtools schedule cosine`) "
-                          "or --beta cosine")
+    beta = DEFAULT_SCHEDULE if beta is None else beta
     betas = load_schedule(beta)
     return new_config(data, out, beta, betas, peek(data), options)
 
@@ -341,7 +368,12 @@ def new_config(
         defaults = {k: v for k, v in preset.defaults().items() if applies(k, model_type)}
         defaults.update(LATENT_MODELS[model_type].defaults)
         model = LATENT_MODELS[model_type].config.from_dict(model).to_dict()
-    if "max_steps" not in opts and "epochs" not in opts:
+    if "ema_decay" in opts:
+        if "ema_length" in opts:
+            raise DtoolsError(f"give {flag('ema_decay')} (a fixed decay) or {flag('ema_length')} (a "
+                              "fraction of the run), not both")
+        defaults["ema_length"] = None  # a decay given: the fixed-decay EMA
+    if "max_steps" not in opts and "epochs" not in opts and "max_minutes" not in opts:
         defaults["max_steps"] = preset.max_steps
     unknown = set(opts) - set(_FIELDS)
     assert not unknown, unknown

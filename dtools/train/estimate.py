@@ -60,7 +60,7 @@ class StepClock:
     """Times the steps of one session, which starts at step `start` and trains to step `total`."""
 
     start: int
-    total: int
+    total: int | None  # None: a run sized in time (its bar counts seconds; no estimate in steps)
     now: Callable[[], float] = time.perf_counter
     first_done: float | None = None  # when the session's first step ended
     first_seconds: float | None = None  # how long it took
@@ -92,6 +92,8 @@ class StepClock:
 
     def remaining(self) -> float | None:
         """Seconds until step `total`, at the measured pace (at the first step's, before that)."""
+        if self.total is None:
+            return None
         sps = self.seconds_per_step()
         if sps is None:
             sps = self.first_seconds
@@ -110,6 +112,8 @@ class StepClock:
         """The lines to log after a step: a provisional estimate after a slow first step, the estimate
         once the pace is measured (and, once, the warning of a run longer than a day); else none.
         `budget_left`: seconds left of --max-minutes."""
+        if self.total is None:
+            return []
         left = self.total - self.last_step
         if left <= 0:
             return []
@@ -159,6 +163,8 @@ def estimate_lines(
 
 def data_warning(cfg: TrainConfig) -> str | None:
     """A warning for a tiny data set that the run would go over many times, or None."""
+    if cfg.total_steps() is None:  # a run sized in time: its steps are not known yet
+        return None
     epochs = cfg.total_steps() * cfg.images_per_step() / max(cfg.num_images, 1)
     if cfg.num_images >= FEW_IMAGES or epochs <= MANY_EPOCHS:
         return None
@@ -200,4 +206,8 @@ def time_steps(cfg: TrainConfig, rt: Runtime) -> dict[str, float | int | str]:
     if trial.batch_size != cfg.batch_size:
         how += f", scaled to batch {cfg.batch_size}"
     total = cfg.total_steps()
+    if total is None:  # a run sized in time: how many steps its minutes buy
+        seconds = cfg.max_minutes * 60
+        return {"seconds_per_step": round(sps, 4), "steps": int(seconds / sps), "seconds": round(seconds, 1),
+                "how": how}
     return {"seconds_per_step": round(sps, 4), "steps": total, "seconds": round(sps * total, 1), "how": how}

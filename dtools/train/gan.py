@@ -32,6 +32,7 @@ from dtools.ema import EMA
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig, parse_ratio
 from dtools.train.data import BatchStream
+from dtools.train.distributed import Group
 from dtools.train.method import Method, NonFiniteLoss, Plot, RealBatch, Weights, parameters
 from dtools.train.run import ACCURACY_PLOT, LOSS_PLOT
 from dtools.train.state import capture, restore
@@ -60,14 +61,25 @@ class Dcgan(Method):
         net = DCGANConfig.from_dict(cfg.model)
         self.generator = Generator(net).to(self.device)
         self.discriminator = Discriminator(net).to(self.device)
-        self.ema = EMA(self.generator, cfg.ema_decay, cfg.ema_warmup)
+        self.ema = EMA(self.generator, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
         self.d_updates, self.g_updates = parse_ratio(cfg.d_steps)
+        # what a step calls to train each (DistributedDataParallel around it: `distribute`)
+        self.g_net, self.d_net = self.generator, self.discriminator
 
-    def _z(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.cfg.model["latent_dim"], device=self.device)  # (B, latent)
+    def distribute(self, group: Group) -> None:
+        super().distribute(group)
+        self.g_net, self.d_net = group.wrap(self.generator), group.wrap(self.discriminator)
+
+    def _z(self) -> torch.Tensor:
+        """z for the whole batch, of several processes this one's slice (b, latent)."""
+        return self.group.shard(torch.randn(self.cfg.batch_size, self.cfg.model["latent_dim"],
+                                            device=self.device))
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_g, self.opt_d]
 
     def _update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -76,17 +88,19 @@ class Dcgan(Method):
         self.scaler.update()
 
     def train_step(self) -> dict[str, float]:
-        """D discriminator updates, then G generator updates (--d-steps D:G)."""
+        """D discriminator updates, then G generator updates (--d-steps D:G). Of several processes,
+        D's updates go through d_net (DDP averages its gradients), G's through g_net and D itself
+        (frozen: D's weights take no gradient there)."""
         G, D, rt = self.generator, self.discriminator, self.rt
         G.train()
         D.train()
         d_loss = acc_real = acc_fake = g_loss = 0.0
         for _ in range(self.d_updates):
-            real = self.real_batch()  # (B, C, H, W)
+            real = self.real_batch()  # (b, C, H, W): b = B / processes
             with torch.no_grad(), rt.autocast():
-                fake = G(self._z(real.shape[0]))
+                fake = G(self._z())
             with rt.autocast():
-                logits_real, logits_fake = D(real).float(), D(fake).float()  # (B,), (B,)
+                logits_real, logits_fake = self.d_net(real).float(), self.d_net(fake).float()  # (b,), (b,)
             loss = (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
                     + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
             d_loss += _finite(loss.detach(), "discriminator loss")
@@ -97,7 +111,7 @@ class Dcgan(Method):
         try:
             for _ in range(self.g_updates):
                 with rt.autocast():
-                    logits = D(G(self._z(self.cfg.batch_size))).float()
+                    logits = D(self.g_net(self._z())).float()
                 loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
                 g_loss += _finite(loss.detach(), "generator loss")
                 self._update(self.opt_g, loss)

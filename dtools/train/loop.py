@@ -31,11 +31,13 @@ from dtools.errors import DtoolsError
 from dtools.progress import Bar, progress_bar
 from dtools.progress import log as log_line
 from dtools.runtime import Runtime, resolve
+from dtools.train import distributed
 from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import BatchStream, augment, fingerprint, load_images
 from dtools.train.estimate import StepClock, data_warning
 from dtools.train.finetune import load_init
 from dtools.train.gan import Dcgan
+from dtools.train.lr import factor as lr_factor
 from dtools.train.method import (
     Method,
     NonFiniteLoss,
@@ -69,7 +71,7 @@ SAMPLE_SAMPLER, SAMPLE_STEPS = "dpm++2m", 20
 @dataclass
 class TrainResult:
     step: int
-    total_steps: int
+    total_steps: int | None  # None: a run sized in time
     stopped: str  # "done", "max_minutes", "interrupted" or "nothing_to_do" (already at total_steps)
     loss: float | None  # mean of the last --log-every window
     elapsed: float
@@ -79,6 +81,7 @@ class TrainResult:
     losses: dict[str, float] = field(default_factory=dict)  # the method's named losses, last window
     loss_steps: int = 0  # the steps that window held (fewer than --log-every at a run's end)
     start_step: int = 0  # the step this session started at
+    rank: int = 0  # this process's rank among several training processes (0: the one that reports)
 
 
 class Trainer:
@@ -98,18 +101,23 @@ class Trainer:
         self.checkpoint_step = -1  # the step of the last checkpoint on disk (-1: none yet)
         self.start_step, self.loss_steps = 0, 0
         self.writing = threading.Lock()  # held while RUN's files are written: a second Ctrl-C waits for it
+        self.group = distributed.Group()  # the training processes (under torchrun; see setup)
 
     def setup(self) -> bool:
         """Check RUN and the device, load the data (and with --resume the state), prepare RUN, build
         the method (its networks, EMA and optimizers), write config.json. False when a resumed run is
         already at its last step: then nothing was touched."""
         cfg = self.cfg
-        restart = check_run_dir(self.run_dir, self.resume, self.force)  # nothing is written before the checks
-        self.rt = resolve(cfg.device, cfg.precision, cfg.compile)  # e.g. no GPU: RUN is not created
+        # under torchrun: join the other processes (a no-op in one process); only rank 0 writes and speaks
+        self.group, self.rt = distributed.join(resolve(cfg.device, cfg.precision, cfg.compile), cfg)
+        if not self.group.is_main:
+            self.log, self.show_bar = (lambda message: None), False
+        # nothing is written before the checks (e.g. no GPU: RUN is not created)
+        restart = self.group.on_main(lambda: check_run_dir(self.run_dir, self.resume, self.force))
         self.device = self.rt.device
         if self.resume:  # check the state file before spending time on data
             self.step = int(read_state_header(self.run_dir / STATE_FILE)["step"])
-            if self.step >= self.total:
+            if self.total is not None and self.step >= self.total:
                 return False
         state = load_state(self.run_dir / STATE_FILE) if self.resume else None
         if self.device.type == "cuda":
@@ -117,7 +125,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         n = self._load_data()
-        prepare_run_dir(self.run_dir, self.resume, self.force)
+        self.group.on_main(lambda: prepare_run_dir(self.run_dir, self.resume, self.force))
         if restart:
             self.log(f"{self.run_dir}: its earlier run stopped before its first checkpoint; starting it over")
 
@@ -131,7 +139,10 @@ class Trainer:
             self.log(load_init(self.method, cfg))
         if self.rt.compile:
             self.method.compile()
-        write_config(self.run_dir, {**cfg.to_dict(), "resolved": resolved(cfg, self.rt)})
+        self.method.distribute(self.group)
+        self.group.sync_rng()
+        self.group.on_main(lambda: write_config(self.run_dir, {**cfg.to_dict(),
+                                                               "resolved": resolved(cfg, self.rt)}))
         self.session_start = time.monotonic()
         self.start_step = self.step
         return True
@@ -161,7 +172,7 @@ class Trainer:
         self.step, self.elapsed_before = int(info["step"]), float(info.get("elapsed", 0.0))
         self.checkpoint_step = self.step
         self.metrics = read_metrics(self.run_dir / METRICS_FILE, self.step)
-        write_metrics(self.run_dir / METRICS_FILE, self.metrics)
+        self.group.on_main(lambda: write_metrics(self.run_dir / METRICS_FILE, self.metrics))
 
     def elapsed(self) -> float:
         """Seconds of training over all sessions of the run."""
@@ -169,9 +180,9 @@ class Trainer:
 
     def real_batch(self) -> torch.Tensor:
         """The next --batch-size images of the shuffled data, each flipped with probability 1/2 (--flip), on
-        the device: (B, C, H, W) in [-1, 1]."""
+        the device: (B, C, H, W) in [-1, 1]; of several processes' global batch, this one's slice."""
         idx = self.stream.next(self.cfg.batch_size)
-        x0 = augment(self.images[idx], self.cfg.flip).to(self.device, non_blocking=True)
+        x0 = self.group.shard(augment(self.images[idx], self.cfg.flip)).to(self.device, non_blocking=True)
         return x0.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
 
     def write_samples(self) -> None:
@@ -192,15 +203,16 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """model.safetensors, metrics.jsonl, the curves, then train-state.safetensors (the commit point);
-        a second Ctrl-C waits until all are written."""
+        a second Ctrl-C waits until all are written. Of several processes, rank 0 writes."""
         with self.writing:
-            self._save_checkpoint()
+            for name, module in self.method.networks().items():
+                if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                    raise NonFiniteLoss(f"the {name} are not finite")
+            self.group.on_main(self._save_checkpoint)
+            self.checkpoint_step = self.step  # before a second Ctrl-C may name it
 
     def _save_checkpoint(self) -> None:
         method = self.method
-        for name, module in method.networks().items():
-            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
-                raise NonFiniteLoss(f"the {name} are not finite")
         tensors, info = method.capture(self.stream)
         weights, config, header = method.checkpoint()
         meta = {**header, "step": self.step, "images_seen": self.step * method.images_per_step,
@@ -212,7 +224,6 @@ class Trainer:
             self._plot()
         # The state goes last: it is what --resume trusts, and it only moves once the rest is on disk.
         save_state(self.run_dir / STATE_FILE, tensors, {**meta, **info, "elapsed": self.elapsed()})
-        self.checkpoint_step = self.step
 
     def _plot(self) -> None:
         from dtools.plots import metric_curves
@@ -226,46 +237,59 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Set up, then train to the end of the session; returns what happened."""
+        with distributed.guard(lambda: self.group):  # one line for a broken run of several processes
+            return self._run()
+
+    def _run(self) -> TrainResult:
         if not self.setup():
             return TrainResult(self.step, self.total, "nothing_to_do", None, 0.0, self.run_dir, self.step,
-                               start_step=self.step)
-        cfg, total, rt = self.cfg, self.total, self.rt
+                               start_step=self.step, rank=self.group.rank)
+        cfg, rt = self.cfg, self.rt
         self.log(f"training {self.run_dir}: {cfg.num_images} images {cfg.image_size}x{cfg.image_size}x"
                  f"{cfg.channels}, {self.method.describe()}, {rt.device} "
-                 f"{rt.precision}{' compiled' if rt.compile else ''}, steps {self.step}->{total}")
+                 f"{rt.precision}{' compiled' if rt.compile else ''}{self.group.describe()}, {self._span()}")
         warning = data_warning(cfg)
         if warning:
             self.log(warning)
         window, stopped = Window(), "done"
-        budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
-        self.clock = StepClock(self.step, total)
+        # --max-minutes caps this session, unless it sizes the whole run (given alone: time_sized)
+        capped = cfg.max_minutes is not None and not cfg.time_sized()
+        budget = cfg.max_minutes * 60 if capped else math.inf
+        self.clock = StepClock(self.step, self.total)
+        done = self.finished()
         try:
             signals = StopSignals(self._stopping, self._abort, self.writing)
             with signals, self._progress_bar() as bar:
-                while self.step < total and stopped == "done":
+                while not done and stopped == "done":
+                    self.method.set_lr(cfg.lr * lr_factor(self.progress(), cfg.warmup, cfg.lr_decay))
                     try:
                         window.add(self.method.train_step())
                     except NonFiniteLoss as e:
                         raise self._diverged(str(e), self.step + 1) from None
+                    self.group.sync_buffers(self.method.networks().values())
                     self.step += 1
                     self.clock.tick(self.step)
-                    if self.step % cfg.log_every == 0 or self.step == total:
+                    done = self.finished()
+                    if self.total is None:  # a run sized in time: its processes end at the same step
+                        done = self.group.agree("max_minutes" if done else "done") != "done"
+                    if self.step % cfg.log_every == 0 or done:
                         self._close_window(window, bar)
                     if signals.requested:
                         stopped = "interrupted"
-                    elif time.monotonic() - self.session_start >= budget and self.step < total:
+                    elif not done and time.monotonic() - self.session_start >= budget:
                         stopped = "max_minutes"
+                    stopped = self.group.agree(stopped)  # several processes stop at the same step
                     if stopped != "done" and window.steps:  # the session's last, partial window
                         self._close_window(window, bar)
-                    bar.update(completed=self.step, eta=self.clock.eta_text())
+                    self._advance(bar)
                     self._report_pace(budget)
-                    self._write_outputs(end=self.step == total or stopped != "done",
+                    self._write_outputs(end=done or stopped != "done",
                                         samples=stopped != "interrupted", window=window)
         except NonFiniteLoss as e:
             raise self._diverged(str(e), self.step) from None
-        return TrainResult(self.step, total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
+        return TrainResult(self.step, self.total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
                            self.checkpoint_step, self.metrics, self.last_losses(), self.loss_steps,
-                           self.start_step)
+                           self.start_step, self.group.rank)
 
     def _report_pace(self, budget: float) -> None:
         """The estimate of the whole run, once the first steps have been timed (see estimate.py)."""
@@ -285,29 +309,61 @@ class Trainer:
         rec = self._log_window(window)
         bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
 
+    def progress(self) -> float:
+        """How far the run is, from 0 to 1: in steps, or in training time for a run sized in time."""
+        if self.total is not None:
+            return self.step / self.total
+        return self.elapsed() / (self.cfg.max_minutes * 60)
+
+    def finished(self) -> bool:
+        """Whether the run has reached its end: its last step, or for a run sized in time, its minutes."""
+        return self.progress() >= 1.0
+
+    def _span(self) -> str:
+        """What this session will train: 'steps 0->2000' or 'for 15 min in all (0.0 done)'."""
+        if self.total is not None:
+            return f"steps {self.step}->{self.total}"
+        return f"for {self.cfg.max_minutes:g} min in all ({self.elapsed_before / 60:.1f} done)"
+
+    def _step_text(self) -> str:
+        return f"step {self.step}" + (f"/{self.total}" if self.total is not None else "")
+
     def _losses_text(self, rec: dict[str, Any] | None, fmt: str) -> str:
         """'loss 0.0412' (a GAN: 'loss_d 1.21 loss_g 0.93'); '-' for each value not yet logged."""
         return "  ".join(f"{k} {'-' if rec is None else fmt.format(rec[k])}" for k in self.method.losses)
 
     def _progress_bar(self) -> contextlib.AbstractContextManager[Bar]:
-        """step N/M, the bar, loss, img/s, elapsed, ETA, time left; it stays on screen when done."""
+        """step N/M (a run sized in time: step N, the bar in seconds), the bar, loss, img/s, elapsed,
+        ETA, time left; it stays on screen when done."""
+        fields = {"loss": self._losses_text(None, ""), "ips": "-", "step": str(self.step)}
+        columns = ("{task.fields[loss]}", "{task.fields[ips]} img/s")
+        if self.total is None:
+            return progress_bar("step {task.fields[step]}", round(self.cfg.max_minutes * 60),
+                                completed=round(self.elapsed_before), fields=fields, columns=columns,
+                                count=False, elapsed=True, transient=False, show=self.show_bar)
         return progress_bar(
             "step {task.completed}/{task.total}", self.total, completed=self.step,
-            fields={"loss": self._losses_text(None, ""), "ips": "-", "eta": "ETA -"},
-            columns=("{task.fields[loss]}", "{task.fields[ips]} img/s"),
+            fields={**fields, "eta": "ETA -"}, columns=columns,
             count=False, elapsed=True, transient=False, show=self.show_bar, remaining="{task.fields[eta]}",
         )
+
+    def _advance(self, bar: Bar) -> None:
+        if self.total is None:
+            bar.update(completed=min(round(self.elapsed()), round(self.cfg.max_minutes * 60)),
+                       step=str(self.step))
+        else:
+            bar.update(completed=self.step, eta=self.clock.eta_text())
 
     def _write_outputs(self, end: bool, samples: bool, window: Window) -> None:
         """Sample grid and checkpoint when they are due (and always at the end)."""
         cfg = self.cfg
-        if samples and cfg.sample_every and (self.step % cfg.sample_every == 0 or end):
+        if samples and cfg.sample_every and (self.step % cfg.sample_every == 0 or end) and self.group.is_main:
             self.write_samples()
         if self.step % cfg.save_every == 0 or end:
             self.save_checkpoint()
             if not self.show_bar:
                 last = self.metrics[-1] if self.metrics else None
-                self.log(f"step {self.step}/{self.total}  {self._losses_text(last, '{:.4g}')}  "
+                self.log(f"{self._step_text()}  {self._losses_text(last, '{:.4g}')}  "
                          f"{window.rate(self.method.images_per_step):.0f} img/s  "
                          f"elapsed {fmt_time(self.elapsed())}  saved {self.run_dir / MODEL_FILE}")
 
@@ -319,12 +375,14 @@ class Trainer:
 
     def _log_window(self, window: Window) -> dict[str, Any]:
         """Close a --log-every window: one metrics record, kept in memory and appended to metrics.jsonl."""
-        rec = {"step": self.step, "epoch": self.stream.epoch, **self.method.record(window.means()),
+        means = self.group.mean(window.means())  # of several processes, over all
+        rec = {"step": self.step, "epoch": self.stream.epoch, **self.method.record(means),
                "img_per_s": round(window.rate(self.method.images_per_step), 2),
                "elapsed": round(self.elapsed(), 3)}
         self.metrics.append(rec)
-        with self.writing:
-            append_metric(self.run_dir / METRICS_FILE, rec)
+        if self.group.is_main:
+            with self.writing:
+                append_metric(self.run_dir / METRICS_FILE, rec)
         self.loss_steps = window.steps
         window.reset(rec["img_per_s"])
         return rec
@@ -363,36 +421,45 @@ class Ddpm(Method):
         self.schedule_cpu = Schedule.from_betas(cfg.betas)  # float64; what the samplers get
         self.schedule = schedule_on(self.schedule_cpu, self.device)
         self.model = UNet(UNetConfig.from_dict(cfg.model)).to(self.device)
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
+        self.net = self.model  # what a step calls (DistributedDataParallel around it: `distribute`)
+
+    def distribute(self, group: distributed.Group) -> None:
+        super().distribute(group)
+        self.net = group.wrap(self.model)
 
     def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A whole batch's images, timesteps and noise, drawn in one fixed order (so --grad-accum
-        splits exactly the batch that an unsplit step would see)."""
-        cfg, device = self.cfg, self.device
-        x0 = self.real_batch()  # (B, C, H, W) in [-1, 1]
+        splits exactly the batch that an unsplit step would see). Of several processes: this one's
+        slice of the whole batch's draws (every process draws them all, the same)."""
+        cfg, device, shard = self.cfg, self.device, self.group.shard
+        x0 = self.real_batch()  # (b, C, H, W) in [-1, 1]: b = B / processes
         t = torch.randint(0, self.schedule.T, (cfg.batch_size,), device=device)  # (B,)
-        eps = torch.randn(x0.shape, device=device)  # (B, C, H, W)
-        return x0, t, eps
+        eps = torch.randn((cfg.batch_size, *x0.shape[1:]), device=device)  # (B, C, H, W)
+        return x0, shard(t), shard(eps)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns its loss and gradient norm or raises NonFiniteLoss before updating."""
         cfg, s, param = self.cfg, self.schedule, self.cfg.parameterization
-        micro = cfg.batch_size // cfg.grad_accum
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total_loss = torch.zeros((), device=self.device)
         x0_all, t_all, eps_all = self.draw_batch()
-        for x0, t, eps in zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro), strict=True):
+        b = x0_all.shape[0]  # this process's images (DDP averages the processes' gradients)
+        micro = b // cfg.grad_accum
+        for i, (x0, t, eps) in enumerate(zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro),
+                                             strict=True)):
             x_t = q_sample(s, x0, t, eps)
             target = training_target(s, param, x0, eps, t)
             with self.rt.autocast():
-                out = self.model(x_t, t)
+                out = self.net(x_t, t)
             per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
             # the mean over the whole batch, accumulated one micro-batch at a time
-            loss = (loss_weight(s, param, t, cfg.min_snr_gamma) * per_sample).sum() / cfg.batch_size
-            self.scaler.scale(loss).backward()
+            loss = (loss_weight(s, param, t, cfg.min_snr_gamma) * per_sample).sum() / b
+            with self.group.no_sync(self.net, sync=i == cfg.grad_accum - 1):
+                self.scaler.scale(loss).backward()
             total_loss += loss.detach()
         loss_value = float(total_loss)
         if not math.isfinite(loss_value):
@@ -408,7 +475,10 @@ class Ddpm(Method):
         return {"loss": loss_value, "grad_norm": grad_norm}
 
     def record(self, means: dict[str, float]) -> dict[str, Any]:
-        return {"loss": means["loss"], "lr": self.cfg.lr, "grad_norm": means["grad_norm"]}
+        return {"loss": means["loss"], "lr": self.lr, "grad_norm": means["grad_norm"]}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """EMA samples, dpm++2m with 20 steps."""

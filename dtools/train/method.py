@@ -24,6 +24,7 @@ from torch import nn
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig
 from dtools.train.data import BatchStream
+from dtools.train.distributed import Group
 from dtools.unet import count_parameters
 
 RealBatch = Callable[[], torch.Tensor]  # the next training batch (B, C, H, W) in [-1, 1] on the device
@@ -57,6 +58,24 @@ class Method:
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
         self.cfg, self.rt, self.device, self.real_batch = cfg, rt, rt.device, real_batch
+        self.group = Group()  # one process, until `distribute`
+        self.lr = cfg.lr  # the learning rate of the coming step (the Trainer follows train/lr.py)
+
+    def distribute(self, group: Group) -> None:
+        """Train as one of `group`'s processes: keep `group` (its `shard` of the whole batch's noise
+        draws) and call the trained networks through `group.wrap(...)`; real_batch() is already this
+        process's slice. A no-op in one process."""
+        self.group = group
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers whose learning rate follows the run's schedule."""
+        raise NotImplementedError
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        for optimizer in self.optimizers():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     def train_step(self) -> dict[str, float]:
         """One training step: its named losses and metrics (the window means of metrics.jsonl), or
@@ -66,7 +85,7 @@ class Method:
     def record(self, means: dict[str, float]) -> dict[str, Any]:
         """A metrics.jsonl record's method fields (between "epoch" and "img_per_s") from the window's
         means of `train_step`'s values."""
-        return {**means, "lr": self.cfg.lr}
+        return {**means, "lr": self.lr}
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """The sample grid's images (N, C, H, W) in [-1, 1], those of `dtools sample --seed SEED` on the

@@ -20,6 +20,7 @@ from dtools.ema import EMA
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig
 from dtools.train.data import BatchStream
+from dtools.train.distributed import Group
 from dtools.train.method import Method, NonFiniteLoss, Plot, RealBatch, Weights, parameters
 from dtools.train.run import LOSS_PLOT
 from dtools.train.state import capture, restore
@@ -36,18 +37,23 @@ class Vae(Method):
     def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
         super().__init__(cfg, rt, real_batch)
         self.vae = VAE(VAEConfig.from_dict(cfg.model)).to(self.device)
-        self.ema = EMA(self.vae, cfg.ema_decay, cfg.ema_warmup)
+        self.ema = EMA(self.vae, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
+        self.net = self.vae  # what a step calls (DistributedDataParallel around it: `distribute`)
+
+    def distribute(self, group: Group) -> None:
+        super().distribute(group)
+        self.net = group.wrap(self.vae)
 
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         self.vae.train()
         self.optimizer.zero_grad(set_to_none=True)
-        x = self.real_batch()  # (B, C, H, W) in [-1, 1]
-        noise = torch.randn(x.shape[0], cfg.model["latent_dim"], device=self.device)  # (B, latent)
+        x = self.real_batch()  # (b, C, H, W) in [-1, 1]: b = B / processes
+        noise = torch.randn(cfg.batch_size, cfg.model["latent_dim"], device=self.device)  # (B, latent)
         with self.rt.autocast():
-            x_hat, mean, logvar = self.vae(x, noise)
+            x_hat, mean, logvar = self.net(x, self.group.shard(noise))
         recon, kl = elbo_terms(x, x_hat, mean, logvar)  # (B,), (B,)
         loss = (recon + cfg.kl_weight * kl).mean()
         loss_value = float(loss.detach())
@@ -64,8 +70,11 @@ class Vae(Method):
         return {"loss": loss_value, "recon": float(recon.detach().mean()), "kl": float(kl.detach().mean()),
                 "grad_norm": grad_norm}
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
     def record(self, means: dict[str, float]) -> dict[str, Any]:
-        return {"loss": means["loss"], "recon": means["recon"], "kl": means["kl"], "lr": self.cfg.lr,
+        return {"loss": means["loss"], "recon": means["recon"], "kl": means["kl"], "lr": self.lr,
                 "grad_norm": means["grad_norm"]}
 
     def sample(self, seeds: list[int]) -> torch.Tensor:

@@ -171,6 +171,7 @@ def test_listed_choices_match_the_registries():
     assert set(opt.DEVICES) - {"cuda:N"} == set(DEVICES) and opt.PRECISIONS == PRECISIONS
     assert train.MODELS == tuple(MODEL_TYPES) and train.PARAMETERIZATIONS == PARAMETERIZATIONS
     assert train.PRESETS == ("auto", *PRESETS)
+    assert set(train.LR_DECAYS) == set(importlib.import_module("dtools.train.lr").DECAYS)
     assert set(sample.VARIANCES) == set(VARIANCE_FIELDS) and set(sample.SPACINGS) == set(SPACING)
 
 

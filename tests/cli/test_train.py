@@ -216,7 +216,7 @@ def test_damaged_state_on_resume(data, beta, tmp_path, damage):
 
 
 def test_usage_errors_exit_2(data, beta, tmp_path):
-    assert invoke(data, "-o", tmp_path / "r").exit_code == 2  # no --beta
+    assert invoke(data, "-o", tmp_path / "r", "--lr-decay", "sideways").exit_code == 2
     assert invoke("--beta", beta, "-o", tmp_path / "r").exit_code == 2  # no DATA
     assert invoke(data, "--beta", beta, "-o", tmp_path / "r", "--resume", "--force").exit_code == 2
     assert invoke(data, "--beta", beta, "-o", tmp_path / "r", "--channel-mult", "1,x").exit_code == 2

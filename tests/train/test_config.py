@@ -10,6 +10,7 @@ import torch
 
 from dtools import train as training
 from dtools.errors import DtoolsError
+from dtools.fileio import load_schedule
 from dtools.schedules import make_schedule
 from dtools.train.config import PRESETS, preset_config, preset_for_size
 from dtools.train.data import load_images
@@ -114,7 +115,7 @@ def test_every_option_names_its_flag_once(betas):
         training.resume_config(saved, betas, {"sample_count": 0})
 
 
-def test_configure_parses_integer_lists_and_asks_for_data_and_schedule(data8, tmp_path):
+def test_configure_parses_integer_lists_asks_for_data_and_defaults_the_schedule(data8, tmp_path):
     from dtools.errors import OptionError
 
     opts = {"channel_mult": "1, 2", "attention_resolutions": "none", "num_heads": 1, "max_steps": 3}
@@ -126,8 +127,7 @@ def test_configure_parses_integer_lists_and_asks_for_data_and_schedule(data8, tm
     with pytest.raises(OptionError) as e:
         training.configure(str(tmp_path / "r"), None, "cosine", {})
     assert e.value.option == "DATA"
-    with pytest.raises(OptionError) as e:
-        training.configure(str(tmp_path / "r"), str(data8), None, {})
-    assert e.value.option == "--beta"
+    cfg = training.configure(str(tmp_path / "r"), str(data8), None, {})
+    assert cfg.beta == "cosine" and np.array_equal(cfg.betas, load_schedule("cosine"))
     assert not (tmp_path / "r").exists()
 

@@ -62,8 +62,11 @@ def test_sample_grids_are_written(data8, tmp_path, config, fit):
 
 def test_interrupted_and_resumed_run_is_bit_exact(data8, tmp_path, config, fit, state_tensors):
     """N steps straight == N/2 steps, stop, --resume to N: every weight, moment and RNG state equal.
-    Dropout, flips, a batch that straddles epochs and gradient accumulation are all in play."""
-    opts = {"batch_size": 10, "grad_accum": 2, "dropout": 0.1, "flip": True}
+    Dropout, flips, a batch that straddles epochs and gradient accumulation are all in play. (The
+    first session is sized to N/2 steps, so the lr is kept constant: a decaying schedule is sized to
+    the run, and the interrupted case below covers it.)"""
+    opts = {"batch_size": 10, "grad_accum": 2, "dropout": 0.1, "flip": True, "lr_decay": "constant",
+            "warmup": 0.0}
     straight, split = tmp_path / "straight", tmp_path / "split"
     fit(config(data8, straight, max_steps=12, **opts))
     fit(config(data8, split, max_steps=6, **opts))
@@ -185,3 +188,52 @@ def test_a_trainer_does_nothing_until_it_runs(data8, tmp_path, config):
     assert [p.name for p in run.iterdir()] == [training.MODEL_FILE]
     assert (run / training.MODEL_FILE).read_bytes() == b"an earlier run"
     assert not hasattr(trainer, "images") and not hasattr(trainer, "model")
+
+
+def test_a_decaying_lr_schedule_resumes_exactly_after_an_interruption(
+    data8, tmp_path, config, fit, state_tensors, monkeypatch
+):
+    """With a warm-up and a cosine decay sized to 8 steps, a run stopped (as by Ctrl-C) after step 3
+    and resumed ends bit-identical to a straight one; metrics.jsonl's lr follows lr.factor."""
+    from dtools.train import loop
+    from dtools.train.lr import factor
+
+    opts = {"max_steps": 8, "lr": 3e-3, "warmup": 0.25, "lr_decay": "cosine", "ema_length": 0.2}
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    fit(config(data8, straight, **opts))
+
+    class StopAfterThree(loop.StopSignals):
+        seen = 0
+
+        @property
+        def requested(self):  # the loop asks once per step
+            StopAfterThree.seen += 1
+            return StopAfterThree.seen >= 3
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "StopSignals", StopAfterThree)
+        assert fit(config(data8, split, **opts)).stopped == "interrupted"
+    assert read_header(split / training.STATE_FILE, "dtools.train-state")["step"] == 3
+    assert fit(config(data8, split, **opts), resume=True).step == 8
+    a, b = state_tensors(straight), state_tensors(split)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    lrs = [json.loads(x)["lr"] for x in (split / training.METRICS_FILE).read_text().splitlines()]
+    assert lrs == pytest.approx([3e-3 * factor(s / 8, 0.25, "cosine") for s in range(8)])
+    assert lrs[0] < lrs[1] > lrs[-1]  # up during the warm-up, then down
+
+
+def test_max_minutes_alone_sizes_the_run_in_time(data8, tmp_path, config, fit):
+    """--max-minutes without --max-steps or --epochs: no step limit, the run ends at its minutes, and
+    the lr schedule runs over the training time."""
+    cfg = config(data8, tmp_path / "r", max_minutes=0.02, warmup=0.1, lr_decay="linear", save_every=1000)
+    assert cfg.max_steps is None and cfg.time_sized() and cfg.total_steps() is None
+    result = fit(cfg)
+    assert result.stopped == "done" and result.total_steps is None and result.step > 2
+    assert 1.2 <= result.elapsed < 5  # 0.02 min = 1.2 s, then one step and the checkpoint
+    recs = [json.loads(x) for x in (tmp_path / "r" / training.METRICS_FILE).read_text().splitlines()]
+    assert recs[-1]["lr"] < 0.2 * recs[len(recs) // 3]["lr"]  # linear decay to 0 at the end of the time
+    assert read_header(tmp_path / "r" / training.STATE_FILE, "dtools.train-state")["step"] == result.step
