@@ -112,9 +112,10 @@ def _usage_errors(fn):
 def _register() -> None:
     # Imported here so that `dtools.cli` is the only module that knows every command.
     from dtools.commands import COMMANDS
+    from dtools.commands.options import DtoolsCommand
 
     for name, fn in COMMANDS.items():
-        app.command(name)(_usage_errors(fn))
+        app.command(name, cls=DtoolsCommand)(_usage_errors(fn))
 
 
 _register()

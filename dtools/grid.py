@@ -9,6 +9,17 @@ import numpy as np
 from dtools.errors import DtoolsError
 
 MAX_PIXELS = 2**28  # 268 million pixels (805 MB as RGB): far past any useful picture, short of a memory crash
+READABLE_WIDTH = 256  # scale=None enlarges tiny images until the grid is at least this wide...
+MAX_AUTO_SCALE = 8  # ...by at most this factor
+
+
+def readable_scale(ncol: int, w: int, padding: int) -> int:
+    """The smallest integer scale at which `ncol` images of width `w` make a grid at least READABLE_WIDTH
+    pixels wide (1 when they already do; at most MAX_AUTO_SCALE): 32x32 emoji in 6 columns get 2."""
+    for scale in range(1, MAX_AUTO_SCALE):
+        if padding + ncol * (w * scale + padding) >= READABLE_WIDTH:
+            return scale
+    return MAX_AUTO_SCALE
 
 
 def upscale(batch: np.ndarray, scale: int) -> np.ndarray:
@@ -24,14 +35,15 @@ def make_grid(
     batch: np.ndarray,
     nrow: int | None = None,
     padding: int = 2,
-    scale: int = 1,
+    scale: int | None = 1,
     pad_value: int = 255,
     labels: list[str] | None = None,
 ) -> np.ndarray:
     """uint8 [N, H, W, C] -> one uint8 image [H', W', C] with `nrow` images per row.
 
     `nrow` defaults to N / len(labels) with labels, else ceil(sqrt(N)); a last, incomplete row is
-    filled with `pad_value`. Image (r, c) sits at (padding + r (h + padding), padding + c (w + padding))
+    filled with `pad_value`; `scale` None picks `readable_scale`. Image (r, c) sits at
+    (padding + r (h + padding), padding + c (w + padding))
     before the label margin; `labels` (at most one per row) are written in a margin on the left.
     """
     if batch.ndim != 4 or batch.dtype != np.uint8 or batch.shape[0] == 0:
@@ -40,10 +52,9 @@ def make_grid(
         raise DtoolsError(f"--padding must be >= 0, got {padding}")
     if not 0 <= pad_value <= 255:
         raise DtoolsError(f"--pad-value must lie in [0, 255], got {pad_value}")
-    if scale < 1:
+    if scale is not None and scale < 1:
         raise DtoolsError(f"--scale must be a positive integer, got {scale}")
     n, h, w, c = batch.shape
-    h, w = h * scale, w * scale
     if nrow is not None:
         ncol = nrow
     elif labels:  # one row per label: `noise ... | grid --row-labels a,b,c` needs no --nrow
@@ -53,6 +64,9 @@ def make_grid(
     if ncol < 1:
         raise DtoolsError(f"--nrow must be a positive integer, got {ncol}")
     ncol = min(ncol, n)
+    if scale is None:
+        scale = readable_scale(ncol, w, padding)
+    h, w = h * scale, w * scale
     rows = math.ceil(n / ncol)
     height, width = padding + rows * (h + padding), padding + ncol * (w + padding)
     if height * width > MAX_PIXELS:

@@ -17,13 +17,15 @@ only by ᾱ_t, and image i's noise does not depend on which other images are noi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from dtools.diffusion import Schedule, q_sample
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, OptionError
 from dtools.images import to_uint8
+from dtools.schedules import SCHEDULES, identify
 
 CLEAN = "x0"  # timestep token: the un-noised image x_0
 Timestep = int | None  # None = CLEAN
@@ -33,7 +35,7 @@ def parse_timesteps(text: str) -> list[Timestep]:
     """'x0,0,50,999' -> [None, 0, 50, 999]; every item an integer index or the token x0."""
     items = [s.strip() for s in str(text).split(",")]
     if not text or not any(items):
-        raise DtoolsError("-t: give timesteps as a comma-separated list, e.g. -t 0,50,100,250,500,999")
+        raise OptionError("-t", "give timesteps as a comma-separated list, e.g. -t 0,50,100,250,500,999")
     out: list[Timestep] = []
     for s in items:
         if s.lower() == CLEAN:
@@ -42,8 +44,8 @@ def parse_timesteps(text: str) -> list[Timestep]:
         try:
             out.append(int(s))
         except ValueError:
-            raise DtoolsError(
-                f"-t: {s!r} is not a timestep; use integer indices 0..T-1 or '{CLEAN}' for the clean image"
+            raise OptionError(
+                "-t", f"{s!r} is not a timestep; use integer indices 0..T-1 or '{CLEAN}' for the clean image"
             ) from None
     return out
 
@@ -52,9 +54,20 @@ def check_timesteps(timesteps: Sequence[Timestep], T: int, name: str = "the sche
     """Every index must lie in [0, T-1] of the schedule called `name`."""
     for t in timesteps:
         if t is not None and not 0 <= t < T:
-            raise DtoolsError(
-                f"timestep {t} is out of range for {name} (T = {T}): use 0..{T - 1}, or {CLEAN}"
+            raise OptionError(
+                "-t", f"timestep {t} is out of range for {name} (T = {T}): use 0..{T - 1}, or {CLEAN}"
             )
+
+
+def schedule_label(spec: str, betas: np.ndarray) -> str:
+    """A row label for the schedule given as `spec`: its name, also for a file that holds a named
+    schedule (`dtools schedule cosine > beta.npy` is labelled 'cosine', not 'beta'), else the file's stem."""
+    if spec in SCHEDULES:
+        return spec
+    name = identify(betas)
+    if name is not None:
+        return name
+    return "stdin" if spec == "-" else Path(spec).stem
 
 
 def timestep_label(t: Timestep) -> str:

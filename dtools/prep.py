@@ -79,7 +79,7 @@ def parse_color(text: str) -> tuple[int, int, int]:
     try:
         rgb = ImageColor.getrgb(t)
     except ValueError:
-        raise DtoolsError(f"--background: {text!r} is not a colour (e.g. white, '#808080', 128)") from None
+        raise OptionError("--background", f"{text!r} is not a colour (e.g. white, '#808080', 128)") from None
     return tuple(rgb[:3])  # type: ignore[return-value]
 
 

@@ -1,10 +1,11 @@
 """Drawing images from a model checkpoint: the job behind `dtools sample`.
 
 `SampleConfig` holds the command's options and checks those that need no checkpoint; `Sink` is where
-the images go (a .npy on stdout, a .npy file or a numbered PNG folder), checked before any work and
-written batch by batch; `run` loads the model, samples batch after batch under one progress bar and
-says what it did through `log`: a diffusion model through a sampler's chain, a model without one (a
-GAN's generator, a VAE's decoder: `checkpoint.MODEL_TYPES`) in one call on z ~ N(0, I) per image
+the images go (a .npy on stdout, a .npy file, a numbered PNG folder, or one grid PNG), checked before
+any work and written batch by batch; `run` loads the model, samples batch after batch under one
+progress bar and says what it did through `log`: a diffusion model through a sampler's chain, a
+model without one (a GAN's generator, a VAE's decoder: `checkpoint.MODEL_TYPES`) in one call on
+z ~ N(0, I) per image
 (`run_prior`). `Snapshots` collects the rows of --trajectory. Image i depends only on (seed, i), never
 on the batch it was drawn in.
 """
@@ -21,9 +22,10 @@ import torch
 
 from dtools import samplers
 from dtools.checkpoint import MODEL_TYPES, LoadedModel, load_model, read_info
-from dtools.errors import DtoolsError
-from dtools.fileio import check_writable, is_stdio, refuse_terminal, write_npy
-from dtools.images import numbered_index, numbered_png, to_uint8, write_png_folder
+from dtools.errors import DtoolsError, OptionError
+from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, refuse_terminal, write_npy
+from dtools.grid import make_grid
+from dtools.images import IMAGE_EXTS, numbered_index, numbered_png, png_bytes, to_uint8, write_png_folder
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar
 from dtools.runtime import Runtime, resolve
@@ -122,18 +124,27 @@ class Snapshots:
 
 
 class Sink:
-    """Where the images go: stdout (.npy), a .npy file, or a PNG folder; checked when made."""
+    """Where the images go: stdout (.npy), a .npy file, one grid PNG (a name ending in .png; `nrow`
+    images per row, default √N), or a PNG folder (any other name, or one ending in '/'); checked when made."""
 
-    def __init__(self, output: str | None, count: int, force: bool, log: Callable[[str], None] = log_line):
-        self.output, self.count, self.force, self.log = output, count, force, log
+    def __init__(self, output: str | None, count: int, force: bool, log: Callable[[str], None] = log_line,
+                 nrow: int | None = None):
+        self.output, self.count, self.force, self.log, self.nrow = output, count, force, log, nrow
         self.parts: list[np.ndarray] = []
         self.written = 0
+        suffix = "" if is_stdio(output) or output.endswith(("/", "\\")) else Path(output).suffix.lower()
         if is_stdio(output):
             self.kind = "stdout"
             refuse_terminal(output, TERMINAL_HINT)
-        elif output.lower().endswith(".npy"):
+        elif suffix == ".npy":
             self.kind = "npy"
             check_writable(output, force)
+        elif suffix == ".png" and not Path(output).is_dir():
+            self.kind = "grid"
+            check_writable(output, force)
+        elif suffix in IMAGE_EXTS and not Path(output).is_dir():
+            raise DtoolsError(f"-o {output}: sample writes a grid as .png only (-o grid.png), or a folder of "
+                              "PNGs (-o DIR/), or a .npy batch (-o FILE.npy, or `| dtools grid`)")
         else:
             self.kind = "png"
             folder = Path(output)
@@ -157,7 +168,14 @@ class Sink:
             if self.force:
                 self._remove_stale()
             return
-        write_npy(np.concatenate(self.parts), None if self.kind == "stdout" else self.output, self.force)
+        batch = np.concatenate(self.parts)
+        if self.kind == "grid":
+            picture = make_grid(batch, nrow=self.nrow, scale=None)  # as `| dtools grid -o FILE` lays it out
+            atomic_write_bytes(self.output, png_bytes(picture), self.force)
+            size = f"{picture.shape[1]}x{picture.shape[0]}"
+            self.log(f"wrote {self.output} (a grid of {batch.shape[0]} images, {size})")
+            return
+        write_npy(batch, None if self.kind == "stdout" else self.output, self.force)
         if self.kind == "npy":
             self.log(f"wrote {self.output}")
 
@@ -192,7 +210,7 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
     sampler, spacing = cfg.sampler_name, cfg.spacing or "trailing"
     steps = cfg.steps if cfg.steps is not None else (schedule.T if sampler == "ddpm" else DEFAULT_STEPS)
     if cfg.trajectory is not None and cfg.trajectory > steps + 1:
-        raise DtoolsError(f"--trajectory {cfg.trajectory}: the chain has only {steps + 1} states to show")
+        raise OptionError("--trajectory", f"{cfg.trajectory}: the chain has only {steps + 1} states to show")
     eta, variance = cfg.eta or 0.0, cfg.variance or "posterior"
     samplers.check_options(sampler, param, spacing, eta, variance)
     samplers.Chain.make(schedule.betas.numpy(), steps, spacing)  # --steps out of range: fail now

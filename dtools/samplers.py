@@ -52,7 +52,7 @@ from dtools.diffusion import (
     spaced_timesteps,
     split_prediction,
 )
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, OptionError
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W) f32, t (B,) int64) -> out
 NoiseFn = Callable[[], torch.Tensor]  # a fresh N(0, I) draw of the batch's shape, float64
@@ -129,7 +129,7 @@ class Chain:
     def make(cls, betas: np.ndarray, steps: int, spacing: str = "trailing") -> Chain:
         T = int(np.asarray(betas).shape[0])
         if not 2 <= steps <= T:
-            raise DtoolsError(f"--steps must lie in [2, {T}] for this {T}-step schedule, got {steps}")
+            raise OptionError("--steps", f"must lie in [2, {T}] for this {T}-step schedule, got {steps}")
         ts = spaced_timesteps(T, steps, spacing)
         return cls(ts, alphas_cumprod(betas)[ts], respace(betas, ts))
 
@@ -258,7 +258,7 @@ NFE: dict[str, Callable[[int], int]] = {
 
 def check_sampler(sampler: str) -> None:
     if sampler not in SAMPLERS:
-        raise DtoolsError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        raise OptionError("--sampler", f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
 def check_options(sampler: str, parameterization: str, spacing: str, eta: float, variance: str) -> None:
@@ -266,11 +266,12 @@ def check_options(sampler: str, parameterization: str, spacing: str, eta: float,
     check_sampler(sampler)
     lookup_parameterization(parameterization)
     if spacing not in SPACINGS:
-        raise DtoolsError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+        raise OptionError("--spacing", f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if variance not in VARIANCES:
-        raise DtoolsError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        choices = ", ".join(VARIANCES)
+        raise OptionError("--variance", f"unknown variance {variance!r}; choose one of {choices}")
     if not (isinstance(eta, int | float) and 0.0 <= eta <= 1.0):
-        raise DtoolsError(f"--eta must lie in [0, 1], got {eta}")
+        raise OptionError("--eta", f"must lie in [0, 1], got {eta}")
 
 
 def sample(

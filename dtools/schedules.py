@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, OptionError
 
 
 def linear(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
@@ -79,8 +79,9 @@ def make_schedule(
     kwargs: dict[str, float] = {}
     if name == "cosine":
         if beta_start is not None or beta_end is not None:
-            raise DtoolsError(
-                "the cosine schedule has no --beta-start/--beta-end; it is set by --s and --max-beta"
+            raise OptionError(
+                "--beta-start" if beta_start is not None else "--beta-end",
+                "the cosine schedule has no --beta-start/--beta-end; it is set by --s and --max-beta",
             )
         kwargs["s"] = s
     else:
@@ -90,9 +91,21 @@ def make_schedule(
             kwargs["beta_end"] = beta_end
         lo, hi = kwargs.get("beta_start", 1e-9), kwargs.get("beta_end", 1 - 1e-9)
         if not (0 < lo < 1 and 0 < hi < 1):
-            raise DtoolsError("--beta-start and --beta-end must lie in (0, 1)")
+            raise OptionError("--beta-start/--beta-end", "must lie in (0, 1)")
     betas = SCHEDULES[name].fn(T, **kwargs)
     return adjust(betas, max_beta=max_beta, zero_terminal_snr=zero_terminal_snr, name=name)
+
+
+def identify(betas: np.ndarray) -> str | None:
+    """The registry name whose default schedule at the same T is `betas` (to float64 rounding), or None:
+    `dtools schedule cosine -T 1000 > beta.npy` gives a file that is recognised as 'cosine'."""
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas.ndim != 1 or betas.shape[0] < 2:
+        return None
+    for name in SCHEDULES:
+        if np.allclose(make_schedule(name, betas.shape[0]), betas, rtol=1e-12, atol=0.0):
+            return name
+    return None
 
 
 def adjust(
@@ -105,7 +118,7 @@ def adjust(
     """Clip β at `max_beta`, then (optionally) rescale to zero terminal SNR; any schedule, named or loaded."""
     if max_beta is not None:
         if not 0 < max_beta <= 1:
-            raise DtoolsError(f"--max-beta must lie in (0, 1], got {max_beta}")
+            raise OptionError("--max-beta", f"must lie in (0, 1], got {max_beta}")
         betas = np.minimum(betas, max_beta)
     if zero_terminal_snr:
         betas = rescale_zero_terminal_snr(betas)

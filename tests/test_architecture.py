@@ -22,6 +22,8 @@ LAYERS = {
     "commands": ["dtools.commands", "dtools.cli", "dtools.docgen", "dtools.__main__"],
 }
 ORDER = list(LAYERS)
+# Modules under dtools/commands/ that are not commands: what every command shares (the option vocabulary).
+SHARED_BY_COMMANDS = {"dtools.commands.options"}
 
 
 def module_name(path: Path) -> str:
@@ -85,7 +87,7 @@ def violations(me: str, names: list[str]) -> list[str]:
         if me != "dtools.progress" and name.startswith("rich.progress"):
             out.append(f"{me} imports rich.progress")
         if (me.startswith("dtools.commands.") and name.startswith("dtools.commands.") and name != me
-                and not name.startswith(me + ".")):
+                and not name.startswith(me + ".") and name not in SHARED_BY_COMMANDS):
             out.append(f"{me} imports another command, {name}")
     return out
 

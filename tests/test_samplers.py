@@ -384,7 +384,7 @@ def test_callback_and_clipping():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"sampler": "euler"}, "unknown sampler"),
-    ({"steps": 1001}, r"--steps must lie in \[2, 1000\]"),
+    ({"steps": 1001}, r"--steps: must lie in \[2, 1000\]"),
     ({"steps": 1}, "--steps"),
     ({"eta": 1.5}, "--eta"),
     ({"variance": "learned"}, "unknown variance"),

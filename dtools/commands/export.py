@@ -6,21 +6,25 @@ from pathlib import Path
 
 import typer
 
+from dtools.commands import options as opt
+
 
 def export(
     checkpoint: Path = typer.Argument(
         ..., metavar="CKPT", help="Model checkpoint written by `dtools train` (RUN/model.safetensors)."
     ),
-    output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="The folder to write."),
-    fmt: str = typer.Option(
-        "diffusers", "--format", help="diffusers: a DDPMPipeline folder (UNet2DModel + DDPMScheduler)."
+    output: Path = opt.output("The folder to write.", default=..., show_default=None, metavar="DIR"),
+    fmt: str = opt.choice(
+        "diffusers", "--format", choices=("diffusers",),
+        help="diffusers: a DDPMPipeline folder (UNet2DModel + DDPMScheduler).",
     ),
-    weights: str = typer.Option("ema", "--weights", help="ema, or raw: the online weights, without EMA."),
-    variance: str = typer.Option(
-        "posterior", "--variance", help="The scheduler's variance_type: posterior (β̃_t, fixed_small, "
-        "`dtools sample`'s default) or beta (β_t, fixed_large)."
+    weights: str = opt.weights(),
+    variance: str = opt.choice(
+        "posterior", "--variance", choices=("posterior", "beta"),
+        help="The scheduler's variance_type: posterior (β̃_t, fixed_small, `dtools sample`'s default) or beta "
+        "(β_t, fixed_large).",
     ),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace an earlier export in DIR."),
+    force: bool = opt.force("Replace an earlier export in DIR."),
 ) -> None:
     """Write a model checkpoint as a diffusers DDPMPipeline folder, loaded with no dtools code.
 

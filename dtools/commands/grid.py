@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from dtools.commands import options as opt
 from dtools.fileio import check_output, is_stdio, write_bytes
 
 
@@ -11,23 +12,30 @@ def grid(
     sources: list[str] = typer.Argument(
         None, metavar="SOURCE", help="'-' (.npy on stdin, the default), .npy files, folders, images."
     ),
-    output: str = typer.Option(..., "-o", "--output", help="The PNG to write ('-' = stdout, if a pipe)."),
-    nrow: int = typer.Option(None, "--nrow", "-n", min=1, help="Images per row [default: N/labels or √N]."),
+    output: str = opt.output("The PNG to write ('-' = stdout, refused on a terminal)."),
+    nrow: int = opt.nrow("Images per row: N / the number of --row-labels, else √N."),
     padding: int = typer.Option(2, "--padding", min=0, help="Pixels between images and around the grid."),
     pad_value: int = typer.Option(255, "--pad-value", min=0, max=255, help="Grey level of the padding."),
-    scale: int = typer.Option(1, "--scale", min=1, help="Enlarge each image by this factor (nearest)."),
-    row_labels: str = typer.Option(None, "--row-labels", help="Comma-separated labels, one per row."),
-    limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N images."),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+    scale: int = typer.Option(
+        None, "--scale", min=1, show_default="auto: tiny images enlarged until the grid is 256 px wide",
+        help="Enlarge each image by this factor (nearest neighbour).",
+    ),
+    row_labels: str = typer.Option(
+        None, "--row-labels", metavar="LABEL,...", show_default="none",
+        help="Comma-separated labels, one per row.",
+    ),
+    limit: int = opt.limit(),
+    force: bool = opt.force(),
 ) -> None:
-    """Lay images out in a grid and write one PNG.
+    """Lay images out in a grid and write one PNG (to -o FILE, or to stdout when it is a pipe).
 
     \b
     Examples:
       dtools sample runs/emoji/model.safetensors -n 64 | dtools grid -o samples.png
       dtools grid data/ --limit 64 --nrow 8 --scale 2 -o real.png
       dtools noise face.png --beta linear --beta cosine -t 0,100,500,999 \\
-          | dtools grid --row-labels linear,cosine --scale 3 -o noising.png
+          | dtools grid --row-labels linear,cosine -o noising.png
+      dtools grid data/ --limit 16 | display
     """
     from dtools.grid import make_grid
     from dtools.images import png_bytes, read_images

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import typer
 
+from dtools.commands import options as opt
+
 
 def import_(
     folder: Path = typer.Argument(
         ..., metavar="DIR", help="A diffusers pipeline folder: unet/ (a UNet2DModel) and scheduler/."
     ),
-    output: Path = typer.Option(..., "-o", "--output", metavar="CKPT", help="The checkpoint to write."),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing CKPT."),
+    output: Path = opt.output("The checkpoint to write.", default=..., show_default=None, metavar="CKPT"),
+    force: bool = opt.force("Overwrite an existing CKPT."),
 ) -> None:
     """Read a diffusers UNet2DModel folder into a model checkpoint for `dtools sample` and `dtools fid`.
 

@@ -6,42 +6,44 @@ import json
 
 import typer
 
+from dtools.commands import options as opt
+
 
 def nn(
     train: str = typer.Argument(
         ..., metavar="TRAIN", help="The training images: a folder, a .npy uint8 batch, or '-' (stdin)."
     ),
     samples: str = typer.Argument(..., metavar="SAMPLES", help="Generated images, in any of the same forms."),
-    output: str = typer.Option(
-        None, "-o", "--output", metavar="FILE.png",
-        help="Write a picture of the closest samples: per row the sample, its nearest training image in "
-        "pixels, and in Inception space.",
+    output: str = opt.output(
+        "Write a picture of the closest samples: per row the sample, its nearest training image in "
+        "pixels, and in Inception space.", metavar="FILE.png", show_default="no picture",
     ),
     top: int = typer.Option(16, "--top", min=1, help="How many of the closest samples to list and picture."),
     threshold: float = typer.Option(
-        1 / 3, "--threshold", help="A sample is a copy when nearest/second-nearest distance < this. "
-        "[default: 1/3, Gu et al. 2023]", show_default=False,
+        1 / 3, "--threshold", help="A sample is a copy when nearest/second-nearest distance < this.",
+        show_default="1/3, Gu et al. 2023",
     ),
-    space: str = typer.Option(
-        "both", "--space", help="pixel (no network), inception, or both; the copy test uses pixels when "
-        "they are searched."
+    space: str = opt.choice(
+        "both", "--space", choices=("pixel", "inception", "both"),
+        help="pixel (no network), inception, or both; the copy test uses pixels when they are searched.",
     ),
     mirror: bool = typer.Option(
         True, "--mirror/--no-mirror", help="Count a mirrored copy as a copy (dtools train flips images). "
         "--no-mirror is Gu et al.'s test exactly."
     ),
     train_stats: str = typer.Option(
-        None, "--train-stats", metavar="FILE", help="TRAIN's Inception features from a statistics file "
-        "(dtools fid TRAIN --save-stats FILE --kid, or a sweep's reference.safetensors): no network run "
-        "on TRAIN.",
+        None, "--train-stats", metavar="FILE", show_default="none",
+        help="TRAIN's Inception features from a statistics file (dtools fid TRAIN --save-stats FILE --kid, "
+        "or a sweep's reference.safetensors): no network run on TRAIN.",
     ),
-    weights: str = typer.Option(
-        None, "--weights", metavar="PATH", help="Inception weights, as for `dtools fid`."
+    weights: str = opt.option(
+        None, "--inception-weights", metavar="FILE", old=("--weights",), show_default="as for `dtools fid`",
+        help="Inception weights, as for `dtools fid`.",
     ),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per Inception call."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, else CPU), cpu, cuda, mps."),
+    batch_size: int = opt.batch_size(help="Images per Inception call.", old=("-b",)),
+    device: str = opt.device(),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object instead."),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing -o picture."),
+    force: bool = opt.force("Overwrite an existing -o picture."),
 ) -> None:
     """Did the model copy its training images? Nearest training images of every sample.
 

@@ -7,19 +7,12 @@ from pathlib import Path
 
 import typer
 
+from dtools.commands import options as opt
 from dtools.errors import DtoolsError
 from dtools.fileio import is_stdio
 
 # Row labels are suggested only while the grid stays readable.
 _MAX_LABELLED_ROWS = 24
-
-
-def _label(spec: str) -> str:
-    from dtools.schedules import SCHEDULES
-
-    if spec in SCHEDULES:
-        return spec
-    return "stdin" if is_stdio(spec) else Path(spec).stem
 
 
 def _count(n: int, word: str) -> str:
@@ -28,21 +21,21 @@ def _count(n: int, word: str) -> str:
 
 def noise(
     sources: list[str] = typer.Argument(
-        None, metavar="SOURCE...", help="Image files, folders, .npy batches [N,H,W,C], or '-' (stdin)."
+        None, metavar="SOURCE", help="Image files, folders, .npy batches [N,H,W,C], or '-' (stdin)."
     ),
-    betas: list[str] = typer.Option(
-        ..., "--beta", "-b", metavar="NAME|FILE",
-        help="A schedule: a name (linear, cosine, sigmoid, scaled-linear) or a .npy of betas. Repeatable.",
+    betas: list[str] = opt.beta(
+        "A schedule: a name (linear, cosine, sigmoid, scaled-linear) or a .npy of betas. Repeatable: one "
+        "row per schedule.", default=...,
     ),
     timesteps: str = typer.Option(
         "0,50,100,250,500,999", "-t", "--t", metavar="T,T,...",
         help="0-based indices t = 0..T-1 (t gives x_{t+1}; 999 is x_T at T=1000), or x0 for the clean image.",
     ),
-    T: int = typer.Option(1000, "-T", "--T", "--timesteps", help="T of the schedules given by name."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of ε (image i draws from (seed, i))."),
-    limit: int = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N source images."),
-    output: str = typer.Option(None, "-o", "--output", help="Write the .npy here instead of stdout."),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+    T: int = opt.timesteps("T of the schedules given by name."),
+    seed: int = opt.seed(help="Seed of ε (image i draws from (seed, i))."),
+    limit: int = opt.limit("Use only the first N source images.", old=("-n",)),
+    output: str = opt.output("Write the .npy here ('-' = stdout)."),
+    force: bool = opt.force(),
 ) -> None:
     """Noise images with q(x_t|x_0) under each schedule at each t: one row per schedule, one column per t.
 
@@ -65,8 +58,6 @@ def noise(
         raise DtoolsError("no image sources given: pass image files, folders, .npy batches, or - for stdin")
     if sum(is_stdio(s) for s in [*sources, *betas]) > 1:
         raise DtoolsError("stdin ('-') can feed only one input: write the others to files first")
-    if T < 2:
-        raise DtoolsError(f"-T must be at least 2, got {T}")
     refuse_terminal(
         output,
         "refusing to write binary .npy data to a terminal; pipe it (`| dtools grid --nrow K -o out.png`) "
@@ -76,11 +67,11 @@ def noise(
         raise DtoolsError(f"{output} already exists; pass --force to overwrite it")
 
     from dtools.fileio import load_schedule, write_npy
-    from dtools.noise import noise_images, parse_timesteps, timestep_label
+    from dtools.noise import noise_images, parse_timesteps, schedule_label, timestep_label
 
     ts = parse_timesteps(timesteps)
-    names = [_label(b) for b in betas]
     scheds = [load_schedule(b, T=T) for b in betas]
+    names = [schedule_label(spec, b) for spec, b in zip(betas, scheds, strict=True)]
     from dtools.images import read_images
 
     images = read_images(sources, limit=limit)  # (N, H, W, C) uint8; stops reading at --limit

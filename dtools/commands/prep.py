@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
+from dtools.commands import options as opt
 from dtools.fileio import is_stdio
-from dtools.prep import PrepConfig, parse_color, run
+from dtools.prep import CROPS, PrepConfig, parse_color, run
 
 
 def prep(
@@ -17,19 +18,25 @@ def prep(
     out: Path = typer.Argument(
         None, metavar="OUT", help="The PNG folder to write (000000.png, ...). Optional with --npy."
     ),
-    size: int = typer.Option(..., "--size", "-s", min=1, max=8192, help="Side of the square output images."),
-    crop: str = typer.Option(
-        "center", "--crop", help="center: crop the middle square; resize: squash to a square; pad: letterbox."
+    size: int = opt.option(..., "--size", min=1, max=8192, help="Side of the square output images.",
+                           old=("-s",)),
+    crop: str = opt.choice(
+        "center", "--crop", choices=tuple(CROPS),
+        help="center: crop the middle square; resize: squash to a square; pad: letterbox.",
     ),
-    background: str = typer.Option(
-        "white", "--background", "--bg", help="Colour behind transparent pixels and pad: name, #hex, 0-255."
+    background: str = opt.option(
+        "white", "--background", metavar="COLOUR", old=("--bg",),
+        help="Colour behind transparent pixels and pad: a name, #hex, or a grey level 0-255.",
     ),
     channels: int = typer.Option(3, "--channels", "-c", min=1, max=3, help="3 = RGB, 1 = grey."),
-    limit: int = typer.Option(None, "--limit", "-n", min=1, help="Stop after this many images (in order)."),
-    npy: str = typer.Option(None, "--npy", help="Also write the batch, uint8 [N,H,W,C] .npy ('-' = stdout)."),
+    limit: int = opt.limit("Use only the first N images of SRC (in sorted order).", old=("-n",)),
+    npy: str = opt.option(
+        None, "--npy", metavar="FILE", show_default="none",
+        help="Also write the batch, uint8 [N,H,W,C] .npy ('-' = stdout).",
+    ),
     strict: bool = typer.Option(False, "--strict", help="Stop with an error at the first unreadable file."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes; 0 = one per core."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace an earlier prep folder / .npy file."),
+    force: bool = opt.force("Replace an earlier prep folder / .npy file."),
 ) -> None:
     """Make a training folder: square crop, resize (Lanczos), alpha onto a background, RGB or grey.
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from dtools.commands import options as opt
 from dtools.errors import DtoolsError
 from dtools.fileio import check_writable, is_stdio, load_schedule, write_npy
 from dtools.schedules import SCHEDULES, summarize
@@ -19,25 +20,34 @@ def schedule(
     names: list[str] = typer.Argument(
         ..., metavar="NAME|FILE", help=f"Schedule names ({_NAMES}) or .npy schedule files ('-' = stdin)."
     ),
-    timesteps: int = typer.Option(1000, "-T", "--T", "--timesteps", help="Number of diffusion steps T."),
-    beta_start: float = typer.Option(None, "--beta-start", help="First β (linear, sigmoid, scaled-linear)."),
-    beta_end: float = typer.Option(None, "--beta-end", help="Last β (linear, sigmoid, scaled-linear)."),
+    timesteps: int = opt.timesteps(),
+    beta_start: float = typer.Option(
+        None, "--beta-start", show_default="the schedule's", help="First β (linear, sigmoid, scaled-linear)."
+    ),
+    beta_end: float = typer.Option(
+        None, "--beta-end", show_default="the schedule's", help="Last β (linear, sigmoid, scaled-linear)."
+    ),
     s: float = typer.Option(0.008, "--s", help="Offset s of the cosine schedule."),
     max_beta: float = typer.Option(
-        None, "--max-beta",
+        None, "--max-beta", show_default="no clipping",
         help="Clip β at this value, FILEs too (the seed report clips at 0.02; the cosine paper at 0.999).",
     ),
     zero_terminal_snr: bool = typer.Option(
         False, "--zero-terminal-snr",
         help="Rescale so ᾱ_T = 0 (Lin et al. 2023), also FILEs; train with --param v.",
     ),
-    output: str = typer.Option(None, "-o", "--output", help="Write the .npy here instead of stdout."),
-    plot: Path = typer.Option(None, "--plot", help="Draw β_t and 1-ᾱ_t of every NAME into this PNG."),
-    summary: bool = typer.Option(False, "--summary", help="Print T, β range, ᾱ_T and terminal SNR of each."),
+    output: str = opt.output("Write the .npy here ('-' = stdout)."),
+    plot: Path = typer.Option(
+        None, "--plot", metavar="FILE", show_default="none",
+        help="Draw β_t and 1-ᾱ_t of every NAME into this PNG.",
+    ),
+    summary: bool = typer.Option(
+        False, "--summary", help="Print T, β range, ᾱ_T and terminal SNR of each on stdout (not the .npy)."
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="With --summary: print JSON lines instead of a table."
     ),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing output files."),
+    force: bool = opt.force(),
 ) -> None:
     """Make a noise schedule (betas, float64 [T]) as .npy, or plot and summarize schedules.
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from dtools.commands import options as opt
+
 
 def sweep(
     checkpoint: Path = typer.Argument(
@@ -16,33 +18,36 @@ def sweep(
         ..., metavar="REF", help="Real images (a folder, a .npy batch) or the OUT/reference.safetensors "
         "of an earlier sweep (or any `dtools fid --save-stats` file)."
     ),
-    sampler_list: str = typer.Option(
-        ..., "--samplers", "-s", metavar="LIST", help="SAMPLER:STEPS items, comma-separated; a bare number "
-        "repeats the sampler before it: ddpm:1000,ddim:50,dpm++2m:10,20 (samplers: ddpm, ddim, dpm++2m, "
-        "heun).",
+    sampler_list: str = opt.option(
+        ..., "--samplers", metavar="LIST", old=("-s",),
+        help="SAMPLER:STEPS items, comma-separated; a bare number repeats the sampler before it: "
+        "ddpm:1000,ddim:50,dpm++2m:10,20 (samplers: ddpm, ddim, dpm++2m, heun).",
     ),
-    output: str = typer.Option(
-        ..., "-o", "--output", metavar="DIR", help="Folder for the samples (SAMPLER-STEPS.npy), "
-        "reference.safetensors, sweep.png and sweep.json."
+    output: str = opt.output(
+        "Folder for the samples (SAMPLER-STEPS.npy), reference.safetensors, sweep.png and sweep.json.",
+        default=..., show_default=None, metavar="DIR",
     ),
-    n: int = typer.Option(1000, "-n", "--num", min=2, help="Samples per setting."),
-    seed: int = typer.Option(0, "--seed", help="Image i of every setting starts from the same noise."),
+    n: int = opt.num(1000, help="Samples per setting.", min=2),
+    seed: int = opt.seed(help="Image i of every setting starts from the same noise."),
     subsets: int = typer.Option(
         200, "--subsets", min=2, help="Half-subsets for each FID's 95% interval."
     ),
-    weights: str = typer.Option("ema", "--weights", help="Model weights: ema, or raw."),
-    fid_weights: str = typer.Option(
-        None, "--fid-weights", metavar="PATH", help="Inception weights, as `dtools fid --weights`."
+    weights: str = opt.weights("The model's weights: ema, or raw (the online weights, without EMA)."),
+    fid_weights: str = opt.option(
+        None, "--inception-weights", metavar="FILE", old=("--fid-weights",),
+        show_default="as for `dtools fid`", help="Inception weights, as for `dtools fid`.",
     ),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per network call."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
-    precision: str = typer.Option("auto", "--precision", help="Sampling precision: auto, fp32, bf16, fp16."),
+    batch_size: int = opt.batch_size(old=("-b",)),
+    device: str = opt.device(),
+    precision: str = opt.precision(
+        "Sampling precision; auto: bf16 on a CUDA GPU and on a CPU with AMX, else fp32."
+    ),
     compile_model: bool = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the network. "
-        "[default: on for CUDA, off on the CPU]"
+        None, "--compile/--no-compile", help="torch.compile the network.",
+        show_default="on for CUDA, off on the CPU",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object, not a table."),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite files already in DIR."),
+    force: bool = opt.force("Overwrite files already in DIR."),
 ) -> None:
     """FID against sampling cost: sample N images per sampler setting, score each against one reference.
 
@@ -53,8 +58,8 @@ def sweep(
 
     \b
     Examples:
-      dtools sweep runs/emoji/model.safetensors data/ -s ddpm:1000,ddim:50,dpm++2m:10,20 -n 1000 -o sweep/
-      dtools sweep ckpt.safetensors sweep/reference.safetensors -s dpm++2m:5,10,20,heun:10 -o sw2/ > sw2.md
+      dtools sweep runs/emoji/model.safetensors data/ --samplers ddpm:1000,ddim:50,dpm++2m:10,20 -o sweep/
+      dtools sweep ckpt.safetensors sweep/reference.safetensors --samplers dpm++2m:5,10 -o sw2/ > sw2.md
       dtools grid sweep/dpm++2m-10.npy --limit 64 -o dpm10.png
     """
     from dtools.fid.sweep import SweepConfig, markdown

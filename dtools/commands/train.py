@@ -8,13 +8,19 @@ import sys
 
 import typer
 
+from dtools.commands import options as opt
 from dtools.errors import DtoolsError, OptionError
 
 _MODEL_HELP = (
     "What to train: unet (the DDPM), or the seed's baselines dcgan (Radford et al. 2016; Adam lr 2e-4, "
-    "β1 0.5, batch 128) and vae (a convolutional VAE with a Gaussian decoder; lr 1e-3, batch 128). "
-    "[default: unet]"
+    "β1 0.5, batch 128) and vae (a convolutional VAE with a Gaussian decoder; lr 1e-3, batch 128)."
 )
+# Kept in step with checkpoint.MODEL_TYPES, diffusion.PARAMETERIZATIONS and train.presets.PRESETS
+# (tests/cli/test_options.py checks); listed here so that `dtools --help` does not import torch.
+MODELS = ("unet", "dcgan", "vae")
+PARAMETERIZATIONS = ("eps", "x0", "v")
+PRESETS = ("auto", "cpu16", "cpu32", "seed64")
+LR_DECAYS = ("cosine", "linear", "constant")  # dtools.train.lr
 _PRESET_HELP = (
     "Model preset: auto picks by image size (<=16: cpu16, <=32: cpu32, else seed64, the seed's U-Net). "
     "cpu16/cpu32 default to lr 1e-3, batch 16, EMA warm-up, grad-clip 1, 2000 steps (chosen by measured "
@@ -28,115 +34,127 @@ def train(
         None, metavar="DATA",
         help="Folder of prepared square images (or a uint8 .npy batch); optional with --resume.",
     ),
-    beta: str = typer.Option(
-        None, "--beta", "-b",
-        help="Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name [default: cosine]."
+    beta: str = opt.beta(
+        "Noise schedule (unet only): a .npy of betas ('-' = stdin) or a name.", show_default="cosine",
     ),
-    out: str = typer.Option(..., "-o", "--out", help="Run folder: checkpoints, metrics, curves, samples."),
-    model_type: str = typer.Option(None, "--model", help=_MODEL_HELP),
-    parameterization: str = typer.Option(
-        None, "--param", help="What the network predicts: eps (the seed's), x0 or v."
+    out: str = opt.output("RUN, the run folder: checkpoints, metrics, curves, samples.", default=...,
+                          show_default=None, metavar="RUN", old=("--out",)),
+    model_type: str = opt.choice(None, "--model", choices=MODELS, help=_MODEL_HELP, show_default="unet"),
+    parameterization: str = opt.choice(
+        None, "--param", choices=PARAMETERIZATIONS, show_default="eps",
+        help="What the network predicts: eps (the seed's), x0 or v.",
     ),
-    preset: str = typer.Option(None, "--preset", help=_PRESET_HELP + " [default: auto]"),
+    preset: str = opt.choice(None, "--preset", choices=PRESETS, help=_PRESET_HELP, show_default="auto"),
     base_channels: int = typer.Option(
-        None, "--base-channels", min=1,
-        help="Width: the U-Net's level-1 channels [preset]; dcgan/vae: the channels next to the image [64]."
+        None, "--base-channels", min=1, show_default="preset; dcgan/vae: 64",
+        help="Width: the U-Net's level-1 channels; dcgan/vae: the channels next to the image."
     ),
-    latent_dim: int = typer.Option(None, "--latent-dim", min=1, help="dcgan/vae: size of z [100]."),
+    latent_dim: int = typer.Option(None, "--latent-dim", min=1, help="dcgan/vae: size of z.",
+                                   show_default="100"),
     d_steps: str = typer.Option(
-        None, "--d-steps", help="dcgan: D:G, discriminator updates then generator updates per step; 1:2 "
-        "updates G twice per D update (the seed's choice) [1:1]."
+        None, "--d-steps", metavar="D:G", show_default="1:1",
+        help="dcgan: discriminator updates, then generator updates per step; 1:2 updates G twice per D "
+        "update (the seed's choice).",
     ),
-    kl_weight: float = typer.Option(None, "--kl-weight", help="vae: weight of the KL term, 1: the ELBO [1]."),
-    channel_mult: str = typer.Option(None, "--channel-mult",
-                                     help="U-Net: channel multiplier per level: 1,2,4."),
-    num_res_blocks: int = typer.Option(None, "--res-blocks", min=1, help="U-Net: residual blocks per level."),
+    kl_weight: float = typer.Option(None, "--kl-weight", help="vae: weight of the KL term, 1: the ELBO.",
+                                    show_default="1"),
+    channel_mult: str = typer.Option(None, "--channel-mult", metavar="M,M,...", show_default="preset",
+                                     help="U-Net: channel multiplier per level, e.g. 1,2,4."),
+    num_res_blocks: int = typer.Option(None, "--res-blocks", min=1, help="U-Net: residual blocks per level.",
+                                       show_default="preset"),
     attention_resolutions: str = typer.Option(
-        None, "--attention", help="U-Net: resolutions with self-attention: 16, or none."
+        None, "--attention", metavar="RES,...|none", show_default="preset",
+        help="U-Net: resolutions with self-attention, e.g. 16, or none.",
     ),
-    num_heads: int = typer.Option(None, "--heads", min=1, help="U-Net: attention heads."),
-    dropout: float = typer.Option(None, "--dropout", min=0.0, max=0.99,
+    num_heads: int = typer.Option(None, "--heads", min=1, help="U-Net: attention heads.",
+                                  show_default="preset"),
+    dropout: float = typer.Option(None, "--dropout", min=0.0, max=0.99, show_default="preset",
                                   help="U-Net: dropout in residual blocks."),
-    lr: float = typer.Option(None, "--lr", min=0.0,
-                             help="Adam learning rate [default: from the preset, or --model's]."),
-    batch_size: int = typer.Option(None, "--batch", min=1,
-                                   help="Images per step [default: from the preset, or --model's]."),
+    lr: float = typer.Option(None, "--lr", min=0.0, help="Adam learning rate.",
+                             show_default="the preset's, or --model's"),
+    batch_size: int = opt.batch_size(None, help="Images per step.", old=("--batch",),
+                                     show_default="the preset's, or --model's"),
     grad_accum: int = typer.Option(
-        None, "--grad-accum", min=1,
-        help="Split each batch into N micro-batches (same maths, less memory) [1]."
+        None, "--grad-accum", min=1, show_default="1",
+        help="Split each batch into N micro-batches (same maths, less memory).",
     ),
     warmup: float = typer.Option(
-        None, "--warmup", min=0.0, max=0.99,
-        help="Learning-rate warm-up, as a fraction of the run (its steps, or its minutes) [preset].",
+        None, "--warmup", min=0.0, max=0.99, show_default="preset",
+        help="Learning-rate warm-up, as a fraction of the run (its steps, or its minutes).",
     ),
-    lr_decay: str = typer.Option(
-        None, "--lr-decay",
-        help="After the warm-up the lr falls to 0 at the run's end: cosine, linear, or constant [preset].",
+    lr_decay: str = opt.choice(
+        None, "--lr-decay", choices=LR_DECAYS, show_default="preset",
+        help="After the warm-up the lr falls to 0 at the run's end: cosine, linear, or constant.",
     ),
     ema_decay: float = typer.Option(
-        None, "--ema", min=0.0, max=0.99999,
-        help="A fixed EMA decay of the sampling weights (instead of --ema-length) [0.999].",
+        None, "--ema", min=0.0, max=0.99999, show_default="0.999",
+        help="A fixed EMA decay of the sampling weights (instead of --ema-length).",
     ),
     ema_length: float = typer.Option(
-        None, "--ema-length", min=0.0, max=0.49,
-        help="EDM2's power EMA: the average's width as a fraction of the run, e.g. 0.1 [preset].",
+        None, "--ema-length", min=0.0, max=0.49, show_default="preset",
+        help="EDM2's power EMA: the average's width as a fraction of the run, e.g. 0.1.",
     ),
     ema_warmup: bool = typer.Option(
-        None, "--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+n)/(10+n)) [default: preset]."
+        None, "--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+n)/(10+n)).",
+        show_default="preset",
     ),
     min_snr_gamma: float = typer.Option(
-        None, "--min-snr-gamma", help="Min-SNR-γ loss weight (Hang et al. 2023), e.g. 5 [default: plain MSE]."
+        None, "--min-snr-gamma", help="Min-SNR-γ loss weight (Hang et al. 2023), e.g. 5.",
+        show_default="off: plain MSE",
     ),
     grad_clip: float = typer.Option(
-        None, "--grad-clip", min=0.0, help="Clip the gradient norm at this value; 0 = off [default: preset]."
+        None, "--grad-clip", min=0.0, help="Clip the gradient norm at this value; 0 = off.",
+        show_default="preset",
     ),
-    flip: bool = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips [default: on]."),
+    flip: bool = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips.", show_default="flip"),
     max_steps: int = typer.Option(
-        None, "--max-steps", min=1,
+        None, "--max-steps", min=1, show_default="preset",
         help="Stop at this TOTAL step (a resumed run stops where a straight one would)."
     ),
-    epochs: float = typer.Option(None, "--epochs", min=0.0,
+    epochs: float = typer.Option(None, "--epochs", min=0.0, show_default="none",
                                  help="Stop after this many passes over the data."),
     max_minutes: float = typer.Option(
-        None, "--max-minutes", min=0.0,
+        None, "--max-minutes", min=0.0, show_default="none",
         help="Training minutes. Alone: the run's length (its lr schedule spans it; --resume continues "
         "to it); with --max-steps or --epochs: a cap on this session.",
     ),
-    seed: int = typer.Option(None, "--seed", help="Seed of init, shuffling and noise [default: 0]."),
-    save_every: int = typer.Option(None, "--save-every", min=1,
-                                   help="Checkpoint every N steps [default: preset]."),
+    seed: int = opt.seed(None, help="Seed of init, shuffling and noise.", show_default="0"),
+    save_every: int = typer.Option(None, "--save-every", min=1, show_default="preset",
+                                   help="Checkpoint every N steps."),
     sample_every: int = typer.Option(
-        None, "--sample-every", min=0, help="EMA sample grid every N steps and at the end; 0 = off [preset]."
+        None, "--sample-every", min=0, show_default="preset",
+        help="EMA sample grid every N steps and at the end; 0 = off.",
     ),
-    sample_count: int = typer.Option(None, "--samples", min=1, help="Images per sample grid [default: 16]."),
-    log_every: int = typer.Option(None, "--log-every", min=1,
-                                  help="A metrics.jsonl line every N steps [10]."),
-    precision: str = typer.Option(
-        None, "--precision", help="auto, bf16, fp16 or fp32. auto: bf16 on GPUs with it (else fp16) and on "
-        "CPUs with AMX (else fp32); docs/performance.md."
+    sample_count: int = typer.Option(None, "--samples", min=1, help="Images per sample grid.",
+                                     show_default="16"),
+    log_every: int = typer.Option(None, "--log-every", min=1, show_default="10",
+                                  help="A metrics.jsonl line every N steps."),
+    precision: str = opt.precision(
+        "auto: bf16 on GPUs with it (else fp16) and on CPUs with AMX (else fp32); docs/performance.md.",
+        default=None, show_default="auto",
     ),
-    device: str = typer.Option(None, "--device", help="auto, cpu or cuda [default: auto]."),
+    device: str = opt.device(None, show_default="auto"),
     compile: bool = typer.Option(
-        None, "--compile/--no-compile",
-        help="torch.compile the networks in place [default: on for CUDA; off on CPU, where compiling "
-        "took 108 s and saved 2% per step (measured, docs/train.md)].",
+        None, "--compile/--no-compile", show_default="on for CUDA, off on the CPU",
+        help="torch.compile the networks in place (on the CPU compiling took 108 s and saved 2% per step, "
+        "docs/train.md).",
     ),
     init_from: str = typer.Option(
-        None, "--init-from", metavar="CKPT",
+        None, "--init-from", metavar="CKPT", show_default="none: a new network",
         help="Fine-tune: start a new run from this checkpoint's (or run folder's) weights; the network, and "
         "for unet the schedule and --param, come from it; new data, lr, steps.",
     ),
-    init_weights: str = typer.Option(
-        None, "--init-weights", help="With --init-from: ema (the sampling weights) or raw. [default: ema]"
+    init_weights: str = opt.choice(
+        None, "--init-weights", choices=("ema", "raw"), show_default="ema",
+        help="With --init-from: ema (the sampling weights) or raw.",
     ),
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Train in N processes on this machine (DistributedDataParallel through "
-        "torchrun: one per GPU, or CPU processes); --batch stays the global batch. Several machines: "
+        "torchrun: one per GPU, or CPU processes); --batch-size stays the global batch. Several machines: "
         "docs/distributed.md."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
-    force: bool = typer.Option(False, "--force", "-f",
-                               help="Start over in an existing RUN (deletes its files)."),
+    force: bool = opt.force("Start over in an existing RUN (deletes its files)."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the resolved configuration as JSON and exit."),
 ) -> None:
@@ -160,7 +178,7 @@ def train(
       dtools sample runs/emoji/model.safetensors | dtools grid -o samples.png
       dtools train data/ --model dcgan --d-steps 1:2 -o runs/gan --max-minutes 10
       dtools train mine/ -o runs/mine --init-from runs/emoji --lr 2e-4 --max-steps 500
-      dtools train data/ --beta cosine -o runs/ddp --nproc 4 --batch 512
+      dtools train data/ --beta cosine -o runs/ddp --nproc 4 --batch-size 512
     """
     from dtools import train as training
     from dtools.train import distributed

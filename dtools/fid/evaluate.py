@@ -43,6 +43,7 @@ class FidConfig:
     batch_size: int = 64
     device: str = "auto"
     force: bool = False
+    limit: int | None = None  # only the first N images of each image source (not of a statistics file)
 
     @property
     def metrics(self) -> MetricsConfig:
@@ -78,13 +79,14 @@ def check_request(cfg: FidConfig) -> None:
         raise DtoolsError(msg)
 
 
-def open_images(source: str) -> ImageSource:
-    """An image folder (recursive, sorted), a ``.npy`` uint8 batch [N,H,W,C] or ``-`` (stdin), as RGB.
+def open_images(source: str, limit: int | None = None) -> ImageSource:
+    """An image folder (recursive, sorted), a ``.npy`` uint8 batch [N,H,W,C] or ``-`` (stdin), as RGB;
+    with `limit`, only its first `limit` images (a folder's other files are never opened).
 
     Grey images are repeated to RGB; transparency is composited onto white (as everywhere in dtools).
     Images of a folder may differ in size: each is resized to 299x299 by the network.
     """
-    return open_source(source, channels=3, empty_hint=" in this folder")
+    return open_source(source, channels=3, limit=limit, empty_hint=" in this folder")
 
 
 @torch.inference_mode()
@@ -140,7 +142,7 @@ def evaluate(cfg: FidConfig, log: Callable[[str], None] = _log) -> dict:
             stats[side] = load_stats(source)
             check_stats(stats[side], metrics)
         else:
-            image_sets[side] = open_images(source)
+            image_sets[side] = open_images(source, cfg.limit)
     if cfg.interval and "samples" in stats:
         _check_interval_input(stats["samples"])  # before minutes of features
     notes: list[str] = []

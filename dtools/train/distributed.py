@@ -7,7 +7,7 @@ WORLD_SIZE; `join` makes the process group from them: NCCL on CUDA (one GPU per 
 cuda:LOCAL_RANK), gloo on the CPU. Nothing else differs between the two.
 
 How the work is split (`Group`):
-- `--batch` is the global batch. Every process draws the same indices from the same seeded
+- `--batch-size` is the global batch. Every process draws the same indices from the same seeded
   BatchStream, flips them with the same draws and takes its `shard`, a disjoint contiguous slice
   of B / WORLD_SIZE images; the methods draw the whole batch's noise (t, ε, z) the same way and take
   their slice of it. So each process's random streams and data position are those of a
@@ -112,9 +112,9 @@ class Group:
         return self.rank == 0
 
     def check(self, batch_size: int, grad_accum: int) -> None:
-        """--batch must split into equal slices (and each slice into --grad-accum micro-batches)."""
+        """--batch-size must split into equal slices (and each slice into --grad-accum micro-batches)."""
         if batch_size % self.world:
-            raise OptionError("--batch", f"{batch_size} does not split over {self.world} processes; "
+            raise OptionError("--batch-size", f"{batch_size} does not split over {self.world} processes; "
                                          f"give a multiple of {self.world}")
         if (batch_size // self.world) % grad_accum:
             raise OptionError("--grad-accum", f"each process's {batch_size // self.world} images do not "
@@ -226,7 +226,7 @@ class Group:
 
 
 def check(processes: int, *, beta: str | None = None, cfg: Any = None) -> None:
-    """What several processes cannot do: read --beta from stdin (each would read it), split a --batch
+    """What several processes cannot do: read --beta from stdin (each would read it), split a --batch-size
     (TrainConfig `cfg`) that is no multiple of their number."""
     if processes <= 1:
         return
@@ -240,7 +240,7 @@ def check(processes: int, *, beta: str | None = None, cfg: Any = None) -> None:
 def join(rt: Runtime, cfg: Any = None) -> tuple[Group, Runtime]:
     """This process's Group under torchrun (WORLD_SIZE > 1), with the process group started: NCCL on
     CUDA with the device cuda:LOCAL_RANK, gloo otherwise; Group() and `rt` unchanged outside torchrun.
-    With a TrainConfig `cfg`, its --batch is checked to split over the processes."""
+    With a TrainConfig `cfg`, its --batch-size is checked to split over the processes."""
     rank, world = env_rank()
     if world <= 1:
         return Group(device=rt.device), rt

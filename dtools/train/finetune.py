@@ -3,7 +3,7 @@
 
 The network is the checkpoint's (its header's "model"; only --dropout may change, it holds no
 weights); the model type, and for a DDPM the schedule and parameterization, default to the
-checkpoint's; everything else is a new run's: new data, its own --lr, --batch, steps, seed, a fresh
+checkpoint's; everything else is a new run's: new data, its own --lr, --batch-size, steps, seed, a fresh
 optimizer, step 0. The data must have the image size and channels the network was built for. The
 weights are the checkpoint's EMA weights by default (--init-weights raw: the online ones), and the new
 run's EMA starts from them too. config.json and the checkpoints' "train" header record init_from and

@@ -2,7 +2,7 @@
 
 One training step is one round of the update ratio `--d-steps D:G` (default 1:1):
 
-1. D discriminator updates, each on a fresh real batch (the next --batch images of the shuffled data,
+1. D discriminator updates, each on a fresh real batch (the next --batch-size images of the shuffled data,
    flipped at random, in [-1, 1]) and a fresh fake batch G(z), z ~ N(0, I): the loss is
    BCE(D(real), 1) + BCE(D(fake), 0) (Goodfellow et al. 2014, as PyTorch's DCGAN example sums it);
 2. then G generator updates, each on a fresh z: the non-saturating loss BCE(D(G(z)), 1); after each

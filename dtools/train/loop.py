@@ -179,7 +179,7 @@ class Trainer:
         return self.elapsed_before + time.monotonic() - self.session_start
 
     def real_batch(self) -> torch.Tensor:
-        """The next --batch images of the shuffled data, each flipped with probability 1/2 (--flip), on
+        """The next --batch-size images of the shuffled data, each flipped with probability 1/2 (--flip), on
         the device: (B, C, H, W) in [-1, 1]; of several processes' global batch, this one's slice."""
         idx = self.stream.next(self.cfg.batch_size)
         x0 = self.group.shard(augment(self.images[idx], self.cfg.flip)).to(self.device, non_blocking=True)

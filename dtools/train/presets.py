@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from dtools.dcgan import DCGANConfig, Discriminator, Generator
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, OptionError
 from dtools.unet import UNet, UNetConfig
 from dtools.vae import VAE, VAEConfig
 
@@ -126,10 +126,10 @@ def parse_ratio(text: str) -> tuple[int, int]:
     try:
         d, g = (int(v) for v in str(text).split(":"))
     except ValueError:
-        raise DtoolsError(f"--d-steps expects D:G like 1:2 (discriminator:generator updates), "
+        raise OptionError("--d-steps", f"expects D:G like 1:2 (discriminator:generator updates), "
                           f"got {text!r}") from None
     if d < 1 or g < 1:
-        raise DtoolsError(f"--d-steps {text}: both numbers must be at least 1")
+        raise OptionError("--d-steps", f"{text}: both numbers must be at least 1")
     return d, g
 
 

@@ -1,6 +1,6 @@
 """Training the VAE baseline (`dtools train --model vae`).
 
-One step: take the next --batch images x (shuffled, flipped at random, in [-1, 1]), encode them to
+One step: take the next --batch-size images x (shuffled, flipped at random, in [-1, 1]), encode them to
 q(z|x) = N(μ, σ²), draw z = μ + σ·ε with ε ~ N(0, I) (the reparameterisation), decode, and minimise the
 batch mean of Σ (x - x̂)² + --kl-weight · KL(q(z|x) || N(0, I)): the negative ELBO per image in nats
 (up to a constant) for a Gaussian decoder with σ² = ½ at KL weight 1 (dtools.vae says why Gaussian).

@@ -62,7 +62,7 @@ def test_every_command_help_has_a_summary_and_a_pipeline_example(runner, command
 
 @pytest.mark.parametrize(
     "args",
-    [["no-such-command"], ["schedule"], ["grid"], ["schedule", "linear", "-T"], ["--no-such-flag"]],
+    [["no-such-command"], ["schedule"], ["grid", "--nrow"], ["schedule", "linear", "-T"], ["--no-such-flag"]],
 )
 def test_usage_errors_exit_2(runner, args):
     res = runner.invoke(app, args)

@@ -77,12 +77,31 @@ def test_report_states_counts_bias_and_weights(scored):
     assert header.weights_sha256 == fid_weights.INCEPTION_SHA256
 
 
-def test_human_table_on_stderr_and_nothing_on_stdout_without_json(data, tmp_path):
+def test_the_table_is_the_result_on_stdout_and_logs_stay_on_stderr(data, tmp_path):
     s = tmp_path / "s.safetensors"
     r = _run(str(data["ref.npy"]), "--save-stats", str(s))
-    assert r.stdout == ""
-    assert "reference images" in r.stderr and f"{N} (" in r.stderr and "biased" not in r.stderr  # no score
+    assert "reference images" in r.stdout and f"{N} (" in r.stdout and "biased" not in r.stdout  # no score
+    assert "reference images" not in r.stderr
     assert f"wrote statistics of {N} images" in r.stderr and s.is_file()
+
+
+def test_limit_scores_the_first_images_and_the_table_can_be_redirected(data, scored, tmp_path):
+    """`dtools fid a b --limit 3 > fid.txt` (a real shell): the table is in the file, the first 3 images
+    of each side were scored (the same as scoring copies of just those 3), logs went to stderr."""
+    stats = data["dir"] / "ref_stats.safetensors"  # a statistics file: --limit applies to SAMPLES only
+    cmd = (f"'{DTOOLS}' fid '{data['ref']}' '{data['gen']}' --limit 3 > fid.txt && "
+           f"'{DTOOLS}' fid '{stats}' '{data['gen.npy']}' --limit 3 --json > fid.json")
+    res = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    table = (tmp_path / "fid.txt").read_text()
+    assert "FID" in table and "reference images" in table and "3 (" in table
+    assert "reference images" not in res.stderr
+    report = json.loads((tmp_path / "fid.json").read_text())
+    assert report["samples"]["images"] == 3 and report["reference"]["images"] == N
+    first3 = np.load(data["gen.npy"])[:3]
+    np.save(tmp_path / "first3.npy", first3)
+    same = json.loads(_run(str(stats), str(tmp_path / "first3.npy"), "--json").stdout)
+    assert report["fid"] == pytest.approx(same["fid"], rel=1e-6)
 
 
 def test_reused_statistics_give_the_same_score_and_isc_with_a_head(data, scored, tmp_path):
@@ -114,7 +133,7 @@ def test_npy_and_stdin_through_a_real_shell_pipe_give_the_folder_score(data, sco
     report = json.loads(out.stdout)
     assert report["samples"]["source"] == "stdin" and report["samples"]["images"] == N
     _same_scores(report, scored[0])
-    assert b"reference images" in out.stderr
+    assert b"reference images" not in out.stderr  # --json: the JSON is the result, no table
 
 
 def test_interval_around_the_score(scored):

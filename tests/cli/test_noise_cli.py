@@ -99,11 +99,11 @@ def test_real_pipes(images, tmp_path):
     cmd = (
         f"set -o pipefail; '{DTOOLS}' schedule cosine -T 100 "
         f"| '{DTOOLS}' noise '{paths[0]}' '{paths[1]}' -b - -b linear -T 100 -t x0,50,99 "
-        f"| '{DTOOLS}' grid --nrow 3 -o '{tmp_path / 'g.png'}'"
+        f"| '{DTOOLS}' grid --nrow 3 --scale 1 -o '{tmp_path / 'g.png'}'"
     )
     res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "--nrow 3 --row-labels stdin,linear,stdin,linear" in res.stderr
+    assert "--nrow 3 --row-labels cosine,linear,cosine,linear" in res.stderr  # stdin held the cosine
     with Image.open(tmp_path / "g.png") as g:  # 4 rows x 3 columns of 8x8 with 2 px padding, plus labels
         assert g.height == 2 + 4 * 10 and g.width >= 2 + 3 * 10
 
@@ -123,17 +123,12 @@ def test_refuses_a_terminal_before_the_work(images, tty_run):
     "args, message",
     [
         (["-b", "linear"], "no image sources given"),
-        (["{img}", "-b", "linear", "-t", "1000"], "timestep 1000 is out of range for schedule linear"),
-        (["{img}", "-b", "linear", "-t", "-1"], "timestep -1 is out of range"),
-        (["{img}", "-b", "cosine", "-T", "100", "-t", "100"], "out of range for schedule cosine (T = 100)"),
-        (["{img}", "-b", "linear", "-t", "0,x"], "'x' is not a timestep"),
         (["{img}", "-b", "nope"], "'nope' is neither a schedule name"),
         (["{img}", "-b", "{bad_sched}"], "β is not finite"),
         (["{img}", "-b", "{missing}"], "no such file"),
         (["{img}", "{big}", "-b", "linear"], "differ in size"),
         (["{img}", "{missing}", "-b", "linear"], "no such file"),
         (["-", "-b", "-"], "stdin ('-') can feed only one input"),
-        (["{img}", "-b", "linear", "-T", "1"], "-T must be at least 2"),
         (["{img}", "-b", "linear", "-o", "{exists}"], "already exists; pass --force"),
     ],
 )
@@ -155,3 +150,33 @@ def test_usage_errors(images):
     paths, _ = images
     assert run([paths[0]]).exit_code == 2  # --beta is required
     assert run([paths[0], "-b", "linear", "--seed", "-3"]).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-b", "linear", "-t", "1000"], "timestep 1000 is out of range for schedule linear"),
+        (["-b", "linear", "-t", "-1"], "timestep -1 is out of range"),
+        (["-b", "cosine", "-T", "100", "-t", "100"], "out of range for schedule cosine (T = 100)"),
+        (["-b", "linear", "-t", "0,x"], "'x' is not a timestep"),
+        (["-b", "linear", "-T", "1"], "-T"),
+    ],
+)
+def test_bad_timesteps_are_usage_errors(images, args, message):
+    paths, _ = images
+    res = run([paths[0], *args])
+    assert res.exit_code == 2 and message in res.stderr and "Usage:" in res.stderr, res.stderr
+
+
+def test_row_labels_name_the_schedule_a_file_holds(images, tmp_path):
+    """`dtools schedule cosine > beta.npy` is suggested as 'cosine', not 'beta'; a schedule of one's own
+    keeps its file name."""
+    from dtools.schedules import make_schedule
+
+    paths, _ = images
+    np.save(tmp_path / "beta.npy", make_schedule("cosine", 1000))
+    np.save(tmp_path / "mine.npy", make_schedule("cosine", 1000, max_beta=0.02))
+    res = run([paths[0], "-b", "linear", "-b", str(tmp_path / "beta.npy"), "-b", str(tmp_path / "mine.npy"),
+               "-o", str(tmp_path / "x.npy")])
+    assert res.exit_code == 0, res.stderr
+    assert "--row-labels linear,cosine,mine" in res.stderr

@@ -71,7 +71,7 @@ def test_existing_output_needs_force(runner, tiny_pngs, tmp_path):
         (["twemoji", "--size", "8"], 2, "OUT"),
         (["twemoji", "out", "--size", "8", "--crop", "zoom"], 2, "--crop"),
         (["twemoji", "out", "--size", "8", "--channels", "2"], 2, "--channels"),
-        (["twemoji", "out", "--size", "8", "--background", "blurple"], 1, "not a colour"),
+        (["twemoji", "out", "--size", "8", "--background", "blurple"], 2, "not a colour"),
         (["twemoji", "out", "--size", "8", "--limit", "0"], 2, "--limit"),
     ],
 )
@@ -97,7 +97,7 @@ def test_real_pipe_into_grid(dtools_bin, tmp_path):
     """Two processes (so the process pool runs for real) and a real pipe: prep's .npy into grid."""
     cmd = (
         f"'{dtools_bin}' prep twemoji '{tmp_path}/d' --size 8 --limit 64 --jobs 2 --npy - "
-        f"| '{dtools_bin}' grid --nrow 8 --padding 0 -o '{tmp_path}/g.png'"
+        f"| '{dtools_bin}' grid --nrow 8 --padding 0 --scale 1 -o '{tmp_path}/g.png'"
     )
     p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -77,7 +77,7 @@ def test_help_says_defaults_and_examples():
     out = " ".join(result.stdout.split())
     for text in ("| dtools grid", "--sampler", "dpm++2m", "--trajectory", "bf16 on a CUDA GPU",
                  "on a CPU with AMX, else fp32", "on for CUDA, off on the CPU",
-                 "[default: T for ddpm, 20 otherwise]"):
+                 "[default: T for ddpm, 20 otherwise"):
         assert text in out, text
 
 
@@ -183,7 +183,8 @@ def test_real_shell_pipe(ckpt, tmp_path):
     in-process .npy batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out.png"
-    cmd = f"set -o pipefail; '{DTOOLS}' sample '{ckpt}' -n 4 --steps 5 | '{DTOOLS}' grid --nrow 4 -o '{out}'"
+    cmd = (f"set -o pipefail; '{DTOOLS}' sample '{ckpt}' -n 4 --steps 5 "
+           f"| '{DTOOLS}' grid --nrow 4 --scale 1 -o '{out}'")
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "sampled 4 images in" in proc.stderr
@@ -199,6 +200,27 @@ def test_real_shell_pipe(ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     in_process = images(invoke(ckpt, "-n", 4, "--steps", 5))
     np.testing.assert_array_equal(np.load(tmp_path / "piped.npy"), in_process)
+
+
+def test_png_output_is_one_grid_not_a_folder(ckpt, tmp_path):
+    """`-o out.png` writes the grid `| dtools grid -o out.png` would (not a folder called out.png);
+    `-o DIR.png/` is still a folder; another image format is refused with a pointer."""
+    from PIL import Image
+
+    from dtools.grid import make_grid
+
+    out = tmp_path / "out.png"
+    res = invoke(ckpt, "-n", 4, "--steps", 5, "-o", out)
+    assert res.exit_code == 0 and out.is_file(), res.stderr
+    assert f"wrote {out} (a grid of 4 images" in res.stderr
+    expected = make_grid(images(invoke(ckpt, "-n", 4, "--steps", 5)), scale=None)
+    with Image.open(out) as im:
+        np.testing.assert_array_equal(np.asarray(im), expected)
+    one_line_error(invoke(ckpt, "-n", 4, "--steps", 5, "-o", out), "already exists; pass --force")
+    assert invoke(ckpt, "-n", 2, "--steps", 5, "-o", f"{tmp_path / 'dir.png'}/").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "dir.png").iterdir()) == ["000000.png", "000001.png"]
+    one_line_error(invoke(ckpt, "-n", 2, "-o", tmp_path / "out.jpg"), "| dtools grid")
+    assert not (tmp_path / "out.jpg").exists()
 
 
 def test_refuses_a_terminal(ckpt, monkeypatch):
@@ -258,21 +280,27 @@ def test_bad_checkpoint_contents(tmp_path):
 
 
 @pytest.mark.parametrize("args,match", [
-    (("--steps", 101), "--steps must lie in [2, 100]"),
-    (("--steps", 1), "--steps must lie in [2, 100]"),
-    (("--eta", 0.5), "--eta applies to --sampler ddim, not dpm++2m"),
-    (("--sampler", "ddim", "--eta", 2), "--eta must lie in [0, 1]"),
-    (("--variance", "beta"), "--variance applies to --sampler ddpm"),
-    (("--sampler", "ddpm", "--variance", "learned"), "unknown variance"),
-    (("--sampler", "euler"), "unknown sampler 'euler'"),
-    (("--spacing", "karras"), "unknown spacing"),
-    (("--weights", "best"), "unknown --weights"),
-    (("--device", "tpu"), "unknown device"),
-    (("--precision", "fp8"), "unknown precision"),
-    (("--steps", 4, "--trajectory", 9), "--trajectory 9: the chain has only 5 states"),
+    (("--steps", 101), "--steps: must lie in [2, 100]"),
+    (("--steps", 1), "'--steps'"),
+    (("--sampler", "ddim", "--eta", 2), "--eta: must lie in [0, 1]"),
+    (("--sampler", "ddpm", "--variance", "learned"), "'learned' is not one of beta, posterior"),
+    (("--sampler", "euler"), "'euler' is not one of ddpm, ddim, dpm++2m, heun"),
+    (("--spacing", "karras"), "'karras' is not one of"),
+    (("--weights", "best"), "'best' is not one of ema, raw"),
+    (("--device", "tpu"), "'tpu' is not a device"),
+    (("--precision", "fp8"), "'fp8' is not one of"),
+    (("--steps", 4, "--trajectory", 9), "--trajectory: 9: the chain has only 5 states"),
 ])
 def test_bad_options(ckpt, args, match):
-    one_line_error(invoke(ckpt, "-n", 1, *args), match)
+    """A bad option value, refused by Click or by a check against the checkpoint, is a usage error."""
+    res = invoke(ckpt, "-n", 1, *args)
+    assert res.exit_code == 2 and match in res.stderr and "Usage:" in res.stderr, res.stderr
+
+
+def test_an_option_for_another_sampler_is_refused_in_one_line(ckpt):
+    """Not a bad value but an option that does not apply (as train's options for another --model): exit 1."""
+    one_line_error(invoke(ckpt, "-n", 1, "--eta", 0.5), "--eta applies to --sampler ddim, not dpm++2m")
+    one_line_error(invoke(ckpt, "-n", 1, "--variance", "beta"), "--variance applies to --sampler ddpm")
 
 
 @pytest.mark.parametrize("args", [("-n", 0), ("--batch-size", 0), ("--trajectory", 1), ("--steps", "many")])

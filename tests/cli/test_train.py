@@ -192,7 +192,8 @@ def test_bad_inputs_end_in_one_line_errors(data, beta, tmp_path):
     made = CliRunner().invoke(app, ["schedule", "cosine", "-T", "50", "--zero-terminal-snr", "-o", str(z)])
     assert made.exit_code == 0
     assert "zero terminal SNR" in one_error_line(invoke(data, "--beta", z, "-o", tmp_path / "r4"))
-    assert "--param" in one_error_line(invoke(data, "--beta", beta, "-o", tmp_path / "r5", "--param", "x1"))
+    bad_param = invoke(data, "--beta", beta, "-o", tmp_path / "r5", "--param", "x1")  # not a choice
+    assert "--param" in one_error_line(bad_param, code=2)
     assert "not a .npy" in one_error_line(invoke(data, "--beta", data / "000000.png", "-o", tmp_path / "r6"))
     odd = tmp_path / "odd"
     odd.mkdir()

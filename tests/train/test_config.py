@@ -81,7 +81,7 @@ def test_resume_refuses_changes_that_break_the_run(betas):
     assert cfg.max_steps == 9000 and cfg.device == "cpu"
     with pytest.raises(DtoolsError, match="--lr cannot change"):
         training.resume_config(saved, betas, {"lr": 0.5})
-    with pytest.raises(DtoolsError, match="--batch cannot change"):
+    with pytest.raises(DtoolsError, match="--batch-size cannot change"):
         training.resume_config(saved, betas, {"batch_size": 3})
     assert training.resume_config(saved, betas, {"lr": saved["lr"]}).lr == saved["lr"]  # same value is fine
 
@@ -99,7 +99,7 @@ def test_the_betas_travel_inside_the_config_but_not_in_its_dict(betas):
 
 def test_every_option_names_its_flag_once(betas):
     assert [training.flag(n) for n in ("batch_size", "parameterization", "ema_decay", "sample_count")] == [
-        "--batch", "--param", "--ema", "--samples"]
+        "--batch-size", "--param", "--ema", "--samples"]
     assert [training.flag(n) for n in ("num_heads", "num_res_blocks", "attention_resolutions")] == [
         "--heads", "--res-blocks", "--attention"]
     fields = {f.name for f in dataclasses.fields(training.TrainConfig)}

@@ -121,11 +121,11 @@ def test_options_that_do_not_apply_are_refused(data8, tmp_path, latent, fit):
         training.configure(str(tmp_path / "r"), str(data8), "cosine", {"latent_dim": 8})
     with pytest.raises(DtoolsError, match="^--beta applies to --model unet, not vae"):
         training.configure(str(tmp_path / "r"), str(data8), "cosine", {"model_type": "vae"})
-    with pytest.raises(DtoolsError, match="--d-steps expects D:G like 1:2"):
+    with pytest.raises(DtoolsError, match="--d-steps: expects D:G like 1:2"):
         latent(data8, tmp_path / "r", "dcgan", d_steps="2")
     with pytest.raises(DtoolsError, match="unknown --model 'gan'"):
         latent(data8, tmp_path / "r", "gan")
-    with pytest.raises(DtoolsError, match="--kl-weight must be positive"):
+    with pytest.raises(DtoolsError, match="--kl-weight: must be positive"):
         latent(data8, tmp_path / "r", "vae", kl_weight=0.0)
     run = tmp_path / "gan"
     fit(latent(data8, run, "dcgan", max_steps=1))
