@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_MINUTES ?= 5
 DEMO_OUT     ?= demo/out
 
-.PHONY: install test lint docs demo bench bench-quality clean
+.PHONY: install test lint docs demo bench bench-kernels bench-threads bench-quality clean
 
 install: $(STAMP)
 
@@ -29,9 +29,15 @@ docs: install
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" DEMO_MINUTES=$(DEMO_MINUTES) bash demo/run.sh $(DEMO_OUT)
 
+# docs/performance.md: run on a quiet machine (here: under `flock -x /work/notes/cpu.lock make bench`).
+# BENCH_ARGS, e.g. "--configs seed32 --compile"; bench-threads: the CPU thread policies (~15 min)
+BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python bench/bench_unet.py
+	$(BIN)/python bench/bench_speed.py $(BENCH_ARGS)
+
+bench-kernels bench-threads: install
+	$(BIN)/python bench/$(subst -,_,$@).py
 
 # sample quality per CPU-minute against the diffusers recipe (docs/quality.md): about 2.5 hours
 bench-quality: install

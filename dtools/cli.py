@@ -134,7 +134,18 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
-    # Sleeping, not spinning, OpenMP threads (read when torch loads, which commands do lazily): with other
-    # processes on the cores, spinning made training 25x slower (2.8 vs 73 img/s on 2 cores, docs/train.md).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    policy = omp_wait_policy(sys.argv[1:])
+    if policy is not None:
+        os.environ.setdefault("OMP_WAIT_POLICY", policy)
     app(prog_name="dtools")
+
+
+def omp_wait_policy(argv: list[str]) -> str | None:
+    """The OpenMP wait policy a command line gets unless OMP_WAIT_POLICY is set (OpenMP reads it once,
+    when torch loads, which commands do lazily). Sleeping threads (PASSIVE) for every command but
+    train: with another process on the cores, spinning threads made training 25x slower (2.8 vs 73
+    img/s on 2 cores, docs/train.md). `dtools train` keeps OpenMP's spinning default (None), 1.5x
+    faster on idle cores, because its loop's thread guard (runtime.ThreadGuard) drops to one thread
+    when the cores get busy (docs/performance.md)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return None if command == "train" else "PASSIVE"

@@ -194,6 +194,8 @@ def load(cfg: SampleConfig) -> tuple[LoadedModel, Runtime]:
     """The checkpoint's network on the chosen device, compiled if asked."""
     rt = resolve(cfg.device, cfg.precision, cfg.compile)
     loaded = load_model(cfg.checkpoint, cfg.weights, rt.device)
+    if loaded.schedule is not None:  # a diffusion U-Net: channels-last, as train's grids run it
+        rt.prepare(loaded.network)
     if rt.compile:
         loaded.network.compile()
     return loaded, rt
@@ -215,10 +217,7 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
     opts = dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, variance=variance)
     shape = loaded.image_shape
 
-    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with rt.autocast():
-            return model(x_t, t).float()
-
+    model_fn = rt.model_fn(model)  # precision and memory format as in train's grids
     what = "trajectories" if cfg.trajectory else "images"
     log(f"sampling {cfg.n} {what} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
         f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights): {sampler}, {steps} steps "

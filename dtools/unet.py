@@ -10,6 +10,13 @@ untrained network predicts 0.
 
 The network knows nothing about schedules: it maps (x_t, t) with t the integer timestep index to a
 tensor of x_t's shape. Compile it in place (`model.compile()`) so state-dict keys stay clean.
+
+Speed (docs/performance.md): the network runs in whatever memory format its weights and input have;
+`dtools.runtime` puts both in channels-last, which oneDNN's CPU kernels (AMX bf16 above all) and
+cuDNN prefer, and every op here keeps that format (torch.cat of channels-last skips, nearest
+upsampling, the broadcast timestep add). Two kernel choices depend on what a forward pass is for, and
+are made per call by `fast_group_norm` and `matmul_attention`: both keep the parameters and their
+state-dict keys of the plain network and agree with it to float rounding (tests/test_unet.py).
 """
 
 from __future__ import annotations
@@ -145,6 +152,87 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb  # (B, dim)
 
 
+# ---------------------------------------------------------------------------------------------
+# Kernel choices (measured by bench/bench_kernels.py; the numbers are in docs/performance.md)
+
+# The longest attention sequence (H*W) at which a bf16 CPU training step writes attention out as
+# matmuls: SDPA's fused bf16 backward is slow at short lengths (2.8-11x slower than the matmuls at
+# 144, 64 and 16 positions), 1.3x slower at 256, where the matmuls' (L, L) scores would also add a
+# fifth to the peak memory of a seed64 step; at 1024 SDPA is 2x faster. In fp32, and without
+# gradients, SDPA is as fast or faster at every length measured.
+MATMUL_ATTENTION_MAX_LEN = 144
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-d tensor laid out NHWC (and not also NCHW-contiguous, as when H = W = 1 or C = 1)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _cpu_bf16_training(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and torch.is_grad_enabled()
+
+
+def fast_group_norm(x: torch.Tensor) -> bool:
+    """Whether GroupNorm runs its backward on NCHW copies: for a channels-last bf16 input in a CPU
+    training step, where PyTorch's channels-last bf16 backward is 1.3-3x slower than that (in fp32 the
+    copies cost more than they save)."""
+    return _cpu_bf16_training(x) and is_channels_last(x)
+
+
+def matmul_attention(q: torch.Tensor) -> bool:
+    """Whether attention over q (B, heads, L, d) is written out as matmuls and an fp32 softmax instead
+    of SDPA: in bf16 CPU training steps up to MATMUL_ATTENTION_MAX_LEN positions."""
+    return _cpu_bf16_training(q) and q.shape[-2] <= MATMUL_ATTENTION_MAX_LEN
+
+
+class _GroupNormNCHWBackward(torch.autograd.Function):
+    """F.group_norm's forward as it is (fast in channels-last), its backward on NCHW copies; the input's
+    gradient goes back channels-last."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        n, c, h, w = x.shape
+        y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, h * w, groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups = groups
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(
+            gy.contiguous(), x.contiguous(), mean, rstd, weight, n, c, h * w, ctx.groups,
+            list(ctx.needs_input_grad[:3]),
+        )
+        if gx is not None:
+            gx = gx.contiguous(memory_format=torch.channels_last)
+        return gx, gw, gb, None, None
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters, same state-dict keys) that takes the NCHW backward when
+    `fast_group_norm` says so."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_group_norm(x):
+            return _GroupNormNCHWBackward.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+        return super().forward(x)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, L, d), as SDPA or as matmuls (`matmul_attention`),
+    the softmax then in fp32."""
+    if not matmul_attention(q):
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, heads, L, L)
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype), v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+
+
 def _zero(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
@@ -156,10 +244,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = GroupNorm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = GroupNorm(groups, out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -177,16 +265,21 @@ class Attention(nn.Module):
     def __init__(self, ch: int, heads: int, groups: int):
         super().__init__()
         self.heads = heads
-        self.norm = nn.GroupNorm(groups, ch)
+        self.norm = GroupNorm(groups, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv2d(ch, ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, C/heads)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
-        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        heads, d = self.heads, C // self.heads
+        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W); channel = (which * heads + head) * d + i
+        if is_channels_last(qkv):  # NHWC in memory: the sequence view costs no copy
+            q, k, v = qkv.permute(0, 2, 3, 1).reshape(B, H * W, 3, heads, d).permute(2, 0, 3, 1, 4)
+            h = attend(q, k, v)  # (B, heads, HW, d)
+            h = h.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
+        else:
+            q, k, v = qkv.reshape(B, 3, heads, d, H * W).transpose(-1, -2).unbind(1)  # (B, heads, HW, d)
+            h = attend(q, k, v).transpose(-1, -2).reshape(B, C, H, W)
         return x + self.proj(h)
 
 
@@ -268,7 +361,7 @@ class UNet(nn.Module):
             self.upsample.append(Upsample(ch) if i > 0 else nn.Identity())
         assert not skips
 
-        self.norm_out = nn.GroupNorm(groups, ch)
+        self.norm_out = GroupNorm(groups, ch)
         self.conv_out = _zero(nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,10 @@ def sample(
         None, "--clip/--no-clip", help="Clip each predicted x0 to [-1, 1].", show_default="clip"
     ),
     device: str = opt.device(),
-    precision: str = opt.precision("auto: bf16 on a CUDA GPU (fp16 on older ones), fp32 on the CPU."),
+    precision: str = opt.precision(
+        "auto: bf16 on a CUDA GPU (fp16 on older ones) and on a CPU with AMX, else fp32 "
+        "(docs/performance.md)."
+    ),
     compile_model: bool = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the network.",
         show_default="on for CUDA, off on the CPU",

@@ -39,7 +39,9 @@ def sweep(
     ),
     batch_size: int = opt.batch_size(old=("-b",)),
     device: str = opt.device(),
-    precision: str = opt.precision("Sampling precision; auto: bf16 on a CUDA GPU, fp32 on the CPU."),
+    precision: str = opt.precision(
+        "Sampling precision; auto: bf16 on a CUDA GPU and on a CPU with AMX, else fp32."
+    ),
     compile_model: bool = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the network.",
         show_default="on for CUDA, off on the CPU",

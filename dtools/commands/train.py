@@ -130,7 +130,8 @@ def train(
     log_every: int = typer.Option(None, "--log-every", min=1, show_default="10",
                                   help="A metrics.jsonl line every N steps."),
     precision: str = opt.precision(
-        "auto: bf16 on GPUs with it, else fp16; fp32 on the CPU.", default=None, show_default="auto"
+        "auto: bf16 on GPUs with it (else fp16) and on CPUs with AMX (else fp32); docs/performance.md.",
+        default=None, show_default="auto",
     ),
     device: str = opt.device(None, show_default="auto"),
     compile: bool = typer.Option(

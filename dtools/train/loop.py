@@ -30,7 +30,7 @@ from dtools.ema import EMA
 from dtools.errors import DtoolsError
 from dtools.progress import Bar, progress_bar
 from dtools.progress import log as log_line
-from dtools.runtime import Runtime, resolve
+from dtools.runtime import Runtime, ThreadGuard, resolve
 from dtools.train import distributed
 from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import BatchStream, augment, fingerprint, load_images
@@ -257,15 +257,19 @@ class Trainer:
         budget = cfg.max_minutes * 60 if capped else math.inf
         self.clock = StepClock(self.step, self.total)
         done = self.finished()
+        guard, threads = ThreadGuard.for_runtime(rt), torch.get_num_threads()  # CPU threads by step times
         try:
             signals = StopSignals(self._stopping, self._abort, self.writing)
             with signals, self._progress_bar() as bar:
                 while not done and stopped == "done":
                     self.method.set_lr(cfg.lr * lr_factor(self.progress(), cfg.warmup, cfg.lr_decay))
+                    started = time.perf_counter()
                     try:
                         window.add(self.method.train_step())
                     except NonFiniteLoss as e:
                         raise self._diverged(str(e), self.step + 1) from None
+                    if guard is not None:
+                        guard.apply(time.perf_counter() - started)
                     self.group.sync_buffers(self.method.networks().values())
                     self.step += 1
                     self.clock.tick(self.step)
@@ -287,6 +291,8 @@ class Trainer:
                                         samples=stopped != "interrupted", window=window)
         except NonFiniteLoss as e:
             raise self._diverged(str(e), self.step) from None
+        finally:
+            torch.set_num_threads(threads)
         return TrainResult(self.step, self.total, stopped, self.last_loss(), self.elapsed(), self.run_dir,
                            self.checkpoint_step, self.metrics, self.last_losses(), self.loss_steps,
                            self.start_step, self.group.rank)
@@ -420,9 +426,9 @@ class Ddpm(Method):
         super().__init__(cfg, rt, real_batch)
         self.schedule_cpu = Schedule.from_betas(cfg.betas)  # float64; what the samplers get
         self.schedule = schedule_on(self.schedule_cpu, self.device)
-        self.model = UNet(UNetConfig.from_dict(cfg.model)).to(self.device)
+        self.model = rt.prepare(UNet(UNetConfig.from_dict(cfg.model)))  # on the device, channels-last
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = rt.adam(self.model.parameters(), lr=cfg.lr)  # fused where supported
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
         self.net = self.model  # what a step calls (DistributedDataParallel around it: `distribute`)
 
@@ -451,7 +457,7 @@ class Ddpm(Method):
         micro = b // cfg.grad_accum
         for i, (x0, t, eps) in enumerate(zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro),
                                              strict=True)):
-            x_t = q_sample(s, x0, t, eps)
+            x_t = self.rt.layout(q_sample(s, x0, t, eps))  # the network's memory format
             target = training_target(s, param, x0, eps, t)
             with self.rt.autocast():
                 out = self.net(x_t, t)
@@ -486,10 +492,7 @@ class Ddpm(Method):
 
         cfg = self.cfg
 
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with self.rt.autocast():
-                return self.ema.module(x_t, t).float()
-
+        model_fn = self.rt.model_fn(self.ema.module)  # as `dtools sample` runs it
         shape = (cfg.channels, cfg.image_size, cfg.image_size)
         return generate(model_fn, self.schedule_cpu, cfg.parameterization, shape, seeds,
                         sampler=SAMPLE_SAMPLER, steps=SAMPLE_STEPS, device=self.device)

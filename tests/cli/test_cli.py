@@ -133,3 +133,13 @@ def test_console_without_unicode(dtools_bin, tmp_path):
                          env=env, timeout=60)
     assert res.returncode == 0 and res.stderr == b"", res.stderr
     assert b"linear" in res.stdout and b"? first" in res.stdout
+
+
+def test_train_keeps_spinning_openmp_threads_and_every_other_command_sleeps():
+    """train's thread guard handles busy cores (runtime.ThreadGuard); the other commands have none, so
+    their OpenMP threads sleep while they wait."""
+    from dtools.cli import omp_wait_policy
+
+    assert omp_wait_policy(["train", "data.npy", "-o", "run"]) is None
+    for argv in (["sample", "model.safetensors"], ["fid", "a", "b"], [], ["--version"]):
+        assert omp_wait_policy(argv) == "PASSIVE", argv

@@ -76,7 +76,8 @@ def test_help_says_defaults_and_examples():
     assert result.exit_code == 0
     out = " ".join(result.stdout.split())
     for text in ("| dtools grid", "--sampler", "dpm++2m", "--trajectory", "bf16 on a CUDA GPU",
-                 "fp32 on the CPU", "on for CUDA, off on the CPU", "[default: T for ddpm, 20 otherwise"):
+                 "on a CPU with AMX, else fp32", "on for CUDA, off on the CPU",
+                 "[default: T for ddpm, 20 otherwise"):
         assert text in out, text
 
 

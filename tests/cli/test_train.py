@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from dtools.cli import app
 from dtools.errors import DtoolsError
+from dtools.runtime import cpu_has_amx_bf16
 from dtools.tensorfile import read_header
 
 DTOOLS = pathlib.Path(sys.executable).parent / "dtools"
@@ -81,7 +82,8 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(data, beta, tmp_p
     assert (cfg["preset"], cfg["image_size"], cfg["num_images"], cfg["T"]) == ("cpu16", 8, 20, 50)
     assert (cfg["lr"], cfg["batch_size"], cfg["ema_warmup"]) == (1e-3, 16, True)
     assert cfg["parameterization"] == "eps"
-    assert out["resolved"] == {**out["resolved"], "device": "cpu", "precision": "fp32", "compile": False,
+    precision = "bf16" if cpu_has_amx_bf16() else "fp32"  # auto on the CPU (docs/performance.md)
+    assert out["resolved"] == {**out["resolved"], "device": "cpu", "precision": precision, "compile": False,
                                "total_steps": 7}
     assert out["resolved"]["parameters"] > 0
     assert not run.exists()
