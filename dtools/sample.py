@@ -201,6 +201,13 @@ def load(cfg: SampleConfig) -> tuple[LoadedModel, Runtime]:
     return loaded, rt
 
 
+def seed_batches(cfg: SampleConfig) -> list[list[int]]:
+    """The per-image seeds of images 0..n-1 (image i depends only on --seed and i), in --batch-size
+    groups."""
+    seeds = [samplers.image_seed(cfg.seed, i) for i in range(cfg.n)]
+    return [seeds[i:i + cfg.batch_size] for i in range(0, cfg.n, cfg.batch_size)]
+
+
 def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) -> float:
     """Sample `cfg.n` images (or trajectories) into `sink`; returns the seconds spent sampling."""
     loaded, rt = load(cfg)
@@ -222,8 +229,7 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
     log(f"sampling {cfg.n} {what} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
         f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights): {sampler}, {steps} steps "
         f"({samplers.NFE[sampler](steps)} network calls/image), {rt.describe()}")
-    seeds = [samplers.image_seed(cfg.seed, i) for i in range(cfg.n)]
-    batches = [seeds[i:i + cfg.batch_size] for i in range(0, cfg.n, cfg.batch_size)]
+    batches = seed_batches(cfg)
     start = time.perf_counter()
     snaps = None
     with progress_bar("sampling", len(batches) * steps) as bar:
@@ -262,8 +268,7 @@ def run_prior(
     log(f"sampling {cfg.n} images of {h}x{w}x{c} from {cfg.checkpoint} (step {info.get('step', '?')}, "
         f"{info['model_type']}, {cfg.weights} weights): z ~ N(0, I) of {network.latent_dim} dimensions, "
         f"1 network call/image, {rt.describe()}")
-    seeds = [samplers.image_seed(cfg.seed, i) for i in range(cfg.n)]
-    batches = [seeds[i:i + cfg.batch_size] for i in range(0, cfg.n, cfg.batch_size)]
+    batches = seed_batches(cfg)
     start = time.perf_counter()
     with progress_bar("sampling", len(batches)) as bar:
         for batch in batches:

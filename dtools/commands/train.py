@@ -207,9 +207,6 @@ def train(
     if result.rank:  # one process of several: rank 0 reports
         raise typer.Exit(130 if result.stopped == "interrupted" else 0)
     if result.stopped == "interrupted":
-        ckpt = result.run / training.MODEL_FILE
-        typer.echo(f"interrupted at step {result.step}"
-                   f"{'' if result.total_steps is None else '/' + str(result.total_steps)}; saved {ckpt}; "
-                   f"continue with: dtools train --resume -o {result.run}", err=True)
+        typer.echo(training.summary(result), err=True)
         raise typer.Exit(130)
     typer.echo(training.summary(result), err=True)

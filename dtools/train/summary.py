@@ -8,8 +8,12 @@ from dtools.train.run import MODEL_FILE
 
 
 def summary(result: TrainResult) -> str:
-    """E.g. 'done: 2 steps, loss 0.123 (mean of the last 2 steps), 0.1 min; wrote runs/x/model.safetensors'.
-    For a session that was interrupted, the command says how to continue instead."""
+    """E.g. 'done: 2 steps, loss 0.123 (mean of the last 2 steps), 0.1 min; wrote runs/x/model.safetensors';
+    an interrupted session's says where it stopped and how to continue."""
+    if result.stopped == "interrupted":
+        of = "" if result.total_steps is None else f"/{result.total_steps}"
+        return (f"interrupted at step {result.step}{of}; saved {result.run / MODEL_FILE}; "
+                f"continue with: dtools train --resume -o {result.run}")
     if result.stopped == "nothing_to_do":
         return (f"nothing to do: {result.run} is already at step {result.step} of {result.total_steps}; "
                 "give a larger --max-steps (or --epochs) to train on")
