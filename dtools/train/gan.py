@@ -31,11 +31,9 @@ from dtools.dcgan import DCGANConfig, Discriminator, Generator
 from dtools.ema import EMA
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig, parse_ratio
-from dtools.train.data import BatchStream
 from dtools.train.distributed import Group
 from dtools.train.method import Method, NonFiniteLoss, Plot, RealBatch, Weights, parameters
 from dtools.train.run import ACCURACY_PLOT, LOSS_PLOT
-from dtools.train.state import capture, restore
 
 ADAM_BETAS = (0.5, 0.999)  # Radford et al. 2016: β1 = 0.5 steadied training where 0.9 oscillated
 
@@ -147,16 +145,9 @@ class Dcgan(Method):
         self.ema.module.load_state_dict(weights, strict=True)
         return "the discriminator starts afresh (a checkpoint holds only the generator)"
 
-    def _parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
+    def state_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
         modules = {"raw": self.generator, "ema": self.ema.module, "disc": self.discriminator}
         return modules, {"adam": (self.opt_g, self.generator), "adam_disc": (self.opt_d, self.discriminator)}
-
-    def capture(self, stream: BatchStream) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, info = capture(*self._parts(), stream, self.scaler)
-        return tensors, {"ema_updates": self.ema.num_updates, **info}
-
-    def restore(self, path: Any, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> BatchStream:
-        return restore(path, tensors, info, *self._parts(), self.scaler, (self.ema,))
 
     def describe(self) -> str:
         return (f"dcgan, {parameters(generator=self.generator, discriminator=self.discriminator)}, "

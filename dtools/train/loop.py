@@ -61,7 +61,7 @@ from dtools.train.run import (
     write_metrics,
 )
 from dtools.train.signals import StopSignals, abort, abort_message, stop_message
-from dtools.train.state import capture, load_state, read_state_header, restore, save_state
+from dtools.train.state import load_state, read_state_header, save_state
 from dtools.train.vae import Vae
 from dtools.unet import UNet, UNetConfig, count_parameters
 
@@ -509,15 +509,8 @@ class Ddpm(Method):
         }
         return {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}, cfg.model, header
 
-    def capture(self, stream: BatchStream) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        modules = {"raw": self.model, "ema": self.ema.module}
-        tensors, info = capture(modules, {"adam": (self.optimizer, self.model)}, stream, self.scaler)
-        return tensors, {"ema_updates": self.ema.num_updates, **info}
-
-    def restore(self, path: Any, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> BatchStream:
-        modules = {"raw": self.model, "ema": self.ema.module}
-        return restore(path, tensors, info, modules, {"adam": (self.optimizer, self.model)}, self.scaler,
-                       (self.ema,))
+    def state_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
+        return {"raw": self.model, "ema": self.ema.module}, {"adam": (self.optimizer, self.model)}
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
         self.model.load_state_dict(weights, strict=True)

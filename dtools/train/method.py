@@ -25,6 +25,7 @@ from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig
 from dtools.train.data import BatchStream
 from dtools.train.distributed import Group
+from dtools.train.state import capture, restore
 from dtools.unet import count_parameters
 
 RealBatch = Callable[[], torch.Tensor]  # the next training batch (B, C, H, W) in [-1, 1] on the device
@@ -101,13 +102,20 @@ class Method:
         and train config."""
         raise NotImplementedError
 
-    def capture(self, stream: BatchStream) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The training state: its tensors (copies) and header fields."""
+    def state_parts(self) -> tuple[dict[str, nn.Module], dict[str, tuple[torch.optim.Optimizer, nn.Module]]]:
+        """What the training state holds, by prefix: the modules (raw and EMA networks, any other
+        trained network) and the optimizers with the module whose parameters each steps."""
         raise NotImplementedError
+
+    def capture(self, stream: BatchStream) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The training state: its tensors (copies) and header fields (state.capture of state_parts,
+        the GradScaler and the EMA's update count)."""
+        tensors, info = capture(*self.state_parts(), stream, self.scaler)
+        return tensors, {"ema_updates": self.ema.num_updates, **info}
 
     def restore(self, path: Any, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> BatchStream:
         """Put a training state back; returns the data stream at its position."""
-        raise NotImplementedError
+        return restore(path, tensors, info, *self.state_parts(), self.scaler, (self.ema,))
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
         """Start from a model checkpoint's state dict (--init-from): into the network it holds and that

@@ -19,11 +19,9 @@ import torch
 from dtools.ema import EMA
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig
-from dtools.train.data import BatchStream
 from dtools.train.distributed import Group
 from dtools.train.method import Method, NonFiniteLoss, Plot, RealBatch, Weights, parameters
 from dtools.train.run import LOSS_PLOT
-from dtools.train.state import capture, restore
 from dtools.vae import VAE, VAEConfig, elbo_terms
 
 
@@ -102,15 +100,8 @@ class Vae(Method):
         self.ema.module.decoder.load_state_dict(weights, strict=True)
         return "the encoder starts afresh (a checkpoint holds only the decoder)"
 
-    def capture(self, stream: BatchStream) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        modules = {"raw": self.vae, "ema": self.ema.module}
-        tensors, info = capture(modules, {"adam": (self.optimizer, self.vae)}, stream, self.scaler)
-        return tensors, {"ema_updates": self.ema.num_updates, **info}
-
-    def restore(self, path: Any, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> BatchStream:
-        modules = {"raw": self.vae, "ema": self.ema.module}
-        return restore(path, tensors, info, modules, {"adam": (self.optimizer, self.vae)}, self.scaler,
-                       (self.ema,))
+    def state_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
+        return {"raw": self.vae, "ema": self.ema.module}, {"adam": (self.optimizer, self.vae)}
 
     def describe(self) -> str:
         return (f"vae, {parameters(encoder=self.vae.encoder, decoder=self.vae.decoder)}, "
