@@ -6,7 +6,7 @@ windows of metrics.jsonl, the curves in RUN/, the checkpoint cadence and order, 
 diverged run, the progress bar and --resume. A Method owns the rest: its networks, optimizers and
 EMA (built when it is made, after the Trainer seeds torch), one training step (returning its named
 losses and metrics), its sample grid, the weights and header of its model checkpoint, and the
-tensors of its training state. The methods: "unet" (the DDPM, `loop.Ddpm`), "dcgan"
+tensors of its training state. The methods: "unet" (the DDPM, `ddpm.Ddpm`), "dcgan"
 (`gan.Dcgan`) and "vae" (`vae.Vae`); `loop.METHODS` maps `--model` to them. The session's shared
 pieces are here too: the metrics `Window` and `fmt_time` (signals.py answers Ctrl-C).
 """

@@ -16,7 +16,7 @@ from dtools import train as training
 from dtools.checkpoint import read_model
 from dtools.errors import DtoolsError
 from dtools.tensorfile import read_header
-from dtools.train import loop
+from dtools.train import ddpm, loop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,14 +111,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 ):
     run = tmp_path / "run"
     calls = {"n": 0}
-    real_q_sample = loop.q_sample
+    real_q_sample = ddpm.q_sample
 
     def poisoned(s, x0, t, eps):  # NaN data from the 8th step on
         calls["n"] += 1
         x_t = real_q_sample(s, x0, t, eps)
         return x_t * float("nan") if calls["n"] >= 8 else x_t
 
-    monkeypatch.setattr(loop, "q_sample", poisoned)
+    monkeypatch.setattr(ddpm, "q_sample", poisoned)
     cfg = config(data8, run, max_steps=20, save_every=5)
     with pytest.raises(DtoolsError, match=r"diverged at step 8: loss is nan.*checkpoint \(step 5\)"):
         fit(cfg)
@@ -128,7 +128,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     weights, info = read_model(run / training.MODEL_FILE)
     assert info["step"] == 5 and all(torch.isfinite(v).all() for sd in weights.values() for v in sd.values())
     # and the run resumes from it
-    monkeypatch.setattr(loop, "q_sample", real_q_sample)
+    monkeypatch.setattr(ddpm, "q_sample", real_q_sample)
     result = fit(config(data8, run, max_steps=7), resume=True)
     assert result.step == 7
 
@@ -145,7 +145,7 @@ def test_absurd_learning_rate_never_writes_nan_weights(data8, tmp_path, config, 
 
 def test_ctrl_c_saves_a_checkpoint(data8, tmp_path, monkeypatch, config, fit):
     run = tmp_path / "run"
-    real_step, calls = loop.Ddpm.train_step, []
+    real_step, calls = ddpm.Ddpm.train_step, []
 
     def step_then_interrupt(self):
         out = real_step(self)
@@ -154,7 +154,7 @@ def test_ctrl_c_saves_a_checkpoint(data8, tmp_path, monkeypatch, config, fit):
             os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during step 3
         return out
 
-    monkeypatch.setattr(loop.Ddpm, "train_step", step_then_interrupt)
+    monkeypatch.setattr(ddpm.Ddpm, "train_step", step_then_interrupt)
     result = fit(config(data8, run, max_steps=50, save_every=100, log_every=10))
     assert (result.stopped, result.step, result.checkpoint_step) == ("interrupted", 3, 3)
     assert read_header(run / training.STATE_FILE, "dtools.train-state")["step"] == 3

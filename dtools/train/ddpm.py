@@ -1,0 +1,143 @@
+"""The DDPM's training method (`dtools train --model unet`, the default): Ho et al. 2020, Algorithm 1.
+
+A U-Net regresses the parameterization's target (ε, x0 or v; dtools.diffusion) on images noised by
+q(x_t | x0) at uniformly drawn timesteps, with the loss weight of --min-snr-gamma; Adam (fused where
+supported), gradient clipping, an EMA of the weights that `dtools sample` and the run's grids use.
+The Trainer (loop.py) drives it like any other Method.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from dtools.diffusion import Schedule, loss_weight, q_sample, training_target
+from dtools.ema import EMA
+from dtools.runtime import Runtime
+from dtools.train import distributed
+from dtools.train.config import TrainConfig
+from dtools.train.method import Method, NonFiniteLoss, Plot, RealBatch, Weights
+from dtools.train.run import LOSS_PLOT
+from dtools.unet import UNet, UNetConfig, count_parameters
+
+SAMPLE_SAMPLER, SAMPLE_STEPS = "dpm++2m", 20  # the run's sample grids: `dtools sample`'s default
+
+
+def schedule_on(schedule: Schedule, device: torch.device) -> Schedule:
+    """The schedule's tables on the training device (MPS has no float64: there they become float32)."""
+    if device.type == "mps":
+        return Schedule(*(getattr(schedule, f).float().to(device) for f in schedule.__dataclass_fields__))
+    return schedule.to(device)
+
+
+class Ddpm(Method):
+    """The seed's DDPM: a U-Net regressing the parameterization's target on noised images (Ho et al.
+    2020, Algorithm 1), Adam, an EMA of the weights for sampling."""
+
+    model_type = "unet"
+    losses = ("loss",)
+    plots = (Plot(LOSS_PLOT, "training loss", ("loss",)),)
+    clips = True
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
+        super().__init__(cfg, rt, real_batch)
+        self.schedule_cpu = Schedule.from_betas(cfg.betas)  # float64; what the samplers get
+        self.schedule = schedule_on(self.schedule_cpu, self.device)
+        self.model = rt.prepare(UNet(UNetConfig.from_dict(cfg.model)))  # on the device, channels-last
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
+        self.optimizer = rt.adam(self.model.parameters(), lr=cfg.lr)  # fused where supported
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
+        self.net = self.model  # what a step calls (DistributedDataParallel around it: `distribute`)
+
+    def distribute(self, group: distributed.Group) -> None:
+        super().distribute(group)
+        self.net = group.wrap(self.model)
+
+    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole batch's images, timesteps and noise, drawn in one fixed order (so --grad-accum
+        splits exactly the batch that an unsplit step would see). Of several processes: this one's
+        slice of the whole batch's draws (every process draws them all, the same)."""
+        cfg, device, shard = self.cfg, self.device, self.group.shard
+        x0 = self.real_batch()  # (b, C, H, W) in [-1, 1]: b = B / processes
+        t = torch.randint(0, self.schedule.T, (cfg.batch_size,), device=device)  # (B,)
+        eps = torch.randn((cfg.batch_size, *x0.shape[1:]), device=device)  # (B, C, H, W)
+        return x0, shard(t), shard(eps)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns its loss and gradient norm or raises NonFiniteLoss before updating."""
+        cfg, s, param = self.cfg, self.schedule, self.cfg.parameterization
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss = torch.zeros((), device=self.device)
+        x0_all, t_all, eps_all = self.draw_batch()
+        b = x0_all.shape[0]  # this process's images (DDP averages the processes' gradients)
+        micro = b // cfg.grad_accum
+        for i, (x0, t, eps) in enumerate(zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro),
+                                             strict=True)):
+            x_t = self.rt.layout(q_sample(s, x0, t, eps))  # the network's memory format
+            target = training_target(s, param, x0, eps, t)
+            with self.rt.autocast():
+                out = self.net(x_t, t)
+            per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
+            # the mean over the whole batch, accumulated one micro-batch at a time
+            loss = (loss_weight(s, param, t, cfg.min_snr_gamma) * per_sample).sum() / b
+            with self.group.no_sync(self.net, sync=i == cfg.grad_accum - 1):
+                self.scaler.scale(loss).backward()
+            total_loss += loss.detach()
+        loss_value = float(total_loss)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"loss is {loss_value}")
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(grad_norm) and self.rt.precision != "fp16":  # fp16: the scaler skips such steps
+            raise NonFiniteLoss(f"gradient norm is {grad_norm}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model)
+        return {"loss": loss_value, "grad_norm": grad_norm}
+
+    def record(self, means: dict[str, float]) -> dict[str, Any]:
+        return {"loss": means["loss"], "lr": self.lr, "grad_norm": means["grad_norm"]}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def sample(self, seeds: list[int]) -> torch.Tensor:
+        """EMA samples, dpm++2m with 20 steps."""
+        from dtools.samplers import generate
+
+        cfg = self.cfg
+
+        model_fn = self.rt.model_fn(self.ema.module)  # as `dtools sample` runs it
+        shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        return generate(model_fn, self.schedule_cpu, cfg.parameterization, shape, seeds,
+                        sampler=SAMPLE_SAMPLER, steps=SAMPLE_STEPS, device=self.device)
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"weights": self.model, "EMA weights": self.ema.module}
+
+    def checkpoint(self) -> tuple[Weights, dict[str, Any], dict[str, Any]]:
+        cfg = self.cfg
+        header = {
+            "model": cfg.model, "parameterization": cfg.parameterization,
+            "betas": [float(b) for b in cfg.betas],  # the exact float64 schedule
+            "ema_decay": cfg.ema_decay, "image_size": cfg.image_size, "channels": cfg.channels,
+        }
+        return {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}, cfg.model, header
+
+    def state_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
+        return {"raw": self.model, "ema": self.ema.module}, {"adam": (self.optimizer, self.model)}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
+        self.model.load_state_dict(weights, strict=True)
+        self.ema.module.load_state_dict(weights, strict=True)
+        return ""
+
+    def describe(self) -> str:
+        return f"preset {self.cfg.preset}, {count_parameters(self.model) / 1e6:.2f}M parameters"
+
+    def compile(self) -> None:
+        self.model.compile()
