@@ -19,7 +19,8 @@ A run folder RUN holds (all written atomically, every --save-every steps and at 
 The modules: config (TrainConfig, a new or resumed run's configuration), presets (the defaults of
 each model), run (the run folder and its text files), loop (Trainer: one session of a run, the same
 for every model), method (what a model brings to the Trainer), ddpm (the DDPM's method), gan and vae
-(the baselines' methods), state (train-state.safetensors), data (the images in memory and the seeded batch stream).
+(the baselines' methods), state (train-state.safetensors), data (the images in memory and the seeded
+batch stream).
 """
 
 from dtools.train.config import (

@@ -196,7 +196,6 @@ def test_a_decaying_lr_schedule_resumes_exactly_after_an_interruption(
 ):
     """With a warm-up and a cosine decay sized to 8 steps, a run stopped (as by Ctrl-C) after step 3
     and resumed ends bit-identical to a straight one; metrics.jsonl's lr follows lr.factor."""
-    from dtools.train import loop
     from dtools.train.lr import factor
 
     opts = {"max_steps": 8, "lr": 3e-3, "warmup": 0.25, "lr_decay": "cosine", "ema_length": 0.2}
