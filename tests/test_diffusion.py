@@ -156,6 +156,43 @@ def test_min_snr_weights_agree_across_parameterizations(s):
     close(w_v * (snr + 1), w_x0, 1e-6)
 
 
+def test_uniform_timesteps_are_randint():
+    """"uniform" is Algorithm 1's draw, the very stream dtools drew before --t-dist existed."""
+    s = D.Schedule.from_betas(np.linspace(1e-4, 0.02, 1000))
+    torch.manual_seed(3)
+    expected = torch.randint(0, 1000, (64,))
+    torch.manual_seed(3)
+    assert torch.equal(D.draw_timesteps(s, 64, "uniform", "cpu"), expected)
+
+
+def test_lognormal_timesteps_follow_edm_noise_levels():
+    """ln σ_t of the drawn t has EDM's mean -1.2 and std 1.2, and each draw is rounded to the t whose
+    ln σ_t is nearest (checked by hand on a 3-step schedule)."""
+    s = D.Schedule.from_betas(np.linspace(1e-4, 0.02, 1000))
+    torch.manual_seed(0)
+    t = D.draw_timesteps(s, 100_000, "lognormal", "cpu")
+    assert t.dtype == torch.int64 and 0 <= int(t.min()) and int(t.max()) < 1000
+    ab = s.alphas_cumprod
+    log_sigma = (0.5 * (torch.log1p(-ab) - torch.log(ab)))[t]
+    assert abs(float(log_sigma.mean()) - D.LOGNORMAL_P_MEAN) < 0.02
+    assert abs(float(log_sigma.std()) - D.LOGNORMAL_P_STD) < 0.03
+    # 3 steps: ln σ_t = ln sqrt((1-ᾱ)/ᾱ) for ᾱ = 0.9, 0.72, 0.36 is -1.099, -0.472, 0.288
+    ln_sigma = [0.5 * math.log((1 - a) / a) for a in (0.9, 0.72, 0.36)]
+    lo, hi = (ln_sigma[0] + ln_sigma[1]) / 2, (ln_sigma[1] + ln_sigma[2]) / 2  # -0.785, -0.092
+    small = D.Schedule.from_betas(BETAS)
+    torch.manual_seed(1)
+    draws = torch.randn((1000,), dtype=torch.float64) * D.LOGNORMAL_P_STD + D.LOGNORMAL_P_MEAN
+    torch.manual_seed(1)
+    got = D.draw_timesteps(small, 1000, "lognormal", "cpu")
+    expected = (draws > lo).long() + (draws > hi).long()
+    assert torch.equal(got, expected)
+
+
+def test_unknown_timestep_distribution_is_refused(s):
+    with pytest.raises(DtoolsError, match="lognormal"):
+        D.draw_timesteps(s, 4, "beta", "cpu")
+
+
 def test_spaced_timesteps_by_hand():
     assert D.spaced_timesteps(1000, 10, "trailing").tolist() == list(range(99, 1000, 100))
     assert D.spaced_timesteps(1000, 10, "leading").tolist() == list(range(0, 1000, 100))

@@ -21,6 +21,7 @@ MODELS = ("unet", "dcgan", "vae")
 PARAMETERIZATIONS = ("eps", "x0", "v")
 PRESETS = ("auto", "cpu16", "cpu32", "seed64")
 LR_DECAYS = ("cosine", "linear", "constant")  # dtools.train.lr
+T_DISTRIBUTIONS = ("uniform", "lognormal")  # dtools.diffusion.draw_timesteps
 _PRESET_HELP = (
     "Model preset: auto picks by image size (<=16: cpu16, <=32: cpu32, else seed64, the seed's U-Net). "
     "cpu16/cpu32 default to lr 1e-3, batch 16, EMA warm-up, grad-clip 1, 2000 steps (chosen by measured "
@@ -41,7 +42,7 @@ def train(
                           show_default=None, metavar="RUN", old=("--out",)),
     model_type: str = opt.choice(None, "--model", choices=MODELS, help=_MODEL_HELP, show_default="unet"),
     parameterization: str = opt.choice(
-        None, "--param", choices=PARAMETERIZATIONS, show_default="eps",
+        None, "--param", choices=PARAMETERIZATIONS, show_default="preset",
         help="What the network predicts: eps (the seed's), x0 or v.",
     ),
     preset: str = opt.choice(None, "--preset", choices=PRESETS, help=_PRESET_HELP, show_default="auto"),
@@ -99,8 +100,13 @@ def train(
         show_default="preset",
     ),
     min_snr_gamma: float = typer.Option(
-        None, "--min-snr-gamma", help="Min-SNR-γ loss weight (Hang et al. 2023), e.g. 5.",
-        show_default="off: plain MSE",
+        None, "--min-snr-gamma", min=0.0, show_default="preset",
+        help="Min-SNR-γ loss weight (Hang et al. 2023), e.g. 5; 0 = off: plain MSE.",
+    ),
+    t_dist: str = opt.choice(
+        None, "--t-dist", choices=T_DISTRIBUTIONS, show_default="uniform",
+        help="How a step draws t: uniform over 0..T-1 (Ho et al.), or lognormal: EDM's "
+             "ln σ_t ~ N(-1.2, 1.2²) (Karras et al. 2022), more steps at mid noise levels.",
     ),
     grad_clip: float = typer.Option(
         None, "--grad-clip", min=0.0, help="Clip the gradient norm at this value; 0 = off.",

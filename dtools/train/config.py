@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dtools.diffusion import PARAMETERIZATIONS
+from dtools.diffusion import PARAMETERIZATIONS, T_DISTRIBUTIONS
 from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import load_schedule
 from dtools.progress import log as log_line
@@ -113,6 +113,8 @@ class TrainConfig:
     # EDM2's power-function EMA: the average's width as a fraction of the run (replaces --ema's decay)
     ema_length: float | None = _option(None, "--ema-length", omit_default=True)
     min_snr_gamma: float | None = _option(None, "--min-snr-gamma", models=DDPM)
+    # how a step draws t (dtools.diffusion.draw_timesteps); absent: uniform, as in dtools 0.1.0
+    t_dist: str = _option("uniform", "--t-dist", models=DDPM, omit_default=True)
     grad_clip: float | None = _option(None, "--grad-clip", models=DDPM)
     d_steps: str | None = _option(None, "--d-steps", models=("dcgan",))  # D:G updates per step
     kl_weight: float | None = _option(None, "--kl-weight", models=("vae",))
@@ -139,6 +141,8 @@ class TrainConfig:
         self.betas = np.asarray(self.betas, dtype=np.float64)
         if self.grad_clip == 0:
             self.grad_clip = None  # --grad-clip 0 turns clipping off
+        if self.min_snr_gamma == 0:
+            self.min_snr_gamma = None  # --min-snr-gamma 0: plain MSE
 
     def images_per_step(self) -> int:
         """Training images one step takes from the data (a GAN step: one batch per discriminator update)."""
@@ -217,6 +221,9 @@ class TrainConfig:
             raise DtoolsError(
                 f"unknown {flag('parameterization')} {self.parameterization!r}; choose one of {choices}"
             )
+        if self.t_dist not in T_DISTRIBUTIONS:
+            choices = ", ".join(T_DISTRIBUTIONS)
+            raise OptionError(flag("t_dist"), f"unknown {self.t_dist!r}; choose one of {choices}")
         # ε-prediction cannot work when ᾱ_T = 0: x_T is pure noise, so predicting ε says nothing about x0
         if self.parameterization == "eps" and np.prod(1.0 - self.betas) == 0.0:
             raise DtoolsError(

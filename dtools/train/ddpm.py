@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dtools.diffusion import Schedule, loss_weight, q_sample, training_target
+from dtools.diffusion import Schedule, draw_timesteps, loss_weight, q_sample, training_target
 from dtools.ema import EMA
 from dtools.runtime import Runtime
 from dtools.train import distributed
@@ -61,7 +61,7 @@ class Ddpm(Method):
         slice of the whole batch's draws (every process draws them all, the same)."""
         cfg, device, shard = self.cfg, self.device, self.group.shard
         x0 = self.real_batch()  # (b, C, H, W) in [-1, 1]: b = B / processes
-        t = torch.randint(0, self.schedule.T, (cfg.batch_size,), device=device)  # (B,)
+        t = draw_timesteps(self.schedule_cpu, cfg.batch_size, cfg.t_dist, device)  # (B,)
         eps = torch.randn((cfg.batch_size, *x0.shape[1:]), device=device)  # (B, C, H, W)
         return x0, shard(t), shard(eps)
 

@@ -164,13 +164,14 @@ def test_listed_choices_match_the_registries():
     from dtools.checkpoint import MODEL_TYPES
 
     sample, train = (importlib.import_module(f"dtools.commands.{n}") for n in ("sample", "train"))
-    from dtools.diffusion import PARAMETERIZATIONS, SPACING, VARIANCE_FIELDS
+    from dtools.diffusion import PARAMETERIZATIONS, SPACING, T_DISTRIBUTIONS, VARIANCE_FIELDS
     from dtools.runtime import DEVICES, PRECISIONS
     from dtools.train.presets import PRESETS
 
     assert set(opt.DEVICES) - {"cuda:N"} == set(DEVICES) and opt.PRECISIONS == PRECISIONS
     assert train.MODELS == tuple(MODEL_TYPES) and train.PARAMETERIZATIONS == PARAMETERIZATIONS
     assert train.PRESETS == ("auto", *PRESETS)
+    assert train.T_DISTRIBUTIONS == T_DISTRIBUTIONS
     assert set(train.LR_DECAYS) == set(importlib.import_module("dtools.train.lr").DECAYS)
     assert set(sample.VARIANCES) == set(VARIANCE_FIELDS) and set(sample.SPACINGS) == set(SPACING)
 

@@ -86,6 +86,22 @@ def test_resume_refuses_changes_that_break_the_run(betas):
     assert training.resume_config(saved, betas, {"lr": saved["lr"]}).lr == saved["lr"]  # same value is fine
 
 
+def test_t_dist_is_recorded_kept_on_resume_and_checked(betas):
+    """--t-dist lognormal travels in config.json and a resumed run keeps it; the default (uniform)
+    is left out of the dict, so runs of earlier versions resume unchanged; a bad value is refused."""
+    plain = training.new_config("d", "r", "cosine", betas, (100, 16, 16, 3), {}).to_dict()
+    assert "t_dist" not in plain
+    shape = (100, 16, 16, 3)
+    saved = training.new_config("d", "r", "cosine", betas, shape, {"t_dist": "lognormal"}).to_dict()
+    assert saved["t_dist"] == "lognormal"
+    assert training.resume_config(saved, betas, {"max_steps": 10}).t_dist == "lognormal"
+    assert training.resume_config(plain, betas, {"max_steps": 10}).t_dist == "uniform"
+    with pytest.raises(DtoolsError, match="--t-dist cannot change"):
+        training.resume_config(saved, betas, {"t_dist": "uniform"})
+    with pytest.raises(DtoolsError, match="--t-dist.*lognormal"):
+        training.new_config("d", "r", "cosine", betas, (100, 16, 16, 3), {"t_dist": "gamma"})
+
+
 def test_the_betas_travel_inside_the_config_but_not_in_its_dict(betas):
     cfg = training.new_config("d", "r", "cosine", betas, (100, 16, 16, 3), {})
     assert cfg.betas.dtype == np.float64 and np.array_equal(cfg.betas, betas) and cfg.T == len(betas)
