@@ -62,7 +62,7 @@ dtools noise "data/$FACE" --beta linear.npy --beta sigmoid.npy --beta cosine.npy
     | dtools grid --nrow 7 --scale 3 --row-labels linear,sigmoid,cosine -o noising.png
 
 step "4. train for $MINUTES minutes (cosine schedule, EMA, sample grids along the way)"
-seconds train dtools train data --beta cosine.npy -o run --max-minutes "$MINUTES" --max-steps 1000000
+seconds train dtools train data --beta cosine.npy -o run --max-minutes "$MINUTES"
 CKPT=run/model.safetensors
 
 step "5. EMA against raw weights (the seed's colour-shift finding)"

@@ -64,7 +64,7 @@ def _cpu16(size: int, channels: int) -> UNetConfig:
 # constant lr and fixed-decay EMA: at 1,200 steps they beat warm-up + cosine decay + power EMA 0.1
 # (FID 210.8 against 242.9 on held-out emoji, docs/quality.md)
 _CPU = {"lr": 1e-3, "batch_size": 16, "ema_warmup": True, "max_steps": 2000, "save_every": 250,
-        "sample_every": 500, "grad_clip": 1.0}
+        "sample_every": 500, "grad_clip": 1.0, "parameterization": "v", "min_snr_gamma": 5.0}
 PRESETS: dict[str, Preset] = {
     "cpu16": Preset("16x16: 2 levels, 32 base channels (1,2), 1 block per level, attention at 8x8", _cpu16,
                     **_CPU),

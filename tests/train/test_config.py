@@ -32,10 +32,12 @@ def test_bad_data_and_schedules(data8, tmp_path, tiny_unet, betas):
         load_images(str(empty))
     ztsnr = make_schedule("cosine", 100, zero_terminal_snr=True)
     with pytest.raises(DtoolsError, match="zero terminal SNR.*--param v"):
-        training.new_config(str(data8), str(tmp_path / "r"), "z", ztsnr, (24, 8, 8, 3), dict(tiny_unet))
-    cfg = training.new_config(str(data8), str(tmp_path / "r"), "z", ztsnr, (24, 8, 8, 3),
-                              {**tiny_unet, "parameterization": "v"})
-    assert cfg.parameterization == "v"
+        training.new_config(str(data8), str(tmp_path / "r"), "z", ztsnr, (24, 8, 8, 3),
+                            {**tiny_unet, "parameterization": "eps"})
+    cfg = training.new_config(str(data8), str(tmp_path / "r"), "z", ztsnr, (24, 8, 8, 3), dict(tiny_unet))
+    assert cfg.parameterization == "v"  # the CPU presets' default, which such a schedule needs
+    seed = training.new_config(str(data8), str(tmp_path / "r"), "cosine", betas, (24, 64, 64, 3), {})
+    assert (seed.parameterization, seed.min_snr_gamma) == ("eps", None)  # the seed's recipe
     with pytest.raises(DtoolsError, match="square"):
         training.new_config(str(data8), "r", "cosine", betas, (24, 8, 16, 3), {})
     with pytest.raises(DtoolsError, match="grad-accum"):
