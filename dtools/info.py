@@ -102,6 +102,8 @@ def model_facts(path: Path, info: dict[str, Any]) -> dict[str, Any]:
              "dtools_version": info.get("dtools_version")}
     if MODEL_TYPES[info["model_type"]].diffusion:
         facts["parameterization"] = info["parameterization"]
+        facts["min_snr_gamma"] = train.get("min_snr_gamma")
+        facts["t_dist"] = train.get("t_dist", "uniform")
         facts["schedule"] = _schedule(info)
     if train.get("init_from"):
         facts["init_from"] = {"checkpoint": train["init_from"], "weights": train.get("init_weights", "ema")}
@@ -128,7 +130,9 @@ def model_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     if "schedule" in facts:
         s = facts["schedule"]
         name = f"{s['name']}, " if s["name"] else ""
-        rows += [("predicts", facts["parameterization"]),
+        loss = f", loss weight Min-SNR-{facts['min_snr_gamma']:g}" if facts.get("min_snr_gamma") else ""
+        t_dist = f", t drawn {facts['t_dist']}" if facts.get("t_dist", "uniform") != "uniform" else ""
+        rows += [("predicts", facts["parameterization"] + loss + t_dist),
                  ("schedule", f"{name}T={s['T']}, beta {s['beta_first']:.3g} .. {s['beta_last']:.3g}, "
                               f"alpha_bar_T {s['alpha_bar_last']:.3g}")]
     step, seen, secs = facts["step"], facts["images_seen"], facts["training_seconds"]

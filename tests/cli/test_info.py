@@ -47,7 +47,8 @@ def test_a_run_folder(run):
     text = result.stdout
     assert text.startswith(f"{run}: training run\n")
     for needle in ("unet: U-Net 8x8x3, 8 base channels x (1,2), 1 block(s) per level, attention at 4;",
-                   "predicts  eps", "schedule  cosine, T=1000, beta ", "step 3, 24 images seen, 0m0",
+                   "predicts  v, loss weight Min-SNR-5", "schedule  cosine, T=1000, beta ",
+                   "step 3, 24 images seen, 0m0",
                    "EMA       decay 0.9 with warm-up; weights held: ema, raw", "(6 images, fingerprint ",
                    "loss      ", "metrics   3 records to step 3",
                    f"samples   {run}/samples/step_000003.png (2 grids)",
@@ -62,7 +63,8 @@ def test_a_checkpoint_as_json(run):
     network = load_model(run / "model.safetensors").network
     assert facts["kind"] == "unet model checkpoint" and facts["parameters"] == count_parameters(network)
     assert (facts["step"], facts["images_seen"], facts["ema_decay"]) == (3, 24, 0.9)
-    assert facts["training_seconds"] > 0 and facts["parameterization"] == "eps"
+    assert facts["training_seconds"] > 0 and facts["parameterization"] == "v"
+    assert (facts["min_snr_gamma"], facts["t_dist"]) == (5.0, "uniform")
     assert facts["schedule"]["T"] == 1000 and facts["schedule"]["name"] == "cosine"
     assert facts["data"]["images"] == 6 and len(facts["data"]["fingerprint"]) == 16
     assert json.loads(invoke("info", run, "--json").stdout)["last_samples"].endswith("step_000003.png")

@@ -81,7 +81,7 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(data, beta, tmp_p
     cfg = out["config"]
     assert (cfg["preset"], cfg["image_size"], cfg["num_images"], cfg["T"]) == ("cpu16", 8, 20, 50)
     assert (cfg["lr"], cfg["batch_size"], cfg["ema_warmup"]) == (1e-3, 16, True)
-    assert cfg["parameterization"] == "eps"
+    assert (cfg["parameterization"], cfg["min_snr_gamma"]) == ("v", 5.0)  # the CPU presets' recipe
     precision = "bf16" if cpu_has_amx_bf16() else "fp32"  # auto on the CPU (docs/performance.md)
     assert out["resolved"] == {**out["resolved"], "device": "cpu", "precision": precision, "compile": False,
                                "total_steps": 7}
@@ -191,7 +191,8 @@ def test_bad_inputs_end_in_one_line_errors(data, beta, tmp_path):
     z = tmp_path / "z.npy"
     made = CliRunner().invoke(app, ["schedule", "cosine", "-T", "50", "--zero-terminal-snr", "-o", str(z)])
     assert made.exit_code == 0
-    assert "zero terminal SNR" in one_error_line(invoke(data, "--beta", z, "-o", tmp_path / "r4"))
+    ztsnr_eps = invoke(data, "--beta", z, "-o", tmp_path / "r4", "--param", "eps")
+    assert "zero terminal SNR" in one_error_line(ztsnr_eps)
     bad_param = invoke(data, "--beta", beta, "-o", tmp_path / "r5", "--param", "x1")  # not a choice
     assert "--param" in one_error_line(bad_param, code=2)
     assert "not a .npy" in one_error_line(invoke(data, "--beta", data / "000000.png", "-o", tmp_path / "r6"))
