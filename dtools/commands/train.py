@@ -24,8 +24,9 @@ LR_DECAYS = ("cosine", "linear", "constant")  # dtools.train.lr
 T_DISTRIBUTIONS = ("uniform", "lognormal")  # dtools.diffusion.draw_timesteps
 _PRESET_HELP = (
     "Model preset: auto picks by image size (<=16: cpu16, <=32: cpu32, else seed64, the seed's U-Net). "
-    "cpu16/cpu32 default to lr 1e-3, batch 16, EMA warm-up, grad-clip 1, 2000 steps (chosen by measured "
-    "runs on a 2-core CPU, docs/train.md); seed64 to the seed's lr 1e-4, batch 128, EMA 0.999, 25000 steps."
+    "cpu16/cpu32 default to v-prediction with Min-SNR-5, lr 1e-3, batch 16, EMA warm-up, grad-clip 1, 2000 "
+    "steps (chosen by FID on held-out images at equal CPU minutes, docs/quality.md); seed64 to the seed's "
+    "ε-prediction, lr 1e-4, batch 128, EMA 0.999, 25000 steps."
 )
 
 
@@ -43,7 +44,7 @@ def train(
     model_type: str = opt.choice(None, "--model", choices=MODELS, help=_MODEL_HELP, show_default="unet"),
     parameterization: str = opt.choice(
         None, "--param", choices=PARAMETERIZATIONS, show_default="preset",
-        help="What the network predicts: eps (the seed's), x0 or v.",
+        help="What the network predicts: eps (the seed's; seed64), x0 or v (cpu16/cpu32).",
     ),
     preset: str = opt.choice(None, "--preset", choices=PRESETS, help=_PRESET_HELP, show_default="auto"),
     base_channels: int = typer.Option(
