@@ -25,8 +25,8 @@ T_DISTRIBUTIONS = ("uniform", "lognormal")  # dtools.diffusion.draw_timesteps
 _PRESET_HELP = (
     "Model preset: auto picks by image size (<=16: cpu16, <=32: cpu32, else seed64, the seed's U-Net). "
     "cpu16/cpu32 default to v-prediction with Min-SNR-5, lr 1e-3, batch 16, EMA warm-up, grad-clip 1, 2000 "
-    "steps (chosen by measured FID on held-out images at equal CPU minutes, docs/quality.md); seed64 to the seed's "
-    "ε-prediction, lr 1e-4, batch 128, EMA 0.999, 25000 steps."
+    "steps (chosen by measured FID on held-out images at equal CPU minutes, docs/quality.md); "
+    "seed64 to the seed's ε-prediction, lr 1e-4, batch 128, EMA 0.999, 25000 steps."
 )
 
 
