@@ -1,6 +1,6 @@
 """Step time of `dtools train` on several CPU processes (DistributedDataParallel, gloo) against one.
 
-    flock -x /work/notes/cpu.lock python bench/bench_ddp.py            # 2 processes, cpu32, batch 16
+    flock -x /tmp/dtools-bench.lock python bench/bench_ddp.py            # 2 processes, cpu32, batch 16
     python bench/bench_ddp.py --nproc 4 --size 16 --batch 64 --repeats 5
 
 Runs, alternating, --repeats times each: one process with --nproc threads, one process with one

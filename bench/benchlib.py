@@ -4,7 +4,7 @@ Timing rules (docs/performance.md): the candidates of one table run in one proce
 round, in alternating order, so drift and other processes hit all alike; a round in which the process
 was preempted (involuntary context switches above `csw_max` per second of the round: another process
 took a core) is dropped and the script waits for the CPUs to go quiet; medians of the kept rounds.
-Take the exclusive CPU lock around a run whose numbers you quote: `flock -x /work/notes/cpu.lock ...`.
+Take the exclusive CPU lock around a run whose numbers you quote: `flock -x /tmp/dtools-bench.lock ...`.
 """
 
 from __future__ import annotations
