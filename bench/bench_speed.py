@@ -3,6 +3,7 @@
     python bench/bench_speed.py                     # the CPU configurations of docs/performance.md
     python bench/bench_speed.py --configs seed32 --compile  # also --compile, on both sides
     python bench/bench_speed.py --toy               # seconds: checks that it runs (the CI test)
+    python bench/bench_speed.py --configs gpu64,gpu32 --compile --reps 20   # on a CUDA GPU (gpu_check.sh)
 
 dtools is measured on its default path, what `dtools train` and `dtools sample` do with no flags: the
 Trainer of dtools.train (built on random images, the batch stream and augmentation included) and
@@ -12,8 +13,11 @@ loop (noising, forward, MSE, backward, clipping when dtools clips, fused Adam, E
 bf16 autocast, the latter also channels-last (--diffusers-modes; with --compile also compiled); the
 ratio is against the fastest of them. All
 modes alternate round by round (bench/benchlib.py); peak memory is VmHWM of a fresh process per mode
-(build, then 3 training steps). GFLOP/s count a training step as 3x the forward FLOPs and are put
-against the best GEMM rate of this run in the same precision.
+(build, then 3 training steps); on CUDA it is the allocator's peak during one training step over what
+was resident before it (the step's activations and temporaries). GFLOP/s count a training step as 3x
+the forward FLOPs and are put against the best GEMM rate of this run in the same precision. On CUDA,
+dtools' default path is already compiled (bf16, channels-last), so --compile adds only diffusers'
+compiled mode; "first call s" is then the compile time.
 """
 
 from __future__ import annotations
@@ -56,8 +60,10 @@ class Spec:
         return {"preset": self.preset, "batch_size": self.batch, "sample_every": 0, **dict(self.model)}
 
 
-SPECS = {  # the issue's reference sizes (seed64, seed32), and the preset `dtools train` picks at 32x32
+SPECS = {  # the reference sizes (seed64, seed32), and the preset `dtools train` picks at 32x32
     "seed64": Spec("seed64", "seed64", 64, 16),
+    "gpu64": Spec("gpu64", "seed64", 64, 128),  # the seed's run as the seed ran it: 64x64, batch 128
+    "gpu32": Spec("gpu32", "seed64", 32, 256),  # the seed's network on 32x32 images, batch 256
     "seed32": Spec("seed32", "seed64", 32, 32),  # the seed's network on 32x32 images (attention at 8x8)
     "cpu32": Spec("cpu32", "cpu32", 32, 32),
     "w124": Spec("w124", "cpu32", 32, 32, (("channel_mult", (1, 2, 4)),)),  # widths (32, 64, 128)
@@ -82,7 +88,8 @@ def train_config(spec: Spec, data: Path, out: Path, **options):
 class DtoolsSide:
     """dtools' training step and sampling call as `dtools train` / `dtools sample` run them."""
 
-    def __init__(self, spec: Spec, workdir: Path, precision: str = "auto", compile_: bool | None = None):
+    def __init__(self, spec: Spec, workdir: Path, precision: str = "auto", compile_: bool | None = None,
+                 device: str = "auto"):
         from dtools import train as training
 
         data = workdir / "data.npy"
@@ -90,7 +97,7 @@ class DtoolsSide:
             rng = np.random.default_rng(0)
             np.save(data, rng.integers(0, 256, (256, spec.size, spec.size, 3), dtype=np.uint8))
         cfg = train_config(spec, data, workdir / f"run-{precision}-{compile_}", precision=precision,
-                           compile=compile_)
+                           compile=compile_, device=device)
         self.trainer = training.Trainer(cfg, force=True, log=lambda m: None, progress=False)
         self.trainer.setup()
         method = getattr(self.trainer, "method", self.trainer)  # where the DDPM step lives
@@ -176,30 +183,31 @@ class DiffusersSide:
 # ---------------------------------------------------------------------------------------------
 
 
-def build(spec: Spec, mode: str, workdir: Path):
+def build(spec: Spec, mode: str, workdir: Path, device: str = "auto"):
     """'dtools' (the default path), 'dtools --compile', or 'diffusers MODE' (DIFFUSERS_MODES[-compiled])."""
     if mode.startswith("dtools"):
-        return DtoolsSide(spec, workdir, compile_=True if "--compile" in mode else None)
-    cfg = train_config(spec, workdir / "data.npy", workdir / "unused")
+        return DtoolsSide(spec, workdir, compile_=True if "--compile" in mode else None, device=device)
+    cfg = train_config(spec, workdir / "data.npy", workdir / "unused", device=device)
     device = resolve(cfg.device).device
     return DiffusersSide(UNetConfig.from_dict(cfg.model), spec.batch, mode.split()[1], device, cfg.grad_clip)
 
 
-def memory_child(spec_name: str, mode: str, toy: bool) -> None:
+def memory_child(spec_name: str, mode: str, toy: bool, device: str) -> None:
     spec = TOY if toy else SPECS[spec_name]
     with tempfile.TemporaryDirectory() as d:
-        side = build(spec, mode, Path(d))
+        side = build(spec, mode, Path(d), device)
         before = benchlib.vmhwm_mib()
         for _ in range(3):
             side.train_step()
         print(json.dumps({"before": before, "after": benchlib.vmhwm_mib()}))
 
 
-def peak_memory(spec: Spec, modes: list[str], toy: bool) -> dict[str, tuple[float, float]]:
+def peak_memory(spec: Spec, modes: list[str], toy: bool, device: str) -> dict[str, tuple[float, float]]:
     """{mode: (VmHWM MiB after 3 steps, its increase over the built model)}, a fresh process each."""
     out = {}
     for mode in modes:
-        cmd = [sys.executable, __file__, "--memory-child", spec.name, mode] + (["--toy"] if toy else [])
+        cmd = [sys.executable, __file__, "--memory-child", spec.name, mode, "--device", device]
+        cmd += ["--toy"] if toy else []
         res = subprocess.run(cmd, capture_output=True, text=True)
         try:
             d = json.loads(res.stdout.strip().splitlines()[-1])
@@ -210,24 +218,43 @@ def peak_memory(spec: Spec, modes: list[str], toy: bool) -> dict[str, tuple[floa
     return out
 
 
+def cuda_peak_memory(sides: dict) -> dict[str, tuple[float, float]]:
+    """{mode: (MiB, MiB)}: the CUDA allocator's peak during one training step over what was resident before
+    it, twice (the table's two numbers: one in-process measure, all modes' models resident)."""
+    out = {}
+    for mode, side in sides.items():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        side.train_step()
+        torch.cuda.synchronize()
+        grown = (torch.cuda.max_memory_allocated() - before) / 2**20
+        out[mode] = (grown, grown)
+    return out
+
+
 def bench(spec: Spec, args, gemm: dict[str, float]) -> dict:
     reps = 2 if args.toy else args.reps
     with tempfile.TemporaryDirectory() as d:
         workdir = Path(d)
         dif_modes = args.diffusers_modes.split(",")
-        modes = ["dtools"] + (["dtools --compile"] if args.compile else [])
+        default_compiles = resolve(args.device).compile  # on CUDA the default path is compiled already
+        modes = ["dtools"] + (["dtools --compile"] if args.compile and not default_compiles else [])
         modes += [f"diffusers {m}" for m in dif_modes]
         modes += [f"diffusers {dif_modes[-1]}-compiled"] if args.compile else []
-        sides = {m: build(spec, m, workdir) for m in modes}
+        sides = {m: build(spec, m, workdir, args.device) for m in modes}
         dt, dif = sides["dtools"], sides[f"diffusers {dif_modes[0]}"]
         device = dt.rt.device
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        cuda = device.type == "cuda"
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
         shape = (spec.batch, dt.cfg.channels, spec.size, spec.size)
         x, t = torch.randn(shape, device=device), torch.randint(0, 1000, (spec.batch,), device=device)
         flops = {"dtools": benchlib.forward_flops(lambda: dt.net(x, t)),
                  "diffusers": benchlib.forward_flops(lambda: dif.net(x, t))}
         params = {"dtools": count_parameters(dt.net), "diffusers": count_parameters(dif.net)}
-        csw = 0 if args.toy else 40  # the toy run keeps every round: it only checks that all of this runs
+        # the toy run keeps every round: it only checks that all of this runs; on a GPU the host's other
+        # processes do not slow the device, and its 16 cores are not the 2 this rule was made for
+        csw = 0 if args.toy or cuda else 40
         steps = {m: s.train_step for m, s in sides.items()}
         train = benchlib.interleaved(steps, reps, sync=sync, csw_max=csw)
         calls = {m: (lambda s=s: s.sample_fn(x, t)) for m, s in sides.items()}
@@ -235,11 +262,13 @@ def bench(spec: Spec, args, gemm: dict[str, float]) -> dict:
         loader = benchlib.interleaved({"loader": dt.loader}, max(reps, 20), warmup=2, csw_max=0)
         precision = {m: (dt.rt.precision if m.startswith("dtools") else ("bf16" if "bf16" in m else "fp32"))
                      for m in modes}
+        memory = cuda_peak_memory(sides) if cuda else None
         del sides
-    eager = [m for m in modes if "compile" not in m]  # compiling in a fresh process would dominate its memory
-    memory = peak_memory(spec, eager if not args.toy else eager[:2], args.toy)  # toy: a fresh process is slow
+    if memory is None:
+        eager = [m for m in modes if "compile" not in m]  # compiling in a fresh process would dominate
+        memory = peak_memory(spec, eager if not args.toy else eager[:2], args.toy, args.device)  # toy: fast
     return dict(spec=spec, modes=modes, train=train, sample=sample, loader=loader, flops=flops, params=params,
-                precision=precision, memory=memory, gemm=gemm, rt=dt.rt.describe())
+                precision=precision, memory=memory, gemm=gemm, rt=dt.rt.describe(), cuda=cuda)
 
 
 def report(r: dict) -> dict:
@@ -264,18 +293,22 @@ def report(r: dict) -> dict:
                    f"{timing.first[m]:.1f}"]
             if what == "training":
                 after, grown = r["memory"].get(m, (math.nan, math.nan))
-                row.append(f"{after:.0f} (+{grown:.0f})")
+                row.append(f"{grown:.0f}" if r["cuda"] else f"{after:.0f} (+{grown:.0f})")
             rows.append(row)
         head = ["mode", unit, "vs diffusers best", "GFLOP/s", "of GEMM rate", "first call s"]
         kept = len(timing.times[modes[0]])
         print(f"\n{what}: medians of {kept} rounds ({timing.dropped} disturbed rounds dropped)")
-        print(benchlib.table(rows, head + (["peak MiB (step's increase)"] if what == "training" else [])))
+        mem_head = "step's peak MiB over resident" if r["cuda"] else "peak MiB (step's increase)"
+        print(benchlib.table(rows, head + ([mem_head] if what == "training" else [])))
         ratios[what] = {m: rate[m] / rate[best_dif] for m in modes if m.startswith("dtools")}
         ratios[what + " rate"] = rate["dtools"]
+        ratios[what + " by mode"] = {m: {unit: rate[m], "first call s": timing.first[m], "best diffusers":
+                                         m == best_dif} for m in modes}
         if what == "training":
             measured = [m for m in modes if m.startswith("diffusers") and m in r["memory"]]
             best_eager = max(measured, key=rate.get)  # against diffusers' fastest mode measured for memory
             ratios["memory"] = r["memory"]["dtools"][0] / r["memory"][best_eager][0]
+            ratios["memory MiB"] = {m: r["memory"][m][1] for m in measured + ["dtools"]}
     loader_rate = spec.batch / r["loader"].median("loader")
     print(f"\ndata path: the loader delivers {loader_rate:,.0f} img/s, "
           f"{loader_rate / ratios['training rate']:,.0f}x dtools' training rate")
@@ -332,24 +365,33 @@ def main() -> None:
                     help="also dtools --compile and the last diffusers mode compiled (first call: compiling)")
     ap.add_argument("--toy", action="store_true", help="a tiny network, 2 rounds: checks that it runs")
     ap.add_argument("--profile", action="store_true", help="only profile dtools' default training step")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    ap.add_argument("--json", metavar="FILE", help="also write the summary's ratios and rates as JSON")
     ap.add_argument("--memory-child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
-        return memory_child(*args.memory_child, args.toy)
+        return memory_child(*args.memory_child, args.toy, args.device)
     if args.profile:
         for spec in [TOY] if args.toy else [SPECS[n] for n in args.configs.split(",")]:
             profile(spec)
         return
-    device = resolve().device
-    gemm = {"fp32": benchlib.gemm_rate(torch.float32, device, 256 if args.toy else 2048),
-            "bf16": benchlib.gemm_rate(torch.bfloat16, device, 256 if args.toy else 2048)}
+    device = resolve(args.device).device
+    n = 256 if args.toy else 8192 if device.type == "cuda" else 2048  # a size that fills the device
+    if device.type == "cuda":  # fp32 means fp32 here; the GEMM rate of fp32 is that of true fp32
+        torch.backends.cuda.matmul.allow_tf32 = False
+    gemm = {"fp32": benchlib.gemm_rate(torch.float32, device, n),
+            "bf16": benchlib.gemm_rate(torch.bfloat16, device, n)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {device}; GEMM rate this run: "
           f"fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.0f} GFLOP/s")
     specs = [TOY] if args.toy else [SPECS[n] for n in args.configs.split(",")]
-    summary = []
+    summary, results = [], {}
     for spec in specs:
         t0 = time.perf_counter()
         ratios = report(bench(spec, args, gemm))
+        results[spec.name] = ratios
+        if args.json:  # after each configuration, so a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps({"device": str(device), "torch": torch.__version__,
+                                                   "gemm_gflops": gemm, "configs": results}, indent=1))
         tr, sa = ratios["training"], ratios["sampling"]
         summary.append([spec.name, f"{tr['dtools']:.2f}", f"{tr.get('dtools --compile', math.nan):.2f}",
                         f"{sa['dtools']:.2f}", f"{sa.get('dtools --compile', math.nan):.2f}",
