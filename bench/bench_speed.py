@@ -183,10 +183,12 @@ class DiffusersSide:
 # ---------------------------------------------------------------------------------------------
 
 
-def build(spec: Spec, mode: str, workdir: Path, device: str = "auto"):
-    """'dtools' (the default path), 'dtools --compile', or 'diffusers MODE' (DIFFUSERS_MODES[-compiled])."""
+def build(spec: Spec, mode: str, workdir: Path, device: str = "auto", eager: bool = False):
+    """'dtools' (the default path; with `eager` not compiled), 'dtools --compile', or 'diffusers MODE'
+    (DIFFUSERS_MODES[-compiled])."""
     if mode.startswith("dtools"):
-        return DtoolsSide(spec, workdir, compile_=True if "--compile" in mode else None, device=device)
+        compile_ = True if "--compile" in mode else False if eager else None
+        return DtoolsSide(spec, workdir, compile_=compile_, device=device)
     cfg = train_config(spec, workdir / "data.npy", workdir / "unused", device=device)
     device = resolve(cfg.device).device
     return DiffusersSide(UNetConfig.from_dict(cfg.model), spec.batch, mode.split()[1], device, cfg.grad_clip)
@@ -238,11 +240,11 @@ def bench(spec: Spec, args, gemm: dict[str, float]) -> dict:
     with tempfile.TemporaryDirectory() as d:
         workdir = Path(d)
         dif_modes = args.diffusers_modes.split(",")
-        default_compiles = resolve(args.device).compile  # on CUDA the default path is compiled already
+        default_compiles = resolve(args.device).compile and not args.eager  # on CUDA the default compiles
         modes = ["dtools"] + (["dtools --compile"] if args.compile and not default_compiles else [])
         modes += [f"diffusers {m}" for m in dif_modes]
         modes += [f"diffusers {dif_modes[-1]}-compiled"] if args.compile else []
-        sides = {m: build(spec, m, workdir, args.device) for m in modes}
+        sides = {m: build(spec, m, workdir, args.device, args.eager) for m in modes}
         dt, dif = sides["dtools"], sides[f"diffusers {dif_modes[0]}"]
         device = dt.rt.device
         cuda = device.type == "cuda"
@@ -316,23 +318,36 @@ def report(r: dict) -> dict:
     return ratios
 
 
-def profile(spec: Spec, steps: int = 5) -> None:
+def _self_time(e, cuda: bool) -> float:
+    """An operator's self time in microseconds: on the GPU (kernels) or on the CPU."""
+    if not cuda:
+        return e.self_cpu_time_total
+    return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+
+
+def profile(spec: Spec, device: str = "auto", eager: bool = False, steps: int = 5) -> None:
     """Where a default training step's time goes: torch.profiler over `steps` steps after warm-up,
-    operators by self CPU time, grouped into what they are."""
+    operators by self time (on a GPU: kernel time, beside the step's wall time, whose difference is
+    time the GPU waited), grouped into what they are."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     with tempfile.TemporaryDirectory() as d:
-        side = DtoolsSide(spec, Path(d))
+        side = DtoolsSide(spec, Path(d), device=device, compile_=False if eager else None)
+        cuda = side.rt.device.type == "cuda"
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
         for _ in range(3):
             side.train_step()
+        sync()
         t0 = time.perf_counter()
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with torch_profile(activities=activities) as prof:
             for _ in range(steps):
                 side.train_step()
+            sync()
         wall = (time.perf_counter() - t0) / steps * 1e3
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+    events = [e for e in prof.key_averages() if _self_time(e, cuda) > 0]
+    total = sum(_self_time(e, cuda) for e in events) / steps / 1e3
     groups = {  # the first group whose key is in an operator's name takes it
         "convolution backward": ("convolution_backward", "convolutionbackward"),
         "convolution forward": ("convolution", "conv2d"), "GroupNorm": ("group_norm", "groupnorm"),
@@ -343,14 +358,15 @@ def profile(spec: Spec, steps: int = 5) -> None:
     for e in events:
         name = e.key.lower().removeprefix("aten::")
         group = next((g for g, keys in groups.items() if any(k in name for k in keys)), "other")
-        grouped[group] += e.self_cpu_time_total / steps / 1e3
-    print(f"\n## profile of dtools' default training step, {spec.name} {spec.size}x{spec.size} batch "
-          f"{spec.batch}: {wall:.0f} ms per step under the profiler, {total:.0f} ms of operator self time")
+        grouped[group] += _self_time(e, cuda) / steps / 1e3
+    print(f"\n## profile of dtools' training step ({side.rt.describe()}), {spec.name} "
+          f"{spec.size}x{spec.size} batch {spec.batch}: {wall:.0f} ms per step under the profiler, "
+          f"{total:.0f} ms of operator self time{' on the GPU' if cuda else ''}")
     ranked = sorted(grouped.items(), key=lambda x: -x[1])
     rows = [[g, f"{ms:.1f}", f"{100 * ms / total:.0f} %"] for g, ms in ranked]
     print(benchlib.table(rows, ["operators", "ms per step", "share"]))
-    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
-    rows = [[e.key, f"{e.self_cpu_time_total / steps / 1e3:.1f}", str(e.count // steps)] for e in top]
+    top = sorted(events, key=lambda e: -_self_time(e, cuda))[:15]
+    rows = [[e.key[:80], f"{_self_time(e, cuda) / steps / 1e3:.1f}", str(e.count // steps)] for e in top]
     print(benchlib.table(rows, ["top operators", "ms per step", "calls per step"]))
 
 
@@ -366,6 +382,8 @@ def main() -> None:
     ap.add_argument("--toy", action="store_true", help="a tiny network, 2 rounds: checks that it runs")
     ap.add_argument("--profile", action="store_true", help="only profile dtools' default training step")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    ap.add_argument("--eager", action="store_true",
+                    help="dtools without torch.compile (on CUDA it compiles by default: minutes at first)")
     ap.add_argument("--json", metavar="FILE", help="also write the summary's ratios and rates as JSON")
     ap.add_argument("--memory-child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -373,7 +391,7 @@ def main() -> None:
         return memory_child(*args.memory_child, args.toy, args.device)
     if args.profile:
         for spec in [TOY] if args.toy else [SPECS[n] for n in args.configs.split(",")]:
-            profile(spec)
+            profile(spec, args.device, args.eager)
         return
     device = resolve(args.device).device
     n = 256 if args.toy else 8192 if device.type == "cuda" else 2048  # a size that fills the device

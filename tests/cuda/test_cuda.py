@@ -57,6 +57,9 @@ def one_step(data: Path, tmp: Path, config, precision: str, compile_: bool) -> t
         for p in method.model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen).to(p.device))
     if compile_:
+        # Dynamo's guards do not tell bf16 autocast from fp16 (torch 2.11: one precision reused the
+        # other's graph), so each precision compiles afresh; a process trains in one precision
+        torch._dynamo.reset()
         method.compile()  # the step below compiles, then runs
     for _ in range(30):
         rng = torch.get_rng_state(), torch.cuda.get_rng_state()
