@@ -179,15 +179,42 @@ def test_the_baselines_train_and_sample_on_cuda(data16, tmp_path, config, fit, m
     print(f"{model} on CUDA: last losses {result.losses}")
 
 
+def inception_weights(tmp_path: Path) -> Path | None:
+    """None where the standard FID weights are installed; else a file of the same network with torch's
+    default initialisation (the device path is the same whatever the weights: this test is about it)."""
+    from safetensors.torch import save_file
+
+    from dtools.errors import DtoolsError
+    from dtools.fid.inception import InceptionV3
+    from dtools.fid.weights import find_weights
+
+    try:
+        find_weights()
+        return None
+    except DtoolsError:
+        pass
+
+    class Fresh(InceptionV3):
+        def load_state_dict(self, *args, **kwargs):  # keep the fresh layers
+            return None
+
+    torch.manual_seed(0)
+    path = tmp_path / "inception-fresh.safetensors"
+    save_file({k: v.contiguous() for k, v in Fresh({}).state_dict().items()}, str(path))
+    return path
+
+
 def test_fid_on_cuda_equals_the_cpu_fid(tmp_path, png_folder):
     a, b = tmp_path / "a", tmp_path / "b"
     imgs = png_folder(a, 64, 32)
     b.mkdir()
     for i, im in enumerate(imgs):  # the same emoji, shifted and darkened: a FID well above 0
         Image.fromarray((np.roll(im, 3, axis=1) * 0.8).astype(np.uint8)).save(b / f"{i:06d}.png")
+    weights = inception_weights(tmp_path)
     fids = {}
     for device in ("cpu", "cuda"):
-        result = CliRunner().invoke(app, ["fid", str(a), str(b), "--device", device, "--json"])
+        result = CliRunner().invoke(app, ["fid", str(a), str(b), "--device", device, "--json",
+                                          *(["--inception-weights", str(weights)] if weights else [])])
         assert result.exit_code == 0, result.output
         fids[device] = json.loads(result.stdout)["fid"]
     print(f"FID of 64 images: CPU {fids['cpu']:.4f}, CUDA {fids['cuda']:.4f}")
