@@ -8,11 +8,15 @@
 # results; OUT/summary.md says what every stage gave):
 #   a. the CUDA tests (pytest -m cuda)                                          -> a_pytest.log
 #   c. the seed's run, shortened: twemoji at 64x64 (every 4th image held out), the seed64 preset for
-#      SEED_MINUTES (3) minutes, the measured step time and the projected time of the seed's
-#      25,000 steps x 128 images, then 1,000 samples and their FID/KID against the held-out images
+#      SEED_MINUTES (3) minutes (compiling included) with --ema-warmup (the seed's fixed 0.999 EMA still
+#      holds a third of the untrained network after 1,000 steps: its samples were noise), the measured
+#      step time and the projected time of the seed's 25,000 steps x 128 images, then 1,000 samples
+#      and their FID/KID against the held-out images
 #                                       -> c_seed.log, c_loss.png, c_samples.png, c_samples.npy
-#   b. the speed benchmark: dtools' default path against diffusers' UNet2DModel (bf16, channels-last,
-#      compiled) at seed64 batch 128 and at 32x32 batch 256 (bench/bench_speed.py)   -> b_bench.log/.json
+#   b. the speed benchmark: dtools against diffusers' UNet2DModel in bf16 (and channels-last) at seed64
+#      batch 128 and at 32x32 batch 256 (bench/bench_speed.py), both eager: compiling both sides
+#      takes minutes on a fresh machine (BENCH_COMPILE=1 adds the compiled modes; allow 10 minutes)
+#                                                                              -> b_bench.log/.json
 # (c runs before b: the benchmark takes whatever time is left.)
 #
 # Environment: PYTHON (default python3): the interpreter whose torch runs it. DTOOLS_WHEELS=DIR: first
@@ -110,10 +114,13 @@ if [ "$TOY" = 1 ]; then
     LIMITS=(60 120 120)
 else  # limits: 8 minutes in all with the default 3-minute seed run
     N_SAMPLES=1000; SIZE=64
-    SEED_ARGS="--preset seed64 --log-every 25"
-    BENCH_ARGS="--configs gpu64,gpu32 --compile --reps 20 --diffusers-modes bf16,bf16-cl"
+    SEED_ARGS="--preset seed64 --ema-warmup --log-every 25"
+    BENCH_ARGS="--configs gpu64,gpu32 --reps 20 --diffusers-modes bf16,bf16-cl"
+    if [ "${BENCH_COMPILE:-0}" = 1 ]; then BENCH_ARGS="$BENCH_ARGS --compile"; else BENCH_ARGS="$BENCH_ARGS --eager"; fi
     PREP_ARGS=""
-    LIMITS=(110 $("$PY" -c "print(round($SEED_MINUTES * 60) + 50)") 140)
+    # a: ~10 compiles of tiny networks, about 100 s each time before; c: the run, then ~40 s of
+    # sampling and FID (the weights converted on first use)
+    LIMITS=(200 $("$PY" -c "print(round($SEED_MINUTES * 60) + 80)") 100)
 fi
 export PY WORK OUT SIZE DEVICE N_SAMPLES SEED_MINUTES SEED_ARGS PREP_ARGS
 say "- device: $DEVICE; seed run: ${SEED_MINUTES} min"

@@ -35,3 +35,23 @@ def test_bench_threads_prints_its_table():
     out = run("bench_threads.py", "--policies", "spin-guard", "--precisions", "fp32",
               "--loads", "idle,burner")
     assert "| fp32 spin-guard " in out and "burner" in out, out
+
+
+def test_gpu_check_runs_at_toy_size_on_the_cpu(tmp_path):
+    """bench/gpu_check.sh end to end at toy size (its CUDA tests skip here): every stage runs and
+    writes its files, the summary names each stage's outcome."""
+    import os
+
+    out = tmp_path / "gpu-check"
+    res = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out), "--toy", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHON": sys.executable})
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    for stage in ("stage a (pytest -m cuda): ok", "stage c (seed run, 0.1 min): ok",
+                  "stage b (bench_speed): ok"):
+        assert stage in summary, summary
+    assert '"seed_run_projected_min"' in summary and '"fid"' in summary, summary
+    for name in ("a_pytest.log", "b_bench.log", "b_bench.json", "c_seed.log", "c_loss.png", "c_samples.png",
+                 "c_samples.npy"):
+        assert (out / name).stat().st_size > 0, name

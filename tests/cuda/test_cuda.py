@@ -57,8 +57,8 @@ def one_step(data: Path, tmp: Path, config, precision: str, compile_: bool) -> t
         for p in method.model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen).to(p.device))
     if compile_:
-        # Dynamo's guards do not tell bf16 autocast from fp16 (torch 2.11: one precision reused the
-        # other's graph), so each precision compiles afresh; a process trains in one precision
+        # on torch 2.11 fp16 gave bf16's numbers to every digit (Dynamo evidently reused the graph it
+        # compiled under bf16 autocast), so each precision compiles afresh; a process trains in one
         torch._dynamo.reset()
         method.compile()  # the step below compiles, then runs
     for _ in range(30):
@@ -180,8 +180,10 @@ def test_the_baselines_train_and_sample_on_cuda(data16, tmp_path, config, fit, m
 
 
 def inception_weights(tmp_path: Path) -> Path | None:
-    """None where the standard FID weights are installed; else a file of the same network with torch's
-    default initialisation (the device path is the same whatever the weights: this test is about it)."""
+    """None where the standard FID weights are installed; else a file of the same network with fresh
+    weights (the device path is the same whatever the weights: this test is about it). Its convolutions
+    are He-initialised: torch's default would shrink the activations ~40 layers deep to nothing, and
+    every FID to 0 (as the first GPU run of this test found)."""
     from safetensors.torch import save_file
 
     from dtools.errors import DtoolsError
@@ -199,8 +201,12 @@ def inception_weights(tmp_path: Path) -> Path | None:
             return None
 
     torch.manual_seed(0)
+    net = Fresh({})
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     path = tmp_path / "inception-fresh.safetensors"
-    save_file({k: v.contiguous() for k, v in Fresh({}).state_dict().items()}, str(path))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     return path
 
 
@@ -218,6 +224,7 @@ def test_fid_on_cuda_equals_the_cpu_fid(tmp_path, png_folder):
         assert result.exit_code == 0, result.output
         fids[device] = json.loads(result.stdout)["fid"]
     print(f"FID of 64 images: CPU {fids['cpu']:.4f}, CUDA {fids['cuda']:.4f}")
+    assert fids["cpu"] > 1  # two different sets: a score that could tell a difference
     assert abs(fids["cpu"] - fids["cuda"]) < 0.1
 
 
