@@ -69,18 +69,27 @@ def test_speed_paths_match_the_plain_network_in_fp32(monkeypatch):
     assert list(fast.state_dict()) == list(plain.state_dict())
 
 
-def test_speed_paths_under_bf16_autocast_stay_close_to_fp32():
-    """What a CPU bf16 training step runs (the rules choose both speed paths here): within bf16
-    rounding of the fp32 network."""
+BF16_UNIT = 2.0**-8  # bf16's unit roundoff
+
+
+def test_speed_paths_under_bf16_autocast_are_as_accurate_as_plain_bf16(monkeypatch):
+    """What a CPU bf16 training step runs (the rules choose both speed paths here) is as close to the
+    fp32 network as the plain network under the same bf16 autocast. The bound is relative to that
+    plain error because bf16's error depends on the CPU: with native bf16 (AMX, AVX-512 bf16) the
+    worst gradient was 0.040 (plain 0.034), on an AVX2-only CPU, where bf16 is emulated, 0.060 (plain
+    0.074): a fixed 0.05 held on one and failed on the other."""
     plain = randomized_net()
     fast = copy.deepcopy(plain).to(memory_format=CL)
     x, t, g = inputs()
     want, want_grads = step(plain, x, t, g)
     got, got_grads = step(fast, x.contiguous(memory_format=CL), t, g, bf16=True)
+    force(monkeypatch, False)
+    ref, ref_grads = step(copy.deepcopy(plain), x, t, g, bf16=True)  # NCHW, the plain paths, bf16
     rel = lambda a, b: float((a.detach().float() - b.detach()).norm() / b.detach().norm())  # noqa: E731
-    assert rel(got, want) < 0.02
     worst = max(rel(got_grads[n], want_grads[n]) for n in want_grads)
-    assert worst < 0.05
+    worst_plain = max(rel(ref_grads[n], want_grads[n]) for n in want_grads)
+    assert rel(got, want) < 4 * BF16_UNIT and rel(ref, want) < 4 * BF16_UNIT
+    assert worst < 1.5 * worst_plain + BF16_UNIT, (worst, worst_plain)
 
 
 def test_the_rules_choose_the_measured_paths():
