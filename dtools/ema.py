@@ -58,16 +58,25 @@ class EMA:
         return self.module.state_dict()
 
 
-def power_gamma(sigma_rel: float) -> float:
-    """The exponent γ of a power-function EMA whose profile has relative standard deviation σ_rel
-    (EDM2, eq. 3: σ_rel² = (γ + 1) / ((γ + 2)² (γ + 3)), solved for its largest real root)."""
-    if not 0.0 < sigma_rel < 0.5:
-        raise ValueError(f"EMA sigma_rel must lie in (0, 0.5), got {sigma_rel}")
-    k = sigma_rel**-2.0
-    roots = np.roots([1.0, 7.0, 16.0 - k, 12.0 - k])
-    return float(roots[np.abs(roots.imag) < 1e-9].real.max())
-
-
 def power_sigma_rel(gamma: float) -> float:
     """σ_rel of a power-function EMA with exponent γ (the inverse of `power_gamma`)."""
     return float(np.sqrt((gamma + 1.0) / ((gamma + 2.0) ** 2 * (gamma + 3.0))))
+
+
+# σ_rel(γ) rises from 0 at γ = -1 to its largest value at γ = (√5 - 3) / 2 ≈ -0.382, then falls: no
+# power-function EMA is wider than MAX_SIGMA_REL ≈ 0.3003 of the run (and γ must stay above -1, or
+# the first update's decay (1 - 1/1)^(γ+1) would be 0 to a negative power)
+GAMMA_WIDEST = (np.sqrt(5.0) - 3.0) / 2.0
+MAX_SIGMA_REL = power_sigma_rel(GAMMA_WIDEST)
+
+
+def power_gamma(sigma_rel: float) -> float:
+    """The exponent γ of a power-function EMA whose profile has relative standard deviation σ_rel
+    (EDM2, eq. 3: σ_rel² = (γ + 1) / ((γ + 2)² (γ + 3)), solved for its largest real root)."""
+    if not 0.0 < sigma_rel <= MAX_SIGMA_REL:
+        raise ValueError(f"EMA sigma_rel must lie in (0, {MAX_SIGMA_REL:.4f}], got {sigma_rel}")
+    k = sigma_rel**-2.0
+    roots = np.roots([1.0, 7.0, 16.0 - k, 12.0 - k])
+    real = roots[(np.abs(roots.imag) < 1e-6) & (roots.real > -1.0)].real
+    # at the widest σ_rel the two roots meet, and rounding can make them a complex pair
+    return float(real.max()) if real.size else float(GAMMA_WIDEST)

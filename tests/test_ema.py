@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +52,22 @@ def test_power_ema_averages_a_fixed_fraction_of_the_run(steps):
             ema.update(net)
     g = power_gamma(0.1)
     assert float(ema.module.weight) / steps == pytest.approx((g + 1) / (g + 2), rel=0.01)
+
+
+def test_the_widest_power_ema_is_the_largest_sigma_rel_and_wider_is_refused():
+    """σ_rel(γ) peaks at γ = (√5 - 3)/2 with σ_rel ≈ 0.3003; between that and 0.5, which dtools once
+    accepted, no γ > -1 exists, and the first update raised ZeroDivisionError (0.0 ** negative)."""
+    from dtools.ema import MAX_SIGMA_REL, power_gamma, power_sigma_rel
+
+    grid = np.linspace(-0.999, 3, 40001)
+    assert MAX_SIGMA_REL == pytest.approx(max(power_sigma_rel(g) for g in grid), abs=1e-7)
+    assert MAX_SIGMA_REL == pytest.approx(0.30028, abs=1e-5)
+    assert power_gamma(MAX_SIGMA_REL) == pytest.approx((5**0.5 - 3) / 2, abs=1e-3)
+    for s in (0.25, 0.29, 0.3, MAX_SIGMA_REL):
+        g = power_gamma(s)
+        assert g > -1 and power_sigma_rel(g) == pytest.approx(s, rel=1e-6)
+        ema = EMA(torch.nn.Linear(2, 2), sigma_rel=s)
+        ema.update(torch.nn.Linear(2, 2))  # the first update: decay 0, no error
+    for s in (0.3003, 0.31, 0.49):
+        with pytest.raises(ValueError, match="sigma_rel"):
+            power_gamma(s)

@@ -93,8 +93,8 @@ def train(
         help="A fixed EMA decay of the sampling weights (instead of --ema-length).",
     ),
     ema_length: float = typer.Option(
-        None, "--ema-length", min=0.0, max=0.49, show_default="preset",
-        help="EDM2's power EMA: the average's width as a fraction of the run, e.g. 0.1.",
+        None, "--ema-length", min=0.0, max=0.3003, show_default="preset",  # ema.MAX_SIGMA_REL, rounded up
+        help="EDM2's power EMA: the average's width as a fraction of the run, e.g. 0.1 (at most 0.3003).",
     ),
     ema_warmup: bool = typer.Option(
         None, "--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+n)/(10+n)).",

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from dtools.diffusion import PARAMETERIZATIONS, T_DISTRIBUTIONS
+from dtools.ema import MAX_SIGMA_REL
 from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import load_schedule
 from dtools.progress import log as log_line
@@ -198,8 +199,9 @@ class TrainConfig:
         if self.lr_decay not in DECAYS:
             choices = ", ".join(DECAYS)
             raise OptionError(flag("lr_decay"), f"unknown {self.lr_decay!r}; choose one of {choices}")
-        if self.ema_length is not None and not 0 < self.ema_length < 0.5:
-            raise DtoolsError(f"{flag('ema_length')} is a fraction of the run in (0, 0.5), "
+        if self.ema_length is not None and not 0 < self.ema_length <= MAX_SIGMA_REL:
+            raise DtoolsError(f"{flag('ema_length')} is the average's width as a fraction of the run, in "
+                              f"(0, {MAX_SIGMA_REL:.4f}]: no power-function EMA is wider (EDM2, eq. 3); "
                               f"got {self.ema_length}")
         for name in ("min_snr_gamma", "grad_clip", "epochs", "max_minutes", "max_steps"):
             v = getattr(self, name)

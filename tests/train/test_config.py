@@ -149,3 +149,15 @@ def test_configure_parses_integer_lists_asks_for_data_and_defaults_the_schedule(
     assert cfg.beta == "cosine" and np.array_equal(cfg.betas, load_schedule("cosine"))
     assert not (tmp_path / "r").exists()
 
+
+
+def test_an_ema_length_no_power_ema_can_have_is_refused_in_one_line(data8, tmp_path, config, fit, betas):
+    """--ema-length between 0.3003 and 0.49 was accepted and crashed at the first EMA update with a
+    traceback (0.0 ** negative): now a one-line error; the widest length that exists trains."""
+    shape = (100, 16, 16, 3)
+    for bad in (0.31, 0.45):
+        with pytest.raises(DtoolsError, match=r"^--ema-length .*\(0, 0\.3003\]") as e:
+            training.new_config("d", "r", "cosine", betas, shape, {"ema_length": bad})
+        assert "\n" not in str(e.value)
+    result = fit(config(data8, tmp_path / "run", max_steps=2, ema_length=0.3002))
+    assert result.step == 2
