@@ -28,6 +28,7 @@ class EMA:
             raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
         self.decay = decay
         self.warmup = warmup
+        self.sigma_rel = sigma_rel
         self.gamma = None if sigma_rel is None else power_gamma(sigma_rel)
         self.num_updates = 0
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
@@ -56,6 +57,14 @@ class EMA:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
+
+    def header(self) -> dict[str, float]:
+        """What a checkpoint records of the average that ran: its fixed decay (`ema_decay`; a warm-up is
+        the training config's `ema_warmup`), or the power EMA's width and exponent (`ema_length`,
+        `ema_gamma`)."""
+        if self.gamma is not None:
+            return {"ema_length": self.sigma_rel, "ema_gamma": self.gamma}
+        return {"ema_decay": self.decay}
 
 
 def power_sigma_rel(gamma: float) -> float:

@@ -96,7 +96,7 @@ def model_facts(path: Path, info: dict[str, Any]) -> dict[str, Any]:
     facts = {"model_type": info["model_type"], "model": info["model"], "parameters": _parameters(path, info),
              "weights": info.get("weights", ["ema", "raw"]), "step": step, "images_seen": seen,
              "training_seconds": info.get("elapsed"), "ema_decay": info.get("ema_decay"),
-             "ema_warmup": train.get("ema_warmup"),
+             "ema_warmup": train.get("ema_warmup"), "ema_length": info.get("ema_length"),
              "data": {"path": train.get("data"), "images": train.get("num_images"),
                       "fingerprint": train.get("data_fingerprint")},
              "dtools_version": info.get("dtools_version")}
@@ -140,9 +140,12 @@ def model_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     trained.append(f"{seen:,} images seen" if seen is not None else "images seen unknown")
     trained.append(fmt_time(secs) + " of training" if secs is not None else "training time not recorded")
     rows.append(("trained", ", ".join(trained)))
-    if facts["ema_decay"] is not None:
+    held = f"weights held: {', '.join(facts['weights'])}"
+    if facts.get("ema_length") is not None:
+        rows.append(("EMA", f"power EMA (EDM2), width {facts['ema_length']:g} of the run; {held}"))
+    elif facts["ema_decay"] is not None:
         warm = " with warm-up" if facts["ema_warmup"] else ""
-        rows.append(("EMA", f"decay {facts['ema_decay']}{warm}; weights held: {', '.join(facts['weights'])}"))
+        rows.append(("EMA", f"decay {facts['ema_decay']}{warm}; {held}"))
     d = facts["data"]
     if d["path"] is not None:
         rows.append(("data", f"{d['path']} ({d['images']} images, fingerprint {d['fingerprint'] or '-'})"))

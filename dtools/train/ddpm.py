@@ -124,7 +124,7 @@ class Ddpm(Method):
         header = {
             "model": cfg.model, "parameterization": cfg.parameterization,
             "betas": [float(b) for b in cfg.betas],  # the exact float64 schedule
-            "ema_decay": cfg.ema_decay, "image_size": cfg.image_size, "channels": cfg.channels,
+            **self.ema.header(), "image_size": cfg.image_size, "channels": cfg.channels,
         }
         return {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}, cfg.model, header
 

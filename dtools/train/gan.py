@@ -137,7 +137,7 @@ class Dcgan(Method):
     def checkpoint(self) -> tuple[Weights, dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
         header = {"model_type": self.model_type, "model": cfg.model, "d_steps": cfg.d_steps,
-                  "ema_decay": cfg.ema_decay, "image_size": cfg.image_size, "channels": cfg.channels}
+                  **self.ema.header(), "image_size": cfg.image_size, "channels": cfg.channels}
         return {"ema": self.ema.state_dict(), "raw": self.generator.state_dict()}, cfg.model, header
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> str:

@@ -91,7 +91,7 @@ class Vae(Method):
     def checkpoint(self) -> tuple[Weights, dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
         header = {"model_type": self.model_type, "model": cfg.model, "kl_weight": cfg.kl_weight,
-                  "ema_decay": cfg.ema_decay, "image_size": cfg.image_size, "channels": cfg.channels}
+                  **self.ema.header(), "image_size": cfg.image_size, "channels": cfg.channels}
         weights = {"ema": self.ema.module.decoder.state_dict(), "raw": self.vae.decoder.state_dict()}
         return weights, cfg.model, header
 

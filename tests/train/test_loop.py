@@ -241,3 +241,26 @@ def test_max_minutes_alone_sizes_the_run_in_time(data8, tmp_path, config, fit):
     recs = [json.loads(x) for x in (tmp_path / "r" / training.METRICS_FILE).read_text().splitlines()]
     assert recs[-1]["lr"] < 0.2 * recs[len(recs) // 3]["lr"]  # linear decay to 0 at the end of the time
     assert read_header(tmp_path / "r" / training.STATE_FILE, "dtools.train-state")["step"] == result.step
+
+
+@pytest.mark.parametrize("model", ["unet", "dcgan", "vae"])
+def test_the_checkpoint_records_the_ema_that_ran(data8, tmp_path, config, fit, model):
+    """A power EMA's run records its width and exponent, not the unused fixed decay (which it once
+    did); a fixed-decay run records its decay."""
+    from dtools.info import model_facts, model_rows
+
+    opts = {} if model == "unet" else {"model_type": model, "base_channels": 8}
+    if model != "unet":
+        opts.update({k: None for k in ("channel_mult", "num_res_blocks", "attention_resolutions", "num_heads",
+                                       "dropout")})
+    run = tmp_path / "power"
+    fit(config(data8, run, max_steps=2, save_every=2, ema_length=0.1, **opts))
+    _, info = read_model(run / training.MODEL_FILE)
+    assert "ema_decay" not in info and info["ema_length"] == 0.1
+    assert info["ema_gamma"] == pytest.approx(6.94, abs=0.01)  # EDM2 sec. 3.1
+    rows = dict(model_rows(model_facts(run / training.MODEL_FILE, info)))
+    assert rows["EMA"].startswith("power EMA (EDM2), width 0.1 of the run"), rows
+    fixed = tmp_path / "fixed"
+    fit(config(data8, fixed, max_steps=2, save_every=2, ema_decay=0.9, **opts))
+    _, info = read_model(fixed / training.MODEL_FILE)
+    assert info["ema_decay"] == 0.9 and "ema_length" not in info
