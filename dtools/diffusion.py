@@ -175,17 +175,19 @@ def draw_timesteps(s: Schedule, n: int, distribution: str, device: torch.device 
     """n training timesteps [n] (int64): "uniform" over 0..T-1 (Ho et al. 2020, Algorithm 1), or
     "lognormal": EDM's ln σ ~ N(-1.2, 1.2²) over the noise level σ_t = sqrt((1-ᾱ_t)/ᾱ_t) of x_t/sqrt(ᾱ_t),
     each draw rounded to the timestep whose ln σ_t is nearest. It puts the training where the loss
-    still falls (mid noise levels) instead of evenly over t. Draws from torch's global generator.
+    still falls (mid noise levels) instead of evenly over t. Draws from torch's global generator (the
+    device's for "uniform", the CPU's for "lognormal").
     """
     if distribution == "uniform":
         return torch.randint(0, s.T, (n,), device=device)
     if distribution != "lognormal":
         raise DtoolsError(f"unknown timestep distribution {distribution!r}; choose one of {T_DISTRIBUTIONS}")
+    # all in float64 on the CPU (Apple's MPS has no float64; n is one batch), the timesteps then moved
     ab = s.alphas_cumprod.cpu()
     log_sigma = 0.5 * (torch.log1p(-ab) - torch.log(ab))  # increasing in t (ᾱ_t = 0 gives +inf)
-    mids = ((log_sigma[1:] + log_sigma[:-1]) / 2).to(device)  # boundaries between neighbouring t
-    draw = torch.randn((n,), device=device, dtype=torch.float64) * LOGNORMAL_P_STD + LOGNORMAL_P_MEAN
-    return torch.searchsorted(mids, draw)
+    mids = (log_sigma[1:] + log_sigma[:-1]) / 2  # boundaries between neighbouring t
+    draw = torch.randn((n,), dtype=torch.float64) * LOGNORMAL_P_STD + LOGNORMAL_P_MEAN
+    return torch.searchsorted(mids, draw).to(device)
 
 
 def loss_weight(

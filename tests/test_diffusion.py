@@ -188,6 +188,22 @@ def test_lognormal_timesteps_follow_edm_noise_levels():
     assert torch.equal(got, expected)
 
 
+def test_lognormal_timesteps_make_no_float64_on_the_device(monkeypatch):
+    """Apple's MPS has no float64: the draw and its rounding happen on the CPU, and only the int64
+    timesteps go to the device (the "meta" device stands in for it; a float64 randn there is refused)."""
+    real = torch.randn
+
+    def randn(*args, **kw):
+        if kw.get("dtype") == torch.float64 and torch.device(kw.get("device") or "cpu").type != "cpu":
+            raise TypeError("float64 on a device that has none")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(torch, "randn", randn)
+    s = D.Schedule.from_betas(np.linspace(1e-4, 0.02, 1000))
+    t = D.draw_timesteps(s, 16, "lognormal", "meta")
+    assert t.device.type == "meta" and t.dtype == torch.int64 and t.shape == (16,)
+
+
 def test_unknown_timestep_distribution_is_refused(s):
     with pytest.raises(DtoolsError, match="lognormal"):
         D.draw_timesteps(s, 4, "beta", "cpu")
