@@ -154,6 +154,37 @@ def test_ddim_pipeline_and_dtools_sample_agree(tmp_path, parameterization, spaci
     assert np.abs(theirs.astype(np.float64) * 255 - ours).max() < 0.5 + 1e-3
 
 
+@pytest.mark.parametrize("variance", ["beta", "posterior"])
+def test_ddpm_with_fewer_steps_in_diffusers_as_docs_export_says(tmp_path, variance):
+    """docs/export.md: with fewer than T steps and `--variance beta`, DDPMScheduler adds noise of
+    variance 1 - ᾱ on its last step (t > 0 there) where dtools lands on x0 with none; taking the last
+    step's `pred_original_sample` gives dtools' images exactly, for either variance."""
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", raw=False)
+    ok(invoke("export", ckpt, "-o", tmp_path / "pipe", "--variance", variance))
+    result = invoke("sample", ckpt, "-n", 4, "--sampler", "ddpm", "--steps", 10, "--variance", variance,
+                    "--precision", "fp32")
+    ours = np.load(io.BytesIO(result.stdout_bytes), allow_pickle=False).astype(np.float64)  # (4, 8, 8, 3)
+    scheduler = DDPMScheduler.from_pretrained(tmp_path / "pipe", subfolder="scheduler",
+                                              timestep_spacing="trailing")
+    unet = UNet2DModel.from_pretrained(tmp_path / "pipe" / "unet")
+    images = {}
+    for last in ("prev_sample", "pred_original_sample"):  # diffusers' pipeline; the documented loop
+        generators = [torch.Generator().manual_seed(image_seed(0, i)) for i in range(4)]
+        x = torch.cat([torch.randn((1, 3, 8, 8), generator=g) for g in generators])  # as randn_tensor draws
+        scheduler.set_timesteps(10)
+        with torch.no_grad():
+            for i, t in enumerate(scheduler.timesteps):
+                out = scheduler.step(unet(x, t).sample, t, x, generator=generators)
+                x = getattr(out, last) if i == len(scheduler.timesteps) - 1 else out.prev_sample
+        images[last] = ((x.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).double().numpy()
+    assert np.abs(images["pred_original_sample"] - ours).max() < 0.5 + 1e-3
+    plain = np.abs(images["prev_sample"] - ours).max()
+    if variance == "beta":
+        assert plain > 10, plain  # the pipeline's last-step noise: std sqrt(1 - ᾱ_9) of the 100-step cosine
+    else:
+        assert plain < 0.5 + 1e-3  # β̃ is 0 on the last step: the pipeline itself agrees
+
+
 def test_a_folder_diffusers_wrote(tmp_path):
     """A pipeline that diffusers saved itself (named cosine schedule, one-head attention, v-prediction)
     imports, and the checkpoint samples."""
