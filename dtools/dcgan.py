@@ -19,6 +19,8 @@ its decoder, so the two baselines decode z with the same network.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -111,6 +113,34 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z[:, :, None, None])  # (B, latent) -> (B, C, H, W)
+
+
+STANDING_IMAGES, STANDING_BATCH = 2048, 256  # z's that a generator's standing statistics are measured on
+
+
+@torch.no_grad()
+def standing_statistics(generator: Generator, seed: int,
+                        autocast: contextlib.AbstractContextManager | None = None) -> Generator:
+    """A copy of `generator`, in eval mode, whose BatchNorm running statistics are measured on its own
+    activations for STANDING_IMAGES z ~ N(0, I) drawn from a generator seeded with `seed` (the plain
+    average over them). An EMA of a generator's weights needs this: the statistics it carries are an
+    average of the online generator's, never measured for the averaged weights ("standing
+    statistics", Brock et al. 2019, appendix C.1). `autocast`: the precision's context."""
+    g = copy.deepcopy(generator)
+    norms = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # the cumulative average over the batches below
+    g.train()
+    gen = torch.Generator().manual_seed(int(seed))
+    device = next(g.parameters()).device
+    with autocast or contextlib.nullcontext():
+        for _ in range(STANDING_IMAGES // STANDING_BATCH):
+            g(torch.randn(STANDING_BATCH, g.latent_dim, generator=gen).to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return g.eval()
 
 
 def encoder_layers(cfg: DCGANConfig) -> list[nn.Module]:

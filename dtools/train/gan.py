@@ -8,7 +8,8 @@ One training step is one round of the update ratio `--d-steps D:G` (default 1:1)
 2. then G generator updates, each on a fresh z: the non-saturating loss BCE(D(G(z)), 1); after each
    one, the EMA of the generator's weights moves (the seed applied the EMA to its GAN too, after
    Yazıcı et al., "The unusual effectiveness of averaging in GAN training"); that EMA is what
-   `dtools sample` uses by default.
+   `dtools sample` uses by default, with BatchNorm statistics measured for its averaged weights on
+   2,048 of its own samples at each checkpoint (standing statistics: dcgan.standing_statistics).
 
 So "1:2" is one discriminator update for every two generator updates, the seed's choice ("1:1" made
 its discriminator too strong, "1:5" blurred the images); "2:1" gives the discriminator the extra
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dtools.dcgan import DCGANConfig, Discriminator, Generator
+from dtools.dcgan import STANDING_IMAGES, DCGANConfig, Discriminator, Generator, standing_statistics
 from dtools.ema import EMA
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig, parse_ratio
@@ -120,13 +121,21 @@ class Dcgan(Method):
         return {"loss_d": d_loss / d, "loss_g": g_loss / g, "d_acc_real": acc_real / d,
                 "d_acc_fake": acc_fake / d}
 
+    def sampler(self) -> Generator:
+        """The EMA generator with its standing BatchNorm statistics (dcgan.standing_statistics), what
+        the checkpoint holds as its "ema" weights and the grids draw with; the EMA itself (what the
+        training state holds) is left as it is."""
+        return standing_statistics(self.ema.module, self.cfg.seed, self.rt.autocast())
+
     def sample(self, seeds: list[int]) -> torch.Tensor:
-        """The EMA generator on z ~ N(0, I) per seed."""
+        """The EMA generator (standing statistics) on z ~ N(0, I) per seed."""
         from dtools.samplers import generate_from_prior
+
+        generator = self.sampler()
 
         def decode(z: torch.Tensor) -> torch.Tensor:
             with self.rt.autocast():
-                return self.ema.module(z).float()
+                return generator(z).float()
 
         return generate_from_prior(decode, self.cfg.model["latent_dim"], seeds, device=self.device)
 
@@ -137,8 +146,9 @@ class Dcgan(Method):
     def checkpoint(self) -> tuple[Weights, dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
         header = {"model_type": self.model_type, "model": cfg.model, "d_steps": cfg.d_steps,
-                  **self.ema.header(), "image_size": cfg.image_size, "channels": cfg.channels}
-        return {"ema": self.ema.state_dict(), "raw": self.generator.state_dict()}, cfg.model, header
+                  **self.ema.header(), "ema_batchnorm": f"standing statistics of {STANDING_IMAGES} samples",
+                  "image_size": cfg.image_size, "channels": cfg.channels}
+        return {"ema": self.sampler().state_dict(), "raw": self.generator.state_dict()}, cfg.model, header
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
         self.generator.load_state_dict(weights, strict=True)

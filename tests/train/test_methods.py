@@ -146,3 +146,31 @@ def test_a_diverged_vae_keeps_no_nan_weights(data8, tmp_path, latent, fit, state
         fit(latent(data8, run, "vae", max_steps=50, save_every=1, lr=1e30))
     if (run / training.STATE_FILE).exists():
         assert all(torch.isfinite(v).all() for v in state_tensors(run).values() if v.is_floating_point())
+
+
+def test_the_ema_generator_samples_with_batchnorm_statistics_measured_for_it(data8, tmp_path, latent, fit):
+    """The checkpoint's EMA generator holds BatchNorm statistics measured on its own activations
+    (standing statistics), not the EMA of the online generator's: in eval mode it computes what it
+    computes in train mode on a large batch (whose statistics its own are), while the training
+    state's EMA keeps its averaged buffers (an exact resume needs them)."""
+    from dtools.checkpoint import load_model
+    from dtools.train.state import load_state
+
+    run = tmp_path / "gan"
+    fit(latent(data8, run, "dcgan", max_steps=30, save_every=30, ema_decay=0.9, lr=2e-3))
+    generator = load_model(run / training.MODEL_FILE, "ema").network
+    z = torch.randn(2048, generator.latent_dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        evaluated = generator.eval()(z)
+        batch = generator.train()(z)
+    gap = float((evaluated - batch).abs().mean())
+    tensors, _ = load_state(run / training.STATE_FILE)
+    averaged = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
+    stored = generator.state_dict()
+    mean_keys = [k for k in stored if k.endswith("running_mean")]
+    assert mean_keys and any(not torch.allclose(stored[k], averaged[k]) for k in mean_keys)
+    generator.load_state_dict(averaged)  # the averaged statistics the checkpoint once held
+    with torch.no_grad():
+        before = float((generator.eval()(z) - batch).abs().mean())
+    print(f"eval vs batch statistics: standing {gap:.4f}, averaged {before:.4f}")
+    assert gap < 0.02 and gap < before / 3, (gap, before)
