@@ -296,8 +296,15 @@ class Trainer:
             self.log(line)
 
     def _stopping(self, signal_name: str) -> None:
-        """Said at once on the first Ctrl-C (or SIGTERM), while the step still runs."""
-        self.log(stop_message(signal_name, self.step + 1, self.clock.pace(), self.checkpoint_step))
+        """Said at once on the first Ctrl-C (or SIGTERM), while the step still runs. A checkpoint being
+        written when the signal came is waited for (up to 2 s), so the line names what is on disk."""
+        writing = self.writing.acquire(timeout=2.0)
+        try:
+            saved = self.checkpoint_step
+        finally:
+            if writing:
+                self.writing.release()
+        self.log(stop_message(signal_name, self.step + 1, self.clock.pace(), saved))
 
     def _abort(self) -> None:
         """The second Ctrl-C: end the process now (no file is being written: the caller holds the lock)."""
