@@ -11,6 +11,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 DTOOLS = Path(sys.executable).parent / "dtools"
+
+# torch.compile's kernels are cached per test session, in a folder of its own: a cache that other
+# runs on the machine filled (another CPU capability, a half-written entry) once aborted the suite
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="dtools-tests-inductor-"))
 
 
 @pytest.fixture(scope="module")
