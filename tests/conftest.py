@@ -112,6 +112,18 @@ def dtools_bin() -> Path:
 
 
 @pytest.fixture
+def fit():
+    """`fit(cfg, **kw)`: dtools.train.train() without a progress bar or log lines (the training tests,
+    on the CPU and on CUDA)."""
+    from dtools import train as training
+
+    def run(cfg, **kw):
+        return training.train(cfg, progress=False, log=lambda m: None, **kw)
+
+    return run
+
+
+@pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
 

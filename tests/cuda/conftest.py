@@ -71,13 +71,3 @@ def config():
         return training.new_config(str(data), str(out), "cosine", BETAS, (n, h, h, c), opts)
 
     return make
-
-
-@pytest.fixture
-def fit():
-    """`fit(cfg, **kw)`: train() without a progress bar or log lines."""
-
-    def run(cfg: training.TrainConfig, **kw) -> training.TrainResult:
-        return training.train(cfg, progress=False, log=lambda m: None, **kw)
-
-    return run

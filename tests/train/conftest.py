@@ -74,16 +74,6 @@ def config():
 
 
 @pytest.fixture
-def fit():
-    """`fit(cfg, **kw)`: train() without a progress bar or log lines."""
-
-    def run(cfg: training.TrainConfig, **kw) -> training.TrainResult:
-        return training.train(cfg, progress=False, log=lambda m: None, **kw)
-
-    return run
-
-
-@pytest.fixture
 def state_tensors():
     """`state_tensors(run)`: every tensor of RUN's training state."""
 
