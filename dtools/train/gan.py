@@ -61,6 +61,7 @@ class Dcgan(Method):
         self.generator = Generator(net).to(self.device)
         self.discriminator = Discriminator(net).to(self.device)
         self.ema = EMA(self.generator, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
+        self._standing: tuple[int, Generator] | None = None  # (EMA updates, `sampler()` for them)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
@@ -124,8 +125,12 @@ class Dcgan(Method):
     def sampler(self) -> Generator:
         """The EMA generator with its standing BatchNorm statistics (dcgan.standing_statistics), what
         the checkpoint holds as its "ema" weights and the grids draw with; the EMA itself (what the
-        training state holds) is left as it is."""
-        return standing_statistics(self.ema.module, self.cfg.seed, self.rt.autocast())
+        training state holds) is left as it is. Measured once per EMA update (a grid and a checkpoint
+        of the same step share it)."""
+        if self._standing is None or self._standing[0] != self.ema.num_updates:
+            self._standing = (self.ema.num_updates,
+                              standing_statistics(self.ema.module, self.cfg.seed, self.rt.autocast()))
+        return self._standing[1]
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """The EMA generator (standing statistics) on z ~ N(0, I) per seed."""
