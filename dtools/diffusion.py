@@ -168,15 +168,21 @@ def reverse_variance(s: Schedule, kind: str, t: torch.Tensor, like: torch.Tensor
 
 # EDM's training distribution of noise levels (Karras et al. 2022, Table 1): ln σ ~ N(P_mean, P_std²)
 LOGNORMAL_P_MEAN, LOGNORMAL_P_STD = -1.2, 1.2
+# the share of "lognormal" draws taken uniformly over 0..T-1 instead: EDM's lognormal alone almost never
+# reaches the noisiest timesteps (P(t >= 900) = 0.5 % on cosine; t = T-1 never at zero terminal SNR),
+# where every trailing sampling chain starts
+LOGNORMAL_UNIFORM_SHARE = 0.1
 T_DISTRIBUTIONS = ("uniform", "lognormal")
 
 
 def draw_timesteps(s: Schedule, n: int, distribution: str, device: torch.device | str) -> torch.Tensor:
     """n training timesteps [n] (int64): "uniform" over 0..T-1 (Ho et al. 2020, Algorithm 1), or
     "lognormal": EDM's ln σ ~ N(-1.2, 1.2²) over the noise level σ_t = sqrt((1-ᾱ_t)/ᾱ_t) of x_t/sqrt(ᾱ_t),
-    each draw rounded to the timestep whose ln σ_t is nearest. It puts the training where the loss
-    still falls (mid noise levels) instead of evenly over t. Draws from torch's global generator (the
-    device's for "uniform", the CPU's for "lognormal").
+    each draw rounded to the timestep whose ln σ_t is nearest, except a share LOGNORMAL_UNIFORM_SHARE
+    of the draws, uniform over 0..T-1, so that every t keeps a probability of at least share/T (t = T-1,
+    where sampling starts, included). It puts the training where the loss still falls (mid noise
+    levels) instead of evenly over t. Draws from torch's global generator (the device's for "uniform",
+    the CPU's for "lognormal").
     """
     if distribution == "uniform":
         return torch.randint(0, s.T, (n,), device=device)
@@ -187,24 +193,34 @@ def draw_timesteps(s: Schedule, n: int, distribution: str, device: torch.device 
     log_sigma = 0.5 * (torch.log1p(-ab) - torch.log(ab))  # increasing in t (ᾱ_t = 0 gives +inf)
     mids = (log_sigma[1:] + log_sigma[:-1]) / 2  # boundaries between neighbouring t
     draw = torch.randn((n,), dtype=torch.float64) * LOGNORMAL_P_STD + LOGNORMAL_P_MEAN
-    return torch.searchsorted(mids, draw).to(device)
+    t = torch.searchsorted(mids, draw)
+    uniform = torch.rand((n,), dtype=torch.float64) < LOGNORMAL_UNIFORM_SHARE
+    t = torch.where(uniform, torch.randint(0, s.T, (n,)), t)
+    return t.to(device)
 
 
 def loss_weight(
-    s: Schedule, parameterization: str, t: torch.Tensor, min_snr_gamma: float | None
+    s: Schedule, parameterization: str, t: torch.Tensor, min_snr_gamma: float | None, floor: float = 0.0
 ) -> torch.Tensor:
     """Per-sample weight [B] on the MSE against `training_target`.
 
     None gives plain MSE (weight 1, the seed's loss). A number γ gives Min-SNR-γ (Hang et al. 2023):
-    the effective x0-space weight min(SNR, γ), expressed for each parameterization.
+    the effective x0-space weight min(SNR, γ), expressed for each parameterization. For v and x0 that
+    weight falls to 0 with the SNR (exactly 0 at a zero-terminal-SNR schedule's t = T-1, where every
+    trailing sampling chain starts); `floor` is the least weight on the noisy side (SNR < 1), where
+    Min-SNR's weight only rises with the SNR, so it keeps the noisiest timesteps in training (0: Hang et
+    al.'s weight as published; plain MSE's 1 is above any floor in [0, 1]).
     """
     p = lookup_parameterization(parameterization)
     if min_snr_gamma is None:
         return torch.ones(t.shape, dtype=torch.float32, device=t.device)
     if min_snr_gamma <= 0:
         raise DtoolsError(f"--min-snr-gamma must be positive, got {min_snr_gamma}")
+    if not 0 <= floor <= 1:
+        raise DtoolsError(f"--min-snr-floor must lie in [0, 1], got {floor}")
     snr = s.snr().to(t.device)[t]
-    return p.min_snr(torch.clamp(snr, max=min_snr_gamma), snr).float()
+    w = p.min_snr(torch.clamp(snr, max=min_snr_gamma), snr)
+    return torch.where(snr < 1, w.clamp_min(floor), w).float()
 
 
 def _linspace(T: int, steps: int) -> np.ndarray:

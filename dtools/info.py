@@ -103,6 +103,7 @@ def model_facts(path: Path, info: dict[str, Any]) -> dict[str, Any]:
     if MODEL_TYPES[info["model_type"]].diffusion:
         facts["parameterization"] = info["parameterization"]
         facts["min_snr_gamma"] = train.get("min_snr_gamma")
+        facts["min_snr_floor"] = train.get("min_snr_floor", 0.0)
         facts["t_dist"] = train.get("t_dist", "uniform")
         facts["schedule"] = _schedule(info)
     if train.get("init_from"):
@@ -131,6 +132,8 @@ def model_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         s = facts["schedule"]
         name = f"{s['name']}, " if s["name"] else ""
         loss = f", loss weight Min-SNR-{facts['min_snr_gamma']:g}" if facts.get("min_snr_gamma") else ""
+        if loss and facts.get("min_snr_floor"):
+            loss += f" (at least {facts['min_snr_floor']:g} where SNR < 1)"
         t_dist = f", t drawn {facts['t_dist']}" if facts.get("t_dist", "uniform") != "uniform" else ""
         rows += [("predicts", facts["parameterization"] + loss + t_dist),
                  ("schedule", f"{name}T={s['T']}, beta {s['beta_first']:.3g} .. {s['beta_last']:.3g}, "

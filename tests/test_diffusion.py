@@ -165,9 +165,10 @@ def test_uniform_timesteps_are_randint():
     assert torch.equal(D.draw_timesteps(s, 64, "uniform", "cpu"), expected)
 
 
-def test_lognormal_timesteps_follow_edm_noise_levels():
-    """ln σ_t of the drawn t has EDM's mean -1.2 and std 1.2, and each draw is rounded to the t whose
-    ln σ_t is nearest (checked by hand on a 3-step schedule)."""
+def test_lognormal_timesteps_follow_edm_noise_levels(monkeypatch):
+    """Without its uniform share, ln σ_t of the drawn t has EDM's mean -1.2 and std 1.2, and each draw
+    is rounded to the t whose ln σ_t is nearest (checked by hand on a 3-step schedule)."""
+    monkeypatch.setattr(D, "LOGNORMAL_UNIFORM_SHARE", 0.0)
     s = D.Schedule.from_betas(np.linspace(1e-4, 0.02, 1000))
     torch.manual_seed(0)
     t = D.draw_timesteps(s, 100_000, "lognormal", "cpu")
@@ -186,6 +187,48 @@ def test_lognormal_timesteps_follow_edm_noise_levels():
     got = D.draw_timesteps(small, 1000, "lognormal", "cpu")
     expected = (draws > lo).long() + (draws > hi).long()
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("zero_terminal_snr", [False, True])
+def test_lognormal_timesteps_reach_the_noisiest_steps(zero_terminal_snr):
+    """Every trailing sampling chain starts at t = T-1: "lognormal" must train it too. EDM's lognormal
+    alone never drew it at zero terminal SNR (σ_T = ∞) and drew t >= 900 0.5 % of the time on cosine;
+    its uniform share gives every t at least share/T."""
+    from dtools.schedules import make_schedule
+
+    s = D.Schedule.from_betas(make_schedule("cosine", 1000, zero_terminal_snr=zero_terminal_snr))
+    torch.manual_seed(0)
+    t = D.draw_timesteps(s, 200_000, "lognormal", "cpu")
+    share = D.LOGNORMAL_UNIFORM_SHARE
+    assert share > 0
+    last = float((t == 999).double().mean())
+    assert last > 0.5 * share / 1000, last
+    assert float((t >= 900).double().mean()) > 0.8 * share * 0.1
+
+
+def test_min_snr_floor_keeps_the_noisiest_steps_in_training():
+    """Min-SNR with v or x0 weighs t = T-1 of a zero-terminal-SNR schedule by exactly 0 (and cosine's
+    by ~1e-8); the floor lifts the noisy side (SNR < 1) to at least its value and leaves the rest."""
+    from dtools.schedules import make_schedule
+
+    for zero in (False, True):
+        s = D.Schedule.from_betas(make_schedule("cosine", 1000, zero_terminal_snr=zero))
+        t = torch.arange(1000)
+        snr = s.snr()
+        for param in ("v", "x0"):
+            bare = D.loss_weight(s, param, t, 5.0)
+            assert float(bare[-1]) < 1e-6
+            floored = D.loss_weight(s, param, t, 5.0, floor=0.2)
+            assert float(floored[-1]) == pytest.approx(0.2)
+            noisy = snr < 1
+            assert torch.equal(floored[~noisy], bare[~noisy])
+            assert torch.equal(floored[noisy], bare[noisy].clamp_min(0.2))
+    s = D.Schedule.from_betas(make_schedule("cosine", 1000))
+    t = torch.arange(1000)
+    # ε's Min-SNR weight is 1 wherever SNR < γ: a floor below 1 changes nothing
+    assert torch.equal(D.loss_weight(s, "eps", t, 5.0, floor=0.5), D.loss_weight(s, "eps", t, 5.0))
+    with pytest.raises(DtoolsError, match="min-snr-floor"):
+        D.loss_weight(s, "v", t, 5.0, floor=1.5)
 
 
 def test_lognormal_timesteps_make_no_float64_on_the_device(monkeypatch):

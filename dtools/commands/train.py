@@ -104,6 +104,11 @@ def train(
         None, "--min-snr-gamma", min=0.0, show_default="preset",
         help="Min-SNR-γ loss weight (Hang et al. 2023), e.g. 5; 0 = off: plain MSE.",
     ),
+    min_snr_floor: float = typer.Option(
+        None, "--min-snr-floor", min=0.0, max=1.0, show_default="preset",
+        help="The least Min-SNR weight where SNR < 1, so the noisiest timesteps (where sampling starts) "
+             "still train; 0 = Hang et al.'s weight.",
+    ),
     t_dist: str = opt.choice(
         None, "--t-dist", choices=T_DISTRIBUTIONS, show_default="uniform",
         help="How a step draws t: uniform over 0..T-1 (Ho et al.), or lognormal: EDM's "

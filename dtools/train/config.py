@@ -114,6 +114,8 @@ class TrainConfig:
     # EDM2's power-function EMA: the average's width as a fraction of the run (replaces --ema's decay)
     ema_length: float | None = _option(None, "--ema-length", omit_default=True)
     min_snr_gamma: float | None = _option(None, "--min-snr-gamma", models=DDPM)
+    # the least Min-SNR weight on the noisy side (diffusion.loss_weight); absent: 0, as before it existed
+    min_snr_floor: float = _option(0.0, "--min-snr-floor", models=DDPM, omit_default=True)
     # how a step draws t (dtools.diffusion.draw_timesteps); absent: uniform, as in dtools 0.1.0
     t_dist: str = _option("uniform", "--t-dist", models=DDPM, omit_default=True)
     grad_clip: float | None = _option(None, "--grad-clip", models=DDPM)
@@ -203,6 +205,8 @@ class TrainConfig:
             raise DtoolsError(f"{flag('ema_length')} is the average's width as a fraction of the run, in "
                               f"(0, {MAX_SIGMA_REL:.4f}]: no power-function EMA is wider (EDM2, eq. 3); "
                               f"got {self.ema_length}")
+        if not 0 <= self.min_snr_floor <= 1:
+            raise DtoolsError(f"{flag('min_snr_floor')} must lie in [0, 1], got {self.min_snr_floor}")
         for name in ("min_snr_gamma", "grad_clip", "epochs", "max_minutes", "max_steps"):
             v = getattr(self, name)
             if v is not None and not v > 0:

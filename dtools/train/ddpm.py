@@ -82,7 +82,7 @@ class Ddpm(Method):
                 out = self.net(x_t, t)
             per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
             # the mean over the whole batch, accumulated one micro-batch at a time
-            loss = (loss_weight(s, param, t, cfg.min_snr_gamma) * per_sample).sum() / b
+            loss = (loss_weight(s, param, t, cfg.min_snr_gamma, cfg.min_snr_floor) * per_sample).sum() / b
             with self.group.no_sync(self.net, sync=i == cfg.grad_accum - 1):
                 self.scaler.scale(loss).backward()
             total_loss += loss.detach()

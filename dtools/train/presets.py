@@ -39,13 +39,15 @@ class Preset:
     ema_length: float | None = None  # EDM2's σ_rel; None: the fixed --ema decay
     parameterization: str = "eps"  # what the network predicts (--param)
     min_snr_gamma: float | None = None  # the loss weight (--min-snr-gamma); None: plain MSE
+    min_snr_floor: float = 0.0  # its least value on the noisy side (--min-snr-floor)
 
     def defaults(self) -> dict[str, Any]:
         """The TrainConfig fields this preset sets (all but max_steps)."""
         return {"lr": self.lr, "batch_size": self.batch_size, "ema_warmup": self.ema_warmup,
                 "save_every": self.save_every, "sample_every": self.sample_every, "grad_clip": self.grad_clip,
                 "warmup": self.warmup, "lr_decay": self.lr_decay, "ema_length": self.ema_length,
-                "parameterization": self.parameterization, "min_snr_gamma": self.min_snr_gamma}
+                "parameterization": self.parameterization, "min_snr_gamma": self.min_snr_gamma,
+                "min_snr_floor": self.min_snr_floor}
 
 
 def _seed64(size: int, channels: int) -> UNetConfig:
