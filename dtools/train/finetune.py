@@ -9,6 +9,13 @@ weights are the checkpoint's EMA weights by default (--init-weights raw: the onl
 run's EMA starts from them too. config.json and the checkpoints' "train" header record init_from and
 init_weights.
 
+A fine-tune has a recipe of its own (`recipe`), where an option does not say otherwise: a learning
+rate FINETUNE_LR_FACTOR times the one that trained the source (its header's, or for a checkpoint
+without one, such as an imported diffusers model, the from-scratch default of its model and size),
+constant, without warm-up, so that the first steps do not undo what the model already does well;
+and the source's own loss (its Min-SNR weight, floor and timestep distribution; plain MSE for an
+imported model, as diffusers trains). The log's first line says what was chosen.
+
 A checkpoint holds what sampling needs, so a DCGAN's starts its generator (the discriminator starts
 afresh) and a VAE's its decoder (the encoder starts afresh).
 """
@@ -26,9 +33,13 @@ from dtools.fileio import load_schedule
 from dtools.train.config import MODEL_OPTIONS, TrainConfig, flag, new_config
 from dtools.train.data import peek
 from dtools.train.method import Method
-from dtools.train.presets import PRESETS
+from dtools.train.presets import DDPM, LATENT_MODELS, PRESETS, preset_for_size
 
 KEEPS = ("dropout",)  # network options a fine-tuning run may still set (they hold no weights)
+# The fine-tune's learning rate as a share of the source's: measured by `bench/recipes.py finetune`
+# (docs/quality.md, "Fine-tuning"): 600 steps on new emoji, FID on held-out images
+FINETUNE_LR_FACTOR = 0.2  # lr 2e-4 for a cpu32 model: FID 149.6 as 1e-3 (149.3), best KID, 5e-5 worse
+LOSS_RECIPE = {"min_snr_gamma": None, "min_snr_floor": 0.0, "t_dist": "uniform"}  # a DDPM's, as in Ho et al.
 
 
 def init_config(out: str, data: str, beta: str | None, options: dict[str, Any]) -> TrainConfig:
@@ -58,9 +69,41 @@ def init_config(out: str, data: str, beta: str | None, options: dict[str, Any]) 
             betas = load_schedule(beta)
         opts["parameterization"] = options.get("parameterization") or info["parameterization"]
         opts["preset"] = source.get("preset") if source.get("preset") in PRESETS else None
+    chosen = recipe(source, model_type, h, opts.get("preset"))
+    opts.update({k: v for k, v in chosen.items() if options.get(k) is None})
     cfg = new_config(data, out, beta, betas, (n, h, w, c), opts)
     cfg.model = {**info["model"], **{k: options[k] for k in KEEPS if options.get(k) is not None}}
     return cfg.validate()
+
+
+def recipe(source: dict[str, Any], model_type: str, image_size: int, preset: str | None) -> dict[str, Any]:
+    """The TrainConfig defaults of a fine-tuning run from a checkpoint whose "train" header is `source`
+    ({} for one without, e.g. an imported model): see the module's docstring."""
+    if isinstance(source.get("lr"), int | float) and source["lr"] > 0:
+        base = float(source["lr"])
+    elif model_type in LATENT_MODELS:
+        base = LATENT_MODELS[model_type].defaults["lr"]
+    else:
+        base = PRESETS[preset or preset_for_size(image_size)].lr
+    out: dict[str, Any] = {"lr": FINETUNE_LR_FACTOR * base, "warmup": 0.0, "lr_decay": "constant"}
+    if MODEL_TYPES[model_type].diffusion:
+        dtools_trained = "min_snr_gamma" in source  # a dtools run's header holds it (None: plain MSE)
+        out.update({k: source.get(k, v) if dtools_trained else v for k, v in LOSS_RECIPE.items()})
+        out["min_snr_gamma"] = out["min_snr_gamma"] or 0.0  # 0: plain MSE (None would mean "the preset's")
+    return out
+
+
+def describe_recipe(cfg: TrainConfig) -> str:
+    """The log line that says what a fine-tuning run trains with (before the line of `load_init`)."""
+    shape = "constant" if cfg.lr_decay == "constant" and not cfg.warmup else \
+        f"{cfg.lr_decay} after {cfg.warmup:g} warm-up"
+    text = f"fine-tuning recipe: lr {cfg.lr:g} {shape}"
+    if cfg.model_type in DDPM:
+        loss = f"Min-SNR-{cfg.min_snr_gamma:g}" if cfg.min_snr_gamma else "plain MSE"
+        if cfg.min_snr_gamma and cfg.min_snr_floor:
+            loss += f" (floor {cfg.min_snr_floor:g})"
+        text += f", {loss}, t {cfg.t_dist}"
+    return text + "; options given override it (docs/train.md, \"Fine-tuning\")"
 
 
 def load_init(method: Method, cfg: TrainConfig) -> str:

@@ -34,7 +34,7 @@ from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import BatchStream, augment, fingerprint, load_images
 from dtools.train.ddpm import Ddpm
 from dtools.train.estimate import StepClock, data_warning
-from dtools.train.finetune import load_init
+from dtools.train.finetune import describe_recipe, load_init
 from dtools.train.gan import Dcgan
 from dtools.train.lr import factor as lr_factor
 from dtools.train.method import (
@@ -128,6 +128,7 @@ class Trainer:
         if state is not None:
             self._restore(*state, n)
         elif cfg.init_from is not None:
+            self.log(describe_recipe(cfg))
             self.log(load_init(self.method, cfg))
         if self.rt.compile:
             self.method.compile()

@@ -100,3 +100,42 @@ def test_a_gan_starts_its_generator_from_the_checkpoint(data8, emoji, tmp_path):
     assert cfg.model_type == "dcgan" and all(torch.equal(state[k], v) for k, v in sets["ema"].items())
     assert lines[-1].endswith("(step 1); the discriminator starts afresh (a checkpoint holds only the "
                               "generator)")
+
+
+def test_a_fine_tune_takes_a_lower_constant_lr_and_the_source_loss(pretrained, emoji, tmp_path):
+    from dtools.train.finetune import FINETUNE_LR_FACTOR
+
+    mine = emoji(tmp_path / "mine", 6, 8)
+    source = read_info(pretrained)["train"]
+    lines: list[str] = []
+    cfg = training.configure(str(tmp_path / "run"), str(mine), None,
+                             options(init_from=str(pretrained), max_steps=1, sample_every=0))
+    assert cfg.lr == pytest.approx(FINETUNE_LR_FACTOR * source["lr"]) and cfg.lr < source["lr"]
+    assert (cfg.warmup, cfg.lr_decay) == (0.0, "constant")
+    assert (cfg.min_snr_gamma, cfg.t_dist, cfg.parameterization) == (
+        source["min_snr_gamma"], "uniform", source["parameterization"])
+    training.train(cfg, progress=False, log=lines.append)
+    assert f"fine-tuning recipe: lr {cfg.lr:g} constant, Min-SNR-{source['min_snr_gamma']:g}, t uniform" in \
+        "\n".join(lines)
+    # options given win over the recipe
+    given = training.configure(str(tmp_path / "given"), str(mine), None,
+                               options(init_from=str(pretrained), lr=1e-4, min_snr_gamma=2.0, warmup=0.1,
+                                       max_steps=1))
+    assert (given.lr, given.min_snr_gamma, given.warmup) == (1e-4, 2.0, 0.1)
+
+
+def test_a_checkpoint_without_a_training_header_fine_tunes_with_plain_mse(pretrained, emoji, tmp_path):
+    """An imported model (e.g. a diffusers DDPM) has no "train" header: its recipe is a DDPM's (plain MSE,
+    uniform t), not the from-scratch preset's Min-SNR, at a fraction of the preset's lr."""
+    from dtools.tensorfile import load_tensors, save_tensors
+    from dtools.train.finetune import FINETUNE_LR_FACTOR
+    from dtools.train.presets import PRESETS
+
+    tensors, header = load_tensors(pretrained / training.MODEL_FILE, "dtools.model")
+    imported = tmp_path / "imported.safetensors"
+    save_tensors(imported, tensors, {k: v for k, v in header.items() if k != "train"})
+    cfg = training.configure(str(tmp_path / "run"), str(emoji(tmp_path / "mine", 6, 8)), None,
+                             options(init_from=str(imported), max_steps=1))
+    assert cfg.preset == "cpu16" and PRESETS["cpu16"].min_snr_gamma == 5.0
+    assert (cfg.min_snr_gamma, cfg.t_dist, cfg.min_snr_floor) == (None, "uniform", 0.0)
+    assert cfg.lr == pytest.approx(FINETUNE_LR_FACTOR * PRESETS["cpu16"].lr)
