@@ -39,7 +39,7 @@ import torch
 
 from dtools.diffusion import SPACINGS, Schedule, alphas_cumprod, respace, spaced_timesteps
 from dtools.errors import DtoolsError
-from dtools.samplers import NFE, SAMPLERS, Chain, ImageNoise, generate, image_seed, sample
+from dtools.samplers import SAMPLERS, Chain, ImageNoise, generate, image_seed, sample
 from dtools.schedules import make_schedule
 
 T = 1000
@@ -323,7 +323,7 @@ def test_network_sees_the_original_timesteps_in_order(sampler, spacing):
     else:
         expected = ts
     assert seen == expected
-    assert len(seen) == NFE[sampler](steps)
+    assert len(seen) == SAMPLERS[sampler].nfe(steps)
 
 
 # --- generate: seeds, batches, options -----------------------------------------------------------
