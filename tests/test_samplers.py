@@ -395,6 +395,23 @@ def test_bad_options(kwargs, match):
         generate(_model(), SCHEDULES["cosine"], "eps", (3, 6, 6), [0], **kwargs)
 
 
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_a_condition_reaches_every_network_call(sampler):
+    """`generate(..., cond=)` hands the condition to every network call (heun's corrector too)."""
+    labels = torch.tensor([3, 5])
+    seen: list = []
+
+    def model_fn(x_t, t, cond=None):
+        seen.append(cond)
+        return 0.3 * x_t
+
+    kw = dict(sampler=sampler, steps=5)
+    generate(model_fn, SCHEDULES["cosine"], "eps", (3, 4, 4), [1, 2], cond=labels, **kw)
+    assert len(seen) == SAMPLERS[sampler].nfe(5) and all(c is labels for c in seen)
+    # without one, the network is called as (x_t, t), as every network today (a third argument: TypeError)
+    generate(lambda x_t, t: 0.3 * x_t, SCHEDULES["cosine"], "eps", (3, 4, 4), [1], **kw)
+
+
 def test_bad_inputs():
     with pytest.raises(DtoolsError, match="parameterization"):
         generate(_model(), SCHEDULES["cosine"], "score", (3, 6, 6), [0])

@@ -16,8 +16,8 @@ of dtools.sampler_specs.SAMPLERS:
 - `heun`     Karras et al. 2022, Alg. 1 without churn: second order on the probability-flow ODE
              dx̂/dσ̂ = ε̂ in x̂ = x/α, σ̂ = σ/α; two network calls per step (2·steps - 2 in all).
 
-The rest of the package: `chain.py` (the `Chain` of timesteps and the `Denoiser`, the network as a
-sampler sees it), `seeds.py` (one noise generator per image), `generation.py` (`sample`,
+The rest of the package: `chain.py` (the `Chain` of timesteps and the `Denoiser`, the network with
+its optional condition), `seeds.py` (one noise generator per image), `generation.py` (`sample`,
 `generate`, `generate_from_prior` for a model without a chain, and the option checks).
 
 Schedule math is float64 (the sampler state too); the network sees float32. A zero-terminal-SNR

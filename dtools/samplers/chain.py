@@ -1,5 +1,5 @@
 """What every sampler walks and calls: the `Chain` of timesteps it visits and the `Denoiser`, the
-network as a sampler sees it (x_t, t -> x0_hat, eps_hat in float64).
+network as a sampler sees it (x_t, t -> x0_hat, eps_hat in float64, the condition passed along).
 
 The previous timestep of t_k is always the previous element t_{k-1} of the chosen subset (diffusers'
 DDIM gets this wrong for non-leading spacings: its issues 12633 and 11347). The network is called
@@ -19,7 +19,8 @@ import torch
 from dtools.diffusion import Schedule, alphas_cumprod, respace, spaced_timesteps, split_prediction
 from dtools.errors import OptionError
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W) f32, t (B,) int64) -> out
+# (x_t (B,C,H,W) f32, t (B,) int64[, cond]) -> out (B,C,H,W); cond only when the batch has a condition
+ModelFn = Callable[..., torch.Tensor]
 Callback = Callable[[dict], None]
 
 
@@ -29,16 +30,20 @@ class Denoiser:
 
     With `clip_x0`, x0_hat is clamped to [-1, 1] and eps_hat recomputed from it, so that every
     sampler's update stays consistent with the clipped prediction (as improved-diffusion does).
+    `cond` (e.g. class labels (B,)) goes to every network call as `model_fn(x_t, t, cond)`; without
+    one the network is called as `model_fn(x_t, t)`.
     """
 
     model_fn: ModelFn
     schedule: Schedule  # the full, original schedule (float64) on the sampling device
     parameterization: str
     clip_x0: bool = True
+    cond: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         tt = torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)  # (B,)
-        out = self.model_fn(x.float(), tt)  # (B, C, H, W)
+        conds = () if self.cond is None else (self.cond,)
+        out = self.model_fn(x.float(), tt, *conds)  # (B, C, H, W)
         x0, eps = split_prediction(self.schedule, self.parameterization, out, x, tt)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)

@@ -47,6 +47,7 @@ def sample(
     eta: float | None = None,
     variance: str | None = None,
     clip_x0: bool = True,
+    cond: torch.Tensor | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Run one sampler from a given x_T (B, C, H, W); returns x0 as float64, not clamped.
@@ -58,7 +59,7 @@ def sample(
     spec = check_options(sampler, parameterization, spacing, eta=eta, variance=variance)
     betas = schedule.betas.cpu().numpy()
     chain = Chain.make(betas, spec.steps_for(len(betas)) if steps is None else steps, spacing)
-    denoise = Denoiser(model_fn, schedule.to(x_T.device), parameterization, clip_x0)
+    denoise = Denoiser(model_fn, schedule.to(x_T.device), parameterization, clip_x0, cond)
     options = spec.arguments({"eta": None if eta is None else float(eta), "variance": variance})
     with torch.no_grad():
         return spec.load()(denoise, x_T.to(torch.float64), chain, noise, callback, **options)
@@ -78,13 +79,16 @@ def generate(
     variance: str | None = None,
     device: torch.device | str = "cpu",
     clip_x0: bool = True,
+    cond: torch.Tensor | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Draw len(seeds) images of `shape` (C, H, W): (N, C, H, W) float32 in [-1, 1].
 
     Image i starts from, and draws all its noise from, a generator seeded with seeds[i], so it is
     the same whether it is generated alone or in any batch. `model_fn(x_t, t)` is called with
-    x_t (B, C, H, W) float32 and t (B,) int64, the original timestep index.
+    x_t (B, C, H, W) float32 and t (B,) int64, the original timestep index; with a condition `cond`
+    (e.g. the batch's class labels (B,), on the network's device) every call is
+    `model_fn(x_t, t, cond)`.
     """
     if len(seeds) == 0:
         raise DtoolsError("no images to generate (an empty list of seeds)")
@@ -93,12 +97,12 @@ def generate(
     device = torch.device(device)
     if device.type == "mps":  # no float64 on Apple GPUs: the sampler's math stays on the CPU
         net = model_fn
-        model_fn = lambda x, t: net(x.to(device), t.to(device)).to("cpu")  # noqa: E731
+        model_fn = lambda x, t, *cond: net(x.to(device), t.to(device), *cond).to("cpu")  # noqa: E731
         device = torch.device("cpu")
     noise = ImageNoise(seeds, tuple(int(n) for n in shape), device)
     x = sample(
         model_fn, schedule, parameterization, noise(), noise, sampler=sampler, steps=steps, spacing=spacing,
-        eta=eta, variance=variance, clip_x0=clip_x0, callback=callback,
+        eta=eta, variance=variance, clip_x0=clip_x0, cond=cond, callback=callback,
     )
     if not torch.isfinite(x).all():
         raise DtoolsError("sampling produced NaN or infinite values: the model's output is not finite "
