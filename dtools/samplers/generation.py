@@ -104,10 +104,7 @@ def generate(
         model_fn, schedule, parameterization, noise(), noise, sampler=sampler, steps=steps, spacing=spacing,
         eta=eta, variance=variance, clip_x0=clip_x0, cond=cond, callback=callback,
     )
-    if not torch.isfinite(x).all():
-        raise DtoolsError("sampling produced NaN or infinite values: the model's output is not finite "
-                          "(a diverged checkpoint?)")
-    return x.clamp(-1.0, 1.0).float()
+    return finite_images(x)
 
 
 def generate_from_prior(
@@ -128,7 +125,12 @@ def generate_from_prior(
     z = ImageNoise(seeds, (int(latent_dim),))().float().to(device)  # (B, latent_dim), float32 (for MPS too)
     with torch.no_grad():
         x = decode(z).float()
+    return finite_images(x)
+
+
+def finite_images(x: torch.Tensor) -> torch.Tensor:
+    """A sampler's output (N, C, H, W) as float32 images in [-1, 1]; an error if any value is not finite."""
     if not torch.isfinite(x).all():
         raise DtoolsError("sampling produced NaN or infinite values: the model's output is not finite "
                           "(a diverged checkpoint?)")
-    return x.clamp(-1.0, 1.0)
+    return x.clamp(-1.0, 1.0).float()
