@@ -137,13 +137,16 @@ class Runtime:
         optimizer.register_load_state_dict_post_hook(_moments_like_params)
         return optimizer
 
-    def model_fn(self, network: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """`fn(x_t, t)` for the samplers: the network in this precision and memory format, fp32 out.
-        Train's sample grids and `dtools sample` both use it, so they draw the same images."""
+    def model_fn(self, network: nn.Module) -> Callable[..., torch.Tensor]:
+        """`fn(x_t, t, cond=None)` for the samplers: the network in this precision and memory format,
+        fp32 out. Train's sample grids and `dtools sample` both use it, so they draw the same images.
+        A condition goes to the network as `network(x_t, t, cond)`; without one (every network today)
+        it is called as `network(x_t, t)`."""
 
-        def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def fn(x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+            conds = () if cond is None else (cond,)
             with self.autocast():
-                return network(self.layout(x_t), t).float()
+                return network(self.layout(x_t), t, *conds).float()
 
         return fn
 

@@ -29,9 +29,8 @@ from dtools.images import IMAGE_EXTS, numbered_index, numbered_png, png_bytes, t
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar
 from dtools.runtime import Runtime, resolve
+from dtools.sampler_specs import DEFAULT_SAMPLER, check_applies, lookup
 
-DEFAULT_SAMPLER = "dpm++2m"
-DEFAULT_STEPS = 20  # every sampler but ddpm, whose default is the whole chain (T steps)
 TERMINAL_HINT = (
     "refusing to write binary .npy images to a terminal; pipe them (`| dtools grid -o out.png`), "
     "redirect (`> samples.npy`) or pass -o DIR for PNG files"
@@ -46,10 +45,10 @@ class SampleConfig:
     n: int = 64
     # the options of a diffusion model's chain; None: not given (a model without a chain refuses them)
     sampler: str | None = None  # None: DEFAULT_SAMPLER
-    steps: int | None = None  # None: T for ddpm, DEFAULT_STEPS otherwise
+    steps: int | None = None  # None: the sampler spec's default_steps (T for ddpm)
     seed: int = 0
-    eta: float | None = None  # ddim only (None: 0)
-    variance: str | None = None  # ddpm only (None: posterior)
+    eta: float | None = None  # for the samplers that take it (None: their default)
+    variance: str | None = None  # for the samplers that take it (None: their default)
     spacing: str | None = None  # None: trailing
     batch_size: int = 64
     weights: str = "ema"
@@ -70,11 +69,7 @@ class SampleConfig:
                                   "makes each image in one network call from z ~ N(0, I), with no sampler; "
                                   "drop it")
             return
-        samplers.check_sampler(self.sampler_name)
-        if self.eta is not None and self.sampler_name != "ddim":
-            raise DtoolsError(f"--eta applies to --sampler ddim, not {self.sampler_name}")
-        if self.variance is not None and self.sampler_name != "ddpm":
-            raise DtoolsError(f"--variance applies to --sampler ddpm, not {self.sampler_name}")
+        check_applies(self.sampler_name, eta=self.eta, variance=self.variance)
 
     def chain_options(self) -> dict[str, object]:
         """The options that only a diffusion model's sampling chain uses, by flag."""
@@ -214,21 +209,20 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
     if loaded.schedule is None:
         return run_prior(cfg, loaded, rt, sink, log)
     model, schedule, param, info = loaded
-    sampler, spacing = cfg.sampler_name, cfg.spacing or "trailing"
-    steps = cfg.steps if cfg.steps is not None else (schedule.T if sampler == "ddpm" else DEFAULT_STEPS)
+    spec, spacing = lookup(cfg.sampler_name), cfg.spacing or "trailing"
+    steps = cfg.steps if cfg.steps is not None else spec.steps_for(schedule.T)
     if cfg.trajectory is not None and cfg.trajectory > steps + 1:
         raise OptionError("--trajectory", f"{cfg.trajectory}: the chain has only {steps + 1} states to show")
-    eta, variance = cfg.eta or 0.0, cfg.variance or "posterior"
-    samplers.check_options(sampler, param, spacing, eta, variance)
+    samplers.check_options(spec.name, param, spacing, eta=cfg.eta, variance=cfg.variance)
     samplers.Chain.make(schedule.betas.numpy(), steps, spacing)  # --steps out of range: fail now
-    opts = dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, variance=variance)
+    opts = dict(sampler=spec.name, steps=steps, spacing=spacing, eta=cfg.eta, variance=cfg.variance)
     shape = loaded.image_shape
 
     model_fn = rt.model_fn(model)  # precision and memory format as in train's grids
     what = "trajectories" if cfg.trajectory else "images"
     log(f"sampling {cfg.n} {what} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
-        f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights): {sampler}, {steps} steps "
-        f"({samplers.NFE[sampler](steps)} network calls/image), {rt.describe()}")
+        f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights): {spec.name}, {steps} steps "
+        f"({spec.nfe(steps)} network calls/image), {rt.describe()}")
     batches = seed_batches(cfg)
     start = time.perf_counter()
     snaps = None

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dtools"
 
 # Lower layers never import higher ones; a module may import its own layer and any lower one.
 LAYERS = {
-    "base": ["dtools", "dtools.errors"],
+    "base": ["dtools", "dtools.errors", "dtools.sampler_specs"],
     "math": ["dtools.schedules", "dtools.diffusion", "dtools.samplers", "dtools.unet", "dtools.ema",
              "dtools.dcgan", "dtools.vae"],
     "io": ["dtools.fileio", "dtools.tensorfile", "dtools.checkpoint", "dtools.images", "dtools.runtime",

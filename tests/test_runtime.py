@@ -56,6 +56,22 @@ def test_prepare_layout_and_model_fn_use_channels_last_on_the_cpu():
     assert Runtime(torch.device("mps"), "fp32", False).memory_format == torch.contiguous_format
 
 
+def test_model_fn_passes_a_condition_only_when_given():
+    rt = Runtime(CPU, "fp32", False)
+    calls = []
+
+    def network(x_t, t, *cond):
+        calls.append(cond)
+        return x_t
+
+    fn = rt.model_fn(network)
+    x, t, labels = torch.randn(2, 3, 4, 4), torch.zeros(2, dtype=torch.long), torch.tensor([1, 2])
+    fn(x, t)
+    fn(x, t, None)
+    fn(x, t, labels)
+    assert calls[:2] == [(), ()] and len(calls[2]) == 1 and calls[2][0] is labels
+
+
 def test_adam_is_fused_and_a_reloaded_state_continues_exactly():
     """A resumed run's Adam moments come back from a file in NCHW order; the fused kernel walks
     parameter and moments as flat memory, so they must be laid out like the (channels-last) weights."""

@@ -39,7 +39,7 @@ import torch
 
 from dtools.diffusion import SPACINGS, Schedule, alphas_cumprod, respace, spaced_timesteps
 from dtools.errors import DtoolsError
-from dtools.samplers import NFE, SAMPLERS, Chain, ImageNoise, generate, image_seed, sample
+from dtools.samplers import SAMPLERS, Chain, ImageNoise, generate, generate_from_prior, image_seed, sample
 from dtools.schedules import make_schedule
 
 T = 1000
@@ -323,7 +323,7 @@ def test_network_sees_the_original_timesteps_in_order(sampler, spacing):
     else:
         expected = ts
     assert seen == expected
-    assert len(seen) == NFE[sampler](steps)
+    assert len(seen) == SAMPLERS[sampler].nfe(steps)
 
 
 # --- generate: seeds, batches, options -----------------------------------------------------------
@@ -393,6 +393,34 @@ def test_callback_and_clipping():
 def test_bad_options(kwargs, match):
     with pytest.raises(DtoolsError, match=match):
         generate(_model(), SCHEDULES["cosine"], "eps", (3, 6, 6), [0], **kwargs)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_a_condition_reaches_every_network_call(sampler):
+    """`generate(..., cond=)` hands the condition to every network call (heun's corrector too)."""
+    labels = torch.tensor([3, 5])
+    seen: list = []
+
+    def model_fn(x_t, t, cond=None):
+        seen.append(cond)
+        return 0.3 * x_t
+
+    kw = dict(sampler=sampler, steps=5)
+    generate(model_fn, SCHEDULES["cosine"], "eps", (3, 4, 4), [1, 2], cond=labels, **kw)
+    assert len(seen) == SAMPLERS[sampler].nfe(5) and all(c is labels for c in seen)
+    # without one, the network is called as (x_t, t), as every network today (a third argument: TypeError)
+    generate(lambda x_t, t: 0.3 * x_t, SCHEDULES["cosine"], "eps", (3, 4, 4), [1], **kw)
+
+
+def test_a_non_finite_output_is_one_error_for_both_kinds_of_model():
+    nan = lambda x, *rest: torch.full_like(x, float("nan"))  # noqa: E731
+    message = "sampling produced NaN or infinite values"
+    with pytest.raises(DtoolsError, match=message):
+        generate(nan, SCHEDULES["cosine"], "x0", (1, 2, 2), [0], steps=3, clip_x0=False)
+    with pytest.raises(DtoolsError, match=message):
+        generate_from_prior(lambda z: torch.full((z.shape[0], 1, 2, 2), float("inf")), 4, [0, 1])
+    x = generate_from_prior(lambda z: 3 * z.reshape(-1, 1, 2, 2), 4, [0, 1])
+    assert x.dtype == torch.float32 and x.shape == (2, 1, 2, 2) and x.abs().max() <= 1
 
 
 def test_bad_inputs():

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import typer
 
 from dtools.commands import options as opt
+from dtools.sampler_specs import DEFAULT_SAMPLER, SAMPLERS, option_default, takers
 
-# Kept in step with dtools.samplers.SAMPLERS and dtools.diffusion (tests/cli/test_sample.py checks);
-# listed here so that `dtools --help` does not import torch.
-SAMPLER_HELP = {
-    "ddpm": "ancestral, 1 call/step, the seed's sampler (default --steps T)",
-    "ddim": "DDIM with --eta, 1 call/step",
-    "dpm++2m": "DPM-Solver++(2M), 1 call/step, good at 10-50 steps",
-    "heun": "Heun (Karras et al.), 2 calls/step",
-}
+# Kept in step with dtools.diffusion (tests/cli/test_options.py checks); listed here so that
+# `dtools --help` does not import torch. The samplers' facts come from their specs (no torch either).
 VARIANCES = ("beta", "posterior")  # dtools.diffusion.VARIANCE_FIELDS
 SPACINGS = ("trailing", "linspace", "leading")  # dtools.diffusion.SPACING
+
+
+def sampler_help() -> str:
+    """--sampler's help: each sampler's help line."""
+    return "; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()) + "."
+
+
+def steps_help() -> str:
+    """--steps' help, naming the samplers whose network calls are not one per step."""
+    odd = [f"{s.name}: {s.nfe_formula()}" for s in SAMPLERS.values() if s.nfe_formula() != "steps"]
+    return "Timesteps visited, 2..T: network calls per image" + (f" ({'; '.join(odd)})" if odd else "") + "."
+
+
+def default_steps() -> str:
+    """--steps' default as help shows it: 'T for ddpm, 20 otherwise'."""
+    usual = Counter(s.default_steps for s in SAMPLERS.values()).most_common(1)[0][0]
+    others = [f"{s.default_steps} for {s.name}" for s in SAMPLERS.values() if s.default_steps != usual]
+    return ", ".join([*others, f"{usual} otherwise"]) if others else str(usual)
 
 
 def sample(
@@ -26,22 +40,16 @@ def sample(
         "the run folder RUN itself."
     ),
     n: int = opt.num(),
-    sampler: str = opt.sampler(
-        tuple(SAMPLER_HELP), "; ".join(f"{k}: {v}" for k, v in SAMPLER_HELP.items()) + ".",
-        show_default="dpm++2m",
-    ),
-    steps: int = opt.steps(
-        "Timesteps visited, 2..T: network calls per image (heun: 2*steps-2).",
-        show_default="T for ddpm, 20 otherwise",
-    ),
+    sampler: str = opt.sampler(tuple(SAMPLERS), sampler_help(), show_default=DEFAULT_SAMPLER),
+    steps: int = opt.steps(steps_help(), show_default=default_steps()),
     seed: int = opt.seed(help="Image i depends only on (seed, i), never on --batch-size."),
     eta: float = typer.Option(
-        None, "--eta", show_default="0",
-        help="ddim only: noise scale, 0 = deterministic, 1 = ddpm's posterior variance.",
+        None, "--eta", show_default=f"{option_default('eta'):g}",
+        help=f"{takers('eta')} only: noise scale, 0 = deterministic, 1 = ddpm's posterior variance.",
     ),
     variance: str = opt.choice(
-        None, "--variance", choices=VARIANCES, show_default="posterior",
-        help="ddpm only: reverse variance beta (β_t) or posterior (β̃_t).",
+        None, "--variance", choices=VARIANCES, show_default=option_default("variance"),
+        help=f"{takers('variance')} only: reverse variance beta (β_t) or posterior (β̃_t).",
     ),
     spacing: str = opt.choice(
         None, "--spacing", choices=SPACINGS, show_default="trailing",

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from dtools.commands import options as opt
+from dtools.sampler_specs import SAMPLERS
 
 
 def sweep(
@@ -21,7 +22,7 @@ def sweep(
     sampler_list: str = opt.option(
         ..., "--samplers", metavar="LIST", old=("-s",),
         help="SAMPLER:STEPS items, comma-separated; a bare number repeats the sampler before it: "
-        "ddpm:1000,ddim:50,dpm++2m:10,20 (samplers: ddpm, ddim, dpm++2m, heun).",
+        f"ddpm:1000,ddim:50,dpm++2m:10,20 (samplers: {', '.join(SAMPLERS)}).",
     ),
     output: str = opt.output(
         "Folder for the samples (SAMPLER-STEPS.npy), reference.safetensors, sweep.png and sweep.json.",

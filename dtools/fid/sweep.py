@@ -35,8 +35,9 @@ from dtools.plots import fid_vs_cost
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar, status
 from dtools.runtime import resolve_device
-from dtools.sample import DEFAULT_STEPS, SampleConfig, Sink
+from dtools.sample import SampleConfig, Sink
 from dtools.sample import run as sample_run
+from dtools.sampler_specs import SAMPLERS, lookup
 
 REFERENCE_FILE = "reference.safetensors"
 PLOT_FILE = "sweep.png"
@@ -65,9 +66,7 @@ def parse_settings(spec: str) -> list[Setting]:
             name, steps = out[-1].sampler, item
         if not name:
             raise OptionError("--samplers", f"empty item in {spec!r}; write e.g. ddim:50,dpm++2m:10,20")
-        if name not in samplers.SAMPLERS:
-            raise OptionError("--samplers", f"unknown sampler {name!r} in {item!r}; choose from "
-                                            f"{', '.join(samplers.SAMPLERS)}")
+        lookup(name, "--samplers", item)
         if (colon or steps) and not steps.isdigit():
             raise OptionError("--samplers", f"{item!r}: steps must be a whole number, as in {name}:50")
         out.append(Setting(name, int(steps) if steps else None))
@@ -110,10 +109,10 @@ def resolve_settings(cfg: SweepConfig) -> list[Setting]:
     betas = loaded.schedule.betas.numpy()
     out: list[Setting] = []
     for s in settings:
-        steps = s.steps or (len(betas) if s.sampler == "ddpm" else DEFAULT_STEPS)
+        steps = s.steps or SAMPLERS[s.sampler].steps_for(len(betas))
         s = Setting(s.sampler, steps)
         try:
-            samplers.check_options(s.sampler, loaded.parameterization, "trailing", 0.0, "posterior")
+            samplers.check_options(s.sampler, loaded.parameterization)
             samplers.Chain.make(betas, steps)
         except DtoolsError as e:
             # an OptionError of the chain names its own option: "ddim:51: --steps must lie in [2, 50] ..."
@@ -208,7 +207,7 @@ def _run_setting(cfg: SweepConfig, s: Setting, net, device, ref: Stats, scorer: 
     with status(f"scoring {s.label()} (FID on {cfg.subsets} half-subsets)"):
         iv = fid_interval(scorer, feats["2048"].numpy(), cfg.subsets)
         row = {"setting": s.label(), "sampler": s.sampler, "steps": s.steps,
-               "nfe": samplers.NFE[s.sampler](s.steps), "seconds": seconds,
+               "nfe": SAMPLERS[s.sampler].nfe(s.steps), "seconds": seconds,
                "seconds_per_image": seconds / cfg.n,
                "fid": iv.fid, "fid_low": iv.low, "fid_high": iv.high, "samples_file": str(path)}
         if kid:

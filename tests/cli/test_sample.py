@@ -16,8 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from dtools.checkpoint import save_model
-from dtools.cli import app
-from dtools.commands.sample import SAMPLER_HELP
+from dtools.cli import app, click_command
 from dtools.samplers import SAMPLERS
 from dtools.schedules import make_schedule
 from dtools.unet import UNet, UNetConfig
@@ -81,8 +80,41 @@ def test_help_says_defaults_and_examples():
         assert text in out, text
 
 
+def sampler_option():
+    return next(p for p in click_command().commands["sample"].params if p.name == "sampler")
+
+
 def test_sampler_names_match_the_registry():
-    assert list(SAMPLER_HELP) == list(SAMPLERS)
+    assert sampler_option().metavar == "[" + "|".join(SAMPLERS) + "]"  # the choices --sampler takes
+
+
+def test_help_shows_the_registrys_facts():
+    """Each sampler's help line, network calls and default steps, the default sampler and which
+    sampler takes --eta and --variance: as the specs say (dtools.sampler_specs), in sample and sweep."""
+    from dtools.sampler_specs import DEFAULT_SAMPLER
+
+    def help_of(command: str) -> str:
+        result = CliRunner().invoke(app, [command, "--help"], terminal_width=400)
+        assert result.exit_code == 0
+        return " ".join(result.stdout.split())
+
+    out = help_of("sample")
+    for spec in SAMPLERS.values():
+        assert f"{spec.name}: {spec.help}" in out, spec.name
+        if spec.nfe(10) != 10:
+            assert f"{spec.name}: {spec.nfe_formula()}" in out and spec.nfe_formula() == "2*steps-2"
+        if spec.default_steps == "T":
+            assert f"T for {spec.name}" in out
+        for option in spec.options:
+            assert f"--{option}" in out and f"{spec.name} only:" in out
+    assert f"[default: {DEFAULT_SAMPLER}]" in out
+    default = SAMPLERS[DEFAULT_SAMPLER]
+    steps = default.steps_for(1000)
+    assert f"{steps} otherwise;" in out  # --steps: [default: T for ddpm, 20 otherwise; x>=2]
+    assert f"{DEFAULT_SAMPLER} with {default.nfe(steps)} network calls per image" in out  # the docstring
+    assert "--eta X ddim only: noise scale" in out and "[default: 0]" in out
+    assert "[default: posterior]" in out
+    assert f"(samplers: {', '.join(SAMPLERS)})" in help_of("sweep")
 
 
 def test_npy_to_stdout(ckpt):
