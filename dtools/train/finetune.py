@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtools.checkpoint import MODEL_TYPES, WEIGHTS, model_file, read_info, read_model
+from dtools.checkpoint import WEIGHTS, model_file, read_info, read_model
 from dtools.errors import DtoolsError, mismatch_detail
-from dtools.fileio import load_schedule
-from dtools.train.config import MODEL_OPTIONS, TrainConfig, flag, new_config
+from dtools.models import MODEL_TYPES
+from dtools.train.config import MODEL_OPTIONS, TrainConfig, flag
 from dtools.train.data import peek
 from dtools.train.method import Method
 from dtools.train.presets import PRESETS
+from dtools.train.resolve import new_config, schedule_of
 
 KEEPS = ("dropout",)  # network options a fine-tuning run may still set (they hold no weights)
 
@@ -44,18 +45,17 @@ def init_config(out: str, data: str, beta: str | None, options: dict[str, Any]) 
         if options.get(key) is not None and key not in KEEPS:
             raise DtoolsError(f"{flag(key)}: the network comes from {path} (--init-from); drop it")
     n, h, w, c = peek(data)
-    want_c, want_h, want_w = MODEL_TYPES[model_type].image_shape(info["model"])
+    kind = MODEL_TYPES[model_type]
+    want_c, want_h, want_w = kind.network_config(info["model"]).image_shape()
     if (h, w, c) != (want_h, want_w, want_c):
         raise DtoolsError(f"{data}: images are {h}x{w}x{c}, but {path} makes {want_h}x{want_w}x{want_c}; "
                           f"prepare the data at that size (dtools prep SRC {data} --size {want_h})")
     source = info.get("train") if isinstance(info.get("train"), dict) else {}
     opts = {**options, "model_type": model_type, "init_from": str(path)}
     betas = np.zeros(0)
-    if MODEL_TYPES[model_type].diffusion:
-        if beta is None:  # the schedule it was trained with
-            beta, betas = source.get("beta") or str(path), np.asarray(info["betas"], dtype=np.float64)
-        else:
-            betas = load_schedule(beta)
+    if kind.schedule:
+        betas = schedule_of(beta, info["betas"])  # by default the schedule it was trained with
+        beta = beta if beta is not None else source.get("beta") or str(path)
         opts["parameterization"] = options.get("parameterization") or info["parameterization"]
         opts["preset"] = source.get("preset") if source.get("preset") in PRESETS else None
     cfg = new_config(data, out, beta, betas, (n, h, w, c), opts)
