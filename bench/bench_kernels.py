@@ -4,10 +4,10 @@
     python bench/bench_kernels.py --toy      # seconds: checks that it runs
 
 1. GroupNorm, forward + backward, on NCHW input, on channels-last input (PyTorch's kernels), and on
-   channels-last input with the backward on NCHW copies (`unet.GroupNorm` in a CPU training step).
-2. Self-attention over L = H*W positions, as SDPA and as matmuls + fp32 softmax (`unet.attend`),
+   channels-last input with the backward on NCHW copies (`unet_kernels.GroupNorm` in a CPU training step).
+2. Self-attention over L = H*W positions, as SDPA and as matmuls + fp32 softmax (`unet_kernels.attend`),
    training (forward + backward) and no-grad forward, with q, k, v laid out as `unet.Attention` makes
-   them from a channels-last tensor. `unet.MATMUL_ATTENTION_MAX_LEN` is read off this table.
+   them from a channels-last tensor. `unet_kernels.MATMUL_ATTENTION_MAX_LEN` is read off this table.
 fp32 and bf16 autocast; medians of interleaved rounds (bench/benchlib.py).
 """
 
@@ -20,7 +20,7 @@ import benchlib
 import torch
 import torch.nn.functional as F
 
-from dtools import unet
+from dtools import unet_kernels
 
 CL = torch.channels_last
 
@@ -41,12 +41,13 @@ def group_norm_cases(shape: tuple[int, ...], bf16: bool, reps: int) -> list[str]
         x = x.detach().requires_grad_(True)
         with autocast(bf16):
             y = fn(x)
-        y.backward(g.to(y.dtype).contiguous(memory_format=CL) if unet.is_channels_last(y) else g.to(y.dtype))
+        cl = unet_kernels.is_channels_last(y)
+        y.backward(g.to(y.dtype).contiguous(memory_format=CL) if cl else g.to(y.dtype))
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     nchw, cl = x32.to(dtype), x32.to(dtype).contiguous(memory_format=CL)
     plain = lambda x: F.group_norm(x, groups, weight, bias)  # noqa: E731
-    trick = lambda x: unet._GroupNormNCHWBackward.apply(x, weight, bias, groups, 1e-5)  # noqa: E731
+    trick = lambda x: unet_kernels._GroupNormNCHWBackward.apply(x, weight, bias, groups, 1e-5)  # noqa: E731
     t = benchlib.interleaved({"nchw": lambda: step(nchw, plain), "cl": lambda: step(cl, plain),
                               "cl+nchw-bwd": lambda: step(cl, trick)}, reps)
     ms = {k: t.median(k) * 1e3 for k in t.times}

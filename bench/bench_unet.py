@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dtools.diffusers_format import to_unet2d_config
-from dtools.train.config import preset_config
+from dtools.train.presets import preset_config
 from dtools.unet import UNet, count_parameters
 
 

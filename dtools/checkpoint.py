@@ -8,19 +8,22 @@ Header (format "dtools.model"):
      "parameterization": "eps", "betas": [...float64 as JSON...],        (diffusion models)
      "step": 2000, "image_size": 32, "channels": 3, "ema_decay": 0.999, "train": {...}, ...}
 
+A conditioned model's header says what it is conditioned on in "condition": {"kind": ..., ...} (absent
+or null: an unconditional model, every checkpoint so far); CONDITION_KINDS lists the kinds this dtools
+can use, and a header with another is refused in one line.
+
 Tensors: the first set of weights named in "weights" (the EMA, what sampling uses by default) under
 the network's plain `state_dict` keys, every other set under its name as a prefix ("raw.conv_in.weight").
 
-`model_type` picks the entry of MODEL_TYPES that builds the network from "model": "unet" (a denoiser;
-checkpoints of dtools 0.1.0 have no model_type and hold one), "dcgan" (a GAN's generator) or "vae"
-(a VAE's decoder), the last two with no schedule. `dtools sample` dispatches on it.
+`model_type` picks the spec in dtools.models.MODEL_TYPES whose config class rebuilds the network from
+"model": "unet" (a denoiser; checkpoints of dtools 0.1.0 have no model_type and hold one), "dcgan" (a
+GAN's generator) or "vae" (a VAE's decoder), the last two with no schedule. `dtools sample` dispatches
+on it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +33,7 @@ from torch import nn
 
 from dtools.diffusion import PARAMETERIZATIONS, Schedule
 from dtools.errors import DtoolsError, mismatch_detail
+from dtools.models import DEFAULT_MODEL, MODEL_TYPES
 from dtools.tensorfile import load_tensors, read_header, save_tensors
 
 MODEL_FORMAT = "dtools.model"
@@ -37,49 +41,8 @@ RUN_MODEL_FILE = "model.safetensors"  # the checkpoint in a `dtools train` run f
 WEIGHTS = ("ema", "raw")  # the sets of weights `dtools train` writes, the sampling default first
 
 
-@dataclass(frozen=True)
-class ModelType:
-    """A kind of network a model checkpoint can hold."""
-
-    build: Callable[[dict[str, Any]], nn.Module]  # the header's "model" config -> a fresh network
-    image_shape: Callable[[dict[str, Any]], tuple[int, int, int]]  # the same config -> (C, H, W) it makes
-    diffusion: bool = True  # a denoiser: its header carries "parameterization" and "betas"
-
-
-def _build_unet(config: dict[str, Any]) -> nn.Module:
-    from dtools.unet import UNet, UNetConfig
-
-    return UNet(UNetConfig.from_dict(config))
-
-
-def _unet_shape(config: dict[str, Any]) -> tuple[int, int, int]:
-    return int(config["in_channels"]), int(config["image_size"]), int(config["image_size"])
-
-
-def _build_generator(config: dict[str, Any]) -> nn.Module:
-    from dtools.dcgan import DCGANConfig, Generator
-
-    return Generator(DCGANConfig.from_dict(config))
-
-
-def _build_decoder(config: dict[str, Any]) -> nn.Module:
-    from dtools.dcgan import Generator
-    from dtools.vae import VAEConfig
-
-    return Generator(VAEConfig.from_dict(config).decoder())
-
-
-def _latent_model_shape(config: dict[str, Any]) -> tuple[int, int, int]:
-    return int(config["channels"]), int(config["image_size"]), int(config["image_size"])
-
-
-MODEL_TYPES: dict[str, ModelType] = {
-    "unet": ModelType(_build_unet, _unet_shape),
-    # z -> image in one call (`network.latent_dim` says z's size): a GAN's generator, a VAE's decoder
-    "dcgan": ModelType(_build_generator, _latent_model_shape, diffusion=False),
-    "vae": ModelType(_build_decoder, _latent_model_shape, diffusion=False),
-}
-LEGACY_MODEL_TYPE = "unet"  # what a header without "model_type" (dtools 0.1.0) holds
+LEGACY_MODEL_TYPE = DEFAULT_MODEL  # what a header without "model_type" (dtools 0.1.0) holds
+CONDITION_KINDS: tuple[str, ...] = ()  # what a model may be conditioned on ("condition"); none yet
 
 
 class LoadedModel(NamedTuple):
@@ -91,9 +54,14 @@ class LoadedModel(NamedTuple):
     info: dict[str, Any]  # the whole header
 
     @property
+    def condition(self) -> dict[str, Any] | None:
+        """What the network is conditioned on (the header's "condition"); None: unconditional."""
+        return self.info.get("condition")
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images the network makes."""
-        return MODEL_TYPES[self.info["model_type"]].image_shape(self.info["model"])
+        return MODEL_TYPES[self.info["model_type"]].network_config(self.info["model"]).image_shape()
 
 
 def save_model(
@@ -108,7 +76,7 @@ def save_model(
     """Write a model checkpoint atomically.
 
     `weights` maps a name to a state dict, the sampling default first ({"ema": ..., "raw": ...});
-    `config` rebuilds the network through MODEL_TYPES[model_type]; `meta` adds header fields
+    `config` rebuilds the network through dtools.models.MODEL_TYPES[model_type]; `meta` adds header fields
     (for a denoiser at least "parameterization" and "betas").
     """
     assert model_type in MODEL_TYPES, model_type
@@ -145,9 +113,15 @@ def _checked(path: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:
     if kind is None:
         raise DtoolsError(f"{path}: holds a {info['model_type']!r} model, which this dtools cannot use "
                           f"(it knows {', '.join(MODEL_TYPES)})")
-    for key in ("model", "parameterization", "betas") if kind.diffusion else ("model",):
+    for key in ("model", "parameterization", "betas") if kind.schedule else ("model",):
         if key not in info:
             raise DtoolsError(f"{path}: checkpoint header lacks {key!r}")
+    condition = info.get("condition")
+    if condition is not None:
+        what = condition.get("kind") if isinstance(condition, dict) else None
+        if what not in CONDITION_KINDS:
+            raise DtoolsError(f"{path}: its model is conditioned on {what or condition!r}, which this dtools "
+                              "cannot use")
     return info
 
 
@@ -185,7 +159,7 @@ def load_model(
         other = next(iter(sets), "ema")
         raise DtoolsError(f"{path}: holds no {weights} ({hint}) weights; use --weights {other}")
     kind = MODEL_TYPES[info["model_type"]]
-    network = kind.build(info["model"])
+    network = kind.network_config(info["model"]).build()
     try:
         network.load_state_dict(sets[weights], strict=True)
     except RuntimeError as e:
@@ -194,7 +168,7 @@ def load_model(
     if not all(torch.isfinite(p).all() for p in network.parameters()):
         raise DtoolsError(f"{path}: the {weights} weights contain NaN or inf (a diverged run?)")
     network = network.to(device).eval()
-    if not kind.diffusion:
+    if not kind.schedule:
         return LoadedModel(network, None, None, info)
     return LoadedModel(network, _schedule(path, info), info["parameterization"], info)
 

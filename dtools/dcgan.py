@@ -71,6 +71,18 @@ class DCGANConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the generator makes."""
+        return self.channels, self.image_size, self.image_size
+
+    def build(self) -> nn.Module:
+        """The network a checkpoint of this config holds: the generator (dtools.models)."""
+        return Generator(self)
+
+    def trained(self) -> dict[str, nn.Module]:
+        """Every network a run of this config trains, by name (for their sizes)."""
+        return {"generator": Generator(self), "discriminator": Discriminator(self)}
+
 
 def config_from_dict(cls, d: dict[str, Any]):
     """`cls(**d)`, validated; a non-object, unknown keys and bad values are one-line errors."""

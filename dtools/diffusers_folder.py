@@ -37,6 +37,7 @@ from dtools.diffusers_format import (
 )
 from dtools.errors import DtoolsError, OptionError, first_line, mismatch_detail
 from dtools.fileio import atomic_folder, check_folder_writable, check_writable
+from dtools.models import DEFAULT_MODEL, MODEL_TYPES
 from dtools.tensorfile import HEADER_KEY
 from dtools.unet import UNet, UNetConfig, count_parameters
 
@@ -93,7 +94,7 @@ def export_folder(
     folder = check_folder_writable(out, force, _ours, "dtools export")  # before any work
     loaded = load_model(checkpoint, weights)  # checks the header, the weights' fit, NaNs
     info = loaded.info
-    if info["model_type"] != "unet":
+    if not MODEL_TYPES[info["model_type"]].exports:
         raise DtoolsError(f"{checkpoint}: holds a {info['model_type']!r} model; only U-Nets map to diffusers")
     try:
         unet_config = to_unet2d_config(UNetConfig.from_dict(info["model"]))
@@ -164,7 +165,7 @@ def _embedded(metadata: dict[str, str], header: dict[str, Any], cfg: UNetConfig)
     try:
         meta = json.loads(metadata.get(HEADER_KEY, "null"))
         old = meta["header"] if isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT else None
-        if not isinstance(old, dict) or old.get("model_type", "unet") != "unet":
+        if not isinstance(old, dict) or old.get("model_type", DEFAULT_MODEL) != DEFAULT_MODEL:
             return None
         same = (to_unet2d_config(UNetConfig.from_dict(old["model"])) == to_unet2d_config(cfg)
                 and old["parameterization"] == header["parameterization"] and old["betas"] == header["betas"])
@@ -233,5 +234,5 @@ def import_folder(folder: str | os.PathLike, out: str | os.PathLike, *, force: b
         header, source["weights"] = found
     meta = {k: v for k, v in header.items() if k not in ("model_type", "model", "source")}
     meta["source"] = source
-    save_model(out, {"ema": state}, config=header["model"], model_type="unet", meta=meta, force=force)
+    save_model(out, {"ema": state}, config=header["model"], model_type=DEFAULT_MODEL, meta=meta, force=force)
     return Imported(Path(out), parameters, {**meta, "model": header["model"]}, variance, found is not None)

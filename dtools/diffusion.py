@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dtools.choices import T_DISTRIBUTIONS
 from dtools.errors import DtoolsError
 from dtools.schedules import validate_betas
 
@@ -172,7 +173,6 @@ LOGNORMAL_P_MEAN, LOGNORMAL_P_STD = -1.2, 1.2
 # reaches the noisiest timesteps (P(t >= 900) = 0.5 % on cosine; t = T-1 never at zero terminal SNR),
 # where every trailing sampling chain starts
 LOGNORMAL_UNIFORM_SHARE = 0.1
-T_DISTRIBUTIONS = ("uniform", "lognormal")
 
 
 def draw_timesteps(s: Schedule, n: int, distribution: str, device: torch.device | str) -> torch.Tensor:

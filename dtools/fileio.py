@@ -29,7 +29,6 @@ from typing import BinaryIO
 import numpy as np
 
 from dtools.errors import DtoolsError
-from dtools.schedules import SCHEDULES, adjust, make_schedule, validate_betas
 
 STDIO = "-"
 
@@ -254,19 +253,3 @@ def write_npy(arr: np.ndarray, path: str | os.PathLike | None, force: bool = Fal
     """Write ``arr`` as `.npy` to ``path`` atomically, or to stdout for ``-``/None (never a terminal)."""
     refuse_terminal(path, NPY_TO_TERMINAL)
     write_bytes(npy_bytes(arr), path, force)
-
-
-def load_schedule(spec: str, **kwargs) -> np.ndarray:
-    """A schedule (betas, float64 [T]) by registry name, or from a `.npy` file or ``-``, validated.
-
-    `kwargs` shape named schedules (dtools.schedules.make_schedule); `max_beta` and
-    `zero_terminal_snr` apply to files too.
-    """
-    if spec in SCHEDULES:
-        return make_schedule(spec, **kwargs)
-    if is_stdio(spec) or spec.endswith(".npy") or Path(spec).exists():
-        name = "stdin" if is_stdio(spec) else spec
-        betas = validate_betas(read_npy(spec), name)
-        zero_snr = kwargs.get("zero_terminal_snr", False)
-        return adjust(betas, max_beta=kwargs.get("max_beta"), zero_terminal_snr=zero_snr, name=name)
-    raise DtoolsError(f"{spec!r} is neither a schedule name ({', '.join(SCHEDULES)}) nor a .npy file")

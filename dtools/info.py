@@ -8,22 +8,22 @@ their header (dtools.tensorfile), and a run folder of `dtools train` by its file
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtools.checkpoint import MODEL_FORMAT, MODEL_TYPES, read_info
+from dtools.checkpoint import MODEL_FORMAT, read_info
 from dtools.errors import DtoolsError
+from dtools.models import DEFAULT_MODEL, MODEL_TYPES
+from dtools.progress import fmt_time
 from dtools.tensorfile import read_header, tensor_shapes
-from dtools.train.method import fmt_time
-from dtools.train.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SAMPLES_DIR, STATE_FILE
+from dtools.train.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SAMPLES_DIR, STATE_FILE, read_metrics
 from dtools.train.state import STATE_FORMAT
 
 STATS_FORMAT = "dtools.fid-stats"  # dtools.fid.stats's (not imported: it loads torch-fidelity)
-LOSS_KEYS = ("loss", "loss_d", "loss_g", "recon", "kl")  # the losses metrics.jsonl may hold
+LOSS_KEYS = tuple(dict.fromkeys(k for m in MODEL_TYPES.values() for k in m.losses))  # metrics.jsonl's losses
 
 
 @dataclass
@@ -100,7 +100,7 @@ def model_facts(path: Path, info: dict[str, Any]) -> dict[str, Any]:
              "data": {"path": train.get("data"), "images": train.get("num_images"),
                       "fingerprint": train.get("data_fingerprint")},
              "dtools_version": info.get("dtools_version")}
-    if MODEL_TYPES[info["model_type"]].diffusion:
+    if MODEL_TYPES[info["model_type"]].schedule:
         facts["parameterization"] = info["parameterization"]
         facts["min_snr_gamma"] = train.get("min_snr_gamma")
         facts["min_snr_floor"] = train.get("min_snr_floor", 0.0)
@@ -114,13 +114,13 @@ def model_facts(path: Path, info: dict[str, Any]) -> dict[str, Any]:
 def _network(facts: dict[str, Any]) -> str:
     m = facts["model"]
     size = f"{m.get('image_size')}x{m.get('image_size')}x{m.get('in_channels', m.get('channels'))}"
-    if facts["model_type"] == "unet":
+    if "channel_mult" in m:  # a U-Net's config
         mult = ",".join(map(str, m.get("channel_mult", [])))
         attention = ",".join(map(str, m.get("attention_resolutions", []))) or "none"
         shape = (f"U-Net {size}, {m.get('base_channels')} base channels x ({mult}), "
                  f"{m.get('num_res_blocks')} block(s) per level, attention at {attention}")
     else:
-        what = "DCGAN generator" if facts["model_type"] == "dcgan" else "VAE decoder"
+        what = MODEL_TYPES[facts["model_type"]].network
         shape = f"{what} {size}, {m.get('base_channels')} channels, z of {m.get('latent_dim')}"
     return f"{shape}; {facts['parameters'] / 1e6:.2f}M parameters"
 
@@ -169,7 +169,7 @@ def _model(path: Path, info: dict[str, Any]) -> Info:
 
 def _state(path: Path, info: dict[str, Any]) -> Info:
     data = info.get("data") if isinstance(info.get("data"), dict) else {}
-    facts = {"model_type": info.get("model_type", "unet"), "step": info.get("step"),
+    facts = {"model_type": info.get("model_type", DEFAULT_MODEL), "step": info.get("step"),
              "training_seconds": info.get("elapsed"), "ema_updates": info.get("ema_updates"),
              "epoch": data.get("epoch"), "position": data.get("pos"), "images": data.get("n"),
              "model": info.get("model")}
@@ -198,14 +198,7 @@ def _stats(path: Path, info: dict[str, Any]) -> Info:
 
 def loss_summary(path: Path) -> dict[str, Any] | None:
     """From metrics.jsonl: records, last step and for each loss its first, last and lowest window mean."""
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            records.append(rec)
+    records = read_metrics(path)
     if not records:
         return None
     out: dict[str, Any] = {"records": len(records), "last_step": records[-1]["step"]}

@@ -20,6 +20,26 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+DAY = 86_400.0
+
+
+def duration(seconds: float) -> str:
+    """'45s', '7m05s', '3h12m', '9.1 days': a time to come, or an estimate."""
+    s = max(0.0, seconds)
+    if s >= 2 * DAY:
+        return f"{s / DAY:.1f} days"
+    if s >= 3600:
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    if s >= 60:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{s:.0f}s" if s >= 10 else f"{s:.1f}s"
+
+
+def fmt_time(s: float) -> str:
+    """'7m05s', '3h12m05s': a time spent, to the second."""
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
 
 def stderr_console() -> Console:
     return Console(stderr=True)

@@ -4,7 +4,7 @@
 the images go (a .npy on stdout, a .npy file, a numbered PNG folder, or one grid PNG), checked before
 any work and written batch by batch; `run` loads the model, samples batch after batch under one
 progress bar and says what it did through `log`: a diffusion model through a sampler's chain, a
-model without one (a GAN's generator, a VAE's decoder: `checkpoint.MODEL_TYPES`) in one call on
+model without one (a GAN's generator, a VAE's decoder: `dtools.models.MODEL_TYPES`) in one call on
 z ~ N(0, I) per image
 (`run_prior`). `Snapshots` collects the rows of --trajectory. Image i depends only on (seed, i), never
 on the batch it was drawn in.
@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from dtools import samplers
-from dtools.checkpoint import MODEL_TYPES, LoadedModel, load_model, read_info
+from dtools.checkpoint import LoadedModel, load_model, read_info
 from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, refuse_terminal, write_npy
 from dtools.grid import make_grid
 from dtools.images import IMAGE_EXTS, numbered_index, numbered_png, png_bytes, to_uint8, write_png_folder
+from dtools.models import MODEL_TYPES
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar
 from dtools.runtime import Runtime, resolve
@@ -62,7 +63,7 @@ class SampleConfig:
         """The checks that need no more than the checkpoint's header; run before the output is even
         looked at."""
         info = read_info(self.checkpoint)
-        if not MODEL_TYPES[info["model_type"]].diffusion:
+        if not MODEL_TYPES[info["model_type"]].schedule:
             given = [flag for flag, value in self.chain_options().items() if value is not None]
             if given:
                 raise DtoolsError(f"{given[0]} does not apply to this {info['model_type']} checkpoint: it "

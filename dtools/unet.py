@@ -15,8 +15,8 @@ Speed (docs/performance.md): the network runs in whatever memory format its weig
 `dtools.runtime` puts both in channels-last, which oneDNN's CPU kernels (AMX bf16 above all) and
 cuDNN prefer, and every op here keeps that format (torch.cat of channels-last skips, nearest
 upsampling, the broadcast timestep add). Two kernel choices depend on what a forward pass is for, and
-are made per call by `fast_group_norm` and `matmul_attention`: both keep the parameters and their
-state-dict keys of the plain network and agree with it to float rounding (tests/test_unet.py).
+are made per call in dtools.unet_kernels (its GroupNorm and `attend`): both keep the parameters and
+their state-dict keys of the plain network and agree with it to float rounding (tests/test_unet.py).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dtools.errors import DtoolsError
+from dtools.unet_kernels import GroupNorm, attend, is_channels_last
 
 
 @dataclass
@@ -136,6 +137,18 @@ class UNetConfig:
         d["attention_resolutions"] = list(self.attention_resolutions)
         return d
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the network denoises."""
+        return self.in_channels, self.image_size, self.image_size
+
+    def build(self) -> UNet:
+        """The network a checkpoint of this config holds (dtools.models)."""
+        return UNet(self)
+
+    def trained(self) -> dict[str, nn.Module]:
+        """Every network a run of this config trains, by name (for their sizes)."""
+        return {"unet": UNet(self)}
+
 
 # ---------------------------------------------------------------------------------------------
 # The network
@@ -150,83 +163,6 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb  # (B, dim)
-
-
-# ---------------------------------------------------------------------------------------------
-# Kernel choices (measured by bench/bench_kernels.py; the numbers are in docs/performance.md)
-
-# The longest attention sequence (H*W) at which a bf16 CPU training step writes attention out as
-# matmuls: SDPA's fused bf16 backward is slow at short lengths (2.8-11x slower than the matmuls at
-# 144, 64 and 16 positions), 1.3x slower at 256, where the matmuls' (L, L) scores would also add a
-# fifth to the peak memory of a seed64 step; at 1024 SDPA is 2x faster. In fp32, and without
-# gradients, SDPA is as fast or faster at every length measured.
-MATMUL_ATTENTION_MAX_LEN = 144
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """A 4-d tensor laid out NHWC (and not also NCHW-contiguous, as when H = W = 1 or C = 1)."""
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
-def _cpu_bf16_training(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and torch.is_grad_enabled()
-
-
-def fast_group_norm(x: torch.Tensor) -> bool:
-    """Whether GroupNorm runs its backward on NCHW copies: for a channels-last bf16 input in a CPU
-    training step, where PyTorch's channels-last bf16 backward is 1.3-3x slower than that (in fp32 the
-    copies cost more than they save)."""
-    return _cpu_bf16_training(x) and is_channels_last(x)
-
-
-def matmul_attention(q: torch.Tensor) -> bool:
-    """Whether attention over q (B, heads, L, d) is written out as matmuls and an fp32 softmax instead
-    of SDPA: in bf16 CPU training steps up to MATMUL_ATTENTION_MAX_LEN positions."""
-    return _cpu_bf16_training(q) and q.shape[-2] <= MATMUL_ATTENTION_MAX_LEN
-
-
-class _GroupNormNCHWBackward(torch.autograd.Function):
-    """F.group_norm's forward as it is (fast in channels-last), its backward on NCHW copies; the input's
-    gradient goes back channels-last."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float):
-        n, c, h, w = x.shape
-        y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, h * w, groups, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.groups = groups
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        n, c, h, w = x.shape
-        gx, gw, gb = torch.ops.aten.native_group_norm_backward(
-            gy.contiguous(), x.contiguous(), mean, rstd, weight, n, c, h * w, ctx.groups,
-            list(ctx.needs_input_grad[:3]),
-        )
-        if gx is not None:
-            gx = gx.contiguous(memory_format=torch.channels_last)
-        return gx, gw, gb, None, None
-
-
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm (same parameters, same state-dict keys) that takes the NCHW backward when
-    `fast_group_norm` says so."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast_group_norm(x):
-            return _GroupNormNCHWBackward.apply(x, self.weight, self.bias, self.num_groups, self.eps)
-        return super().forward(x)
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over (B, heads, L, d), as SDPA or as matmuls (`matmul_attention`),
-    the softmax then in fp32."""
-    if not matmul_attention(q):
-        return F.scaled_dot_product_attention(q, k, v)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, heads, L, L)
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype), v)
 
 
 # ---------------------------------------------------------------------------------------------

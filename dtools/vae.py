@@ -33,6 +33,15 @@ class VAEConfig(DCGANConfig):
     def decoder(self) -> DCGANConfig:
         return DCGANConfig(**dataclasses.asdict(self))
 
+    def build(self) -> nn.Module:
+        """The network a checkpoint of this config holds: the decoder (dtools.models)."""
+        return Generator(self.decoder())
+
+    def trained(self) -> dict[str, nn.Module]:
+        """Every network a run of this config trains, by name (for their sizes)."""
+        vae = VAE(self)
+        return {"encoder": vae.encoder, "decoder": vae.decoder}
+
 
 class Encoder(nn.Module):
     """images (B, C, H, W) -> (μ, log σ²), each (B, latent_dim)."""

@@ -12,11 +12,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dtools"
 
 # Lower layers never import higher ones; a module may import its own layer and any lower one.
 LAYERS = {
-    "base": ["dtools", "dtools.errors", "dtools.sampler_specs"],
-    "math": ["dtools.schedules", "dtools.diffusion", "dtools.samplers", "dtools.unet", "dtools.ema",
-             "dtools.dcgan", "dtools.vae"],
+    "base": ["dtools", "dtools.errors", "dtools.models", "dtools.choices", "dtools.sampler_specs"],
+    "math": ["dtools.schedules", "dtools.diffusion", "dtools.samplers", "dtools.unet", "dtools.unet_kernels",
+             "dtools.ema", "dtools.dcgan", "dtools.vae"],
     "io": ["dtools.fileio", "dtools.tensorfile", "dtools.checkpoint", "dtools.images", "dtools.runtime",
-           "dtools.progress", "dtools.plots", "dtools.diffusers_format", "dtools.diffusers_folder"],
+           "dtools.progress", "dtools.plots", "dtools.diffusers_format", "dtools.diffusers_folder",
+           "dtools.schedule_io"],
     "jobs": ["dtools.train", "dtools.sample", "dtools.fid", "dtools.prep", "dtools.noise", "dtools.grid",
              "dtools.info"],
     "commands": ["dtools.commands", "dtools.cli", "dtools.docgen", "dtools.__main__"],
@@ -119,3 +120,60 @@ def test_the_walker_sees_function_level_and_relative_imports(tmp_path):
     names = imports(src, ["dtools", "fid"])
     assert {"dtools.commands.train", "typer", "dtools.fid.x", "dtools.fid.x.y"} <= set(names)
     assert "dtools.errors" in imports(PACKAGE / "schedules.py")
+
+
+MODULES = {module_name(p): p for p in SOURCES}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the dtools modules it imports, at any depth (inside functions too). `from a import b`
+    names the module a.b when b is one (a package's __init__ is not run into a circle by that)."""
+    graph = {}
+    for me, path in MODULES.items():
+        edges = set()
+        for name in imports(path, package_of(path)):
+            if name in MODULES and name != me:
+                edges.add(name)
+        # `from a import b` counts both a and a.b: where a.b is a module, a is only its package
+        graph[me] = {n for n in edges if not any(m.startswith(n + ".") and m in edges for m in edges)
+                     or n not in {module_name(p) for p in SOURCES if p.name == "__init__.py"}}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_module_imports_another_in_a_circle():
+    assert circles(import_graph()) == []
+
+
+def test_a_circle_is_found():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

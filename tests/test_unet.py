@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dtools.errors import DtoolsError
-from dtools.train.config import preset_config
+from dtools.train.presets import preset_config
 from dtools.unet import UNet, UNetConfig, timestep_embedding
 
 pytestmark = pytest.mark.usefixtures("one_thread")

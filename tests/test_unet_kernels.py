@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from dtools import unet
+from dtools import unet_kernels as unet
 from dtools.unet import UNet, UNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

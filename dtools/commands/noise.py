@@ -66,8 +66,9 @@ def noise(
     if not is_stdio(output) and Path(output).exists() and not force:
         raise DtoolsError(f"{output} already exists; pass --force to overwrite it")
 
-    from dtools.fileio import load_schedule, write_npy
+    from dtools.fileio import write_npy
     from dtools.noise import noise_images, parse_timesteps, schedule_label, timestep_label
+    from dtools.schedule_io import load_schedule
 
     ts = parse_timesteps(timesteps)
     scheds = [load_schedule(b, T=T) for b in betas]

@@ -10,7 +10,8 @@ import typer
 
 from dtools.commands import options as opt
 from dtools.errors import DtoolsError
-from dtools.fileio import check_writable, is_stdio, load_schedule, write_npy
+from dtools.fileio import check_writable, is_stdio, write_npy
+from dtools.schedule_io import load_schedule
 from dtools.schedules import SCHEDULES, summarize
 
 _NAMES = ", ".join(SCHEDULES)

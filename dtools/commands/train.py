@@ -3,25 +3,16 @@ with EMA and exact resume."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import typer
 
+from dtools.choices import LR_DECAYS, PARAMETERIZATIONS, PRESETS, T_DISTRIBUTIONS
 from dtools.commands import options as opt
-from dtools.errors import DtoolsError, OptionError
+from dtools.models import DEFAULT_MODEL, LATENT, MODEL_TYPES, MODELS
 
-_MODEL_HELP = (
-    "What to train: unet (the DDPM), or the seed's baselines dcgan (Radford et al. 2016; Adam lr 2e-4, "
-    "β1 0.5, batch 128) and vae (a convolutional VAE with a Gaussian decoder; lr 1e-3, batch 128)."
-)
-# Kept in step with checkpoint.MODEL_TYPES, diffusion.PARAMETERIZATIONS and train.presets.PRESETS
-# (tests/cli/test_options.py checks); listed here so that `dtools --help` does not import torch.
-MODELS = ("unet", "dcgan", "vae")
-PARAMETERIZATIONS = ("eps", "x0", "v")
-PRESETS = ("auto", "cpu16", "cpu32", "seed64")
-LR_DECAYS = ("cosine", "linear", "constant")  # dtools.train.lr
-T_DISTRIBUTIONS = ("uniform", "lognormal")  # dtools.diffusion.draw_timesteps
+_MODEL_HELP = (f"What to train: {MODEL_TYPES[DEFAULT_MODEL].help}, or the seed's baselines "
+               f"{' and '.join(MODEL_TYPES[m].help for m in LATENT)}.")
 _PRESET_HELP = (
     "Model preset: auto picks by image size (<=16: cpu16, <=32: cpu32, else seed64, the seed's U-Net). "
     "cpu16/cpu32 default to v-prediction with Min-SNR-5, lr 1e-3, batch 16, EMA warm-up, grad-clip 1, 2000 "
@@ -192,33 +183,16 @@ def train(
       dtools train mine/ -o runs/mine --init-from runs/emoji --lr 2e-4 --max-steps 500
       dtools train data/ --beta cosine -o runs/ddp --nproc 4 --batch-size 512
     """
-    from dtools import train as training
-    from dtools.train import distributed
-
     if resume and force:
         raise typer.BadParameter(
             "--resume continues RUN, --force starts it over: give one", param_hint="--force"
         )
-    try:
-        # the parameters are named like TrainConfig's fields (and the U-Net's options): no key list here
-        options = {name: value for name, value in ctx.params.items() if name in training.OPTIONS}
-        processes = max(nproc, distributed.env_rank()[1])
-        distributed.check(processes, beta=beta)
-        cfg = training.configure(out, data, beta, options, resume=resume)
-        distributed.check(processes, cfg=cfg)
-        if dry_run:
-            typer.echo(json.dumps(training.dry_run(cfg, resume=resume), indent=2))
-            return
-        if nproc > 1:
-            raise typer.Exit(distributed.launch(distributed.without_nproc(sys.argv[1:]), nproc))
-        result = training.train(cfg, resume=resume, force=force)
-    except DtoolsError as e:  # of several processes, one says it (dtools.train.distributed.speaks)
-        if not distributed.speaks(e):
-            raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
-        raise
-    if result.rank:  # one process of several: rank 0 reports
-        raise typer.Exit(130 if result.stopped == "interrupted" else 0)
-    if result.stopped == "interrupted":
-        typer.echo(training.summary(result), err=True)
-        raise typer.Exit(130)
-    typer.echo(training.summary(result), err=True)
+    from dtools.train import OPTIONS
+    from dtools.train.main import main
+
+    # the parameters are named like TrainConfig's fields (and the U-Net's options): no key list here
+    options = {name: value for name, value in ctx.params.items() if name in OPTIONS}
+    code = main(out, data, beta, options, nproc=nproc, argv=sys.argv[1:], resume=resume, force=force,
+                dry=dry_run, echo=typer.echo)
+    if code:
+        raise typer.Exit(code)

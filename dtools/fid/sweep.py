@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtools import samplers
-from dtools.checkpoint import MODEL_TYPES, load_model, read_info
+from dtools.checkpoint import load_model, read_info
 from dtools.errors import DtoolsError, OptionError
 from dtools.fid.evaluate import extract_features, open_images
 from dtools.fid.interval import SUBSETS, FixedReferenceFid, Interval, compare, fid_interval
@@ -31,6 +31,7 @@ from dtools.fid.metrics import MetricsConfig, bias_warning, check_stats, compute
 from dtools.fid.stats import Stats, is_stats_file, load_stats, save_stats, stats_from_features
 from dtools.fid.weights import find_weights, load_inception
 from dtools.fileio import atomic_write_bytes, check_writable
+from dtools.models import MODEL_TYPES
 from dtools.plots import fid_vs_cost
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar, status
@@ -102,7 +103,7 @@ def resolve_settings(cfg: SweepConfig) -> list[Setting]:
     """The settings with their steps, each checked against the checkpoint's schedule; no duplicates."""
     settings = parse_settings(cfg.samplers)
     kind = read_info(cfg.checkpoint)["model_type"]  # a bad checkpoint fails now, not after minutes
-    if not MODEL_TYPES[kind].diffusion:
+    if not MODEL_TYPES[kind].schedule:
         raise DtoolsError(f"{cfg.checkpoint} holds a {kind} model: it makes each image in one network call, "
                           "with no sampler to sweep; score its samples with `dtools fid`")
     loaded = load_model(cfg.checkpoint, cfg.weights, "cpu")

@@ -16,27 +16,22 @@ A run folder RUN holds (all written atomically, every --save-every steps and at 
   samples/step_XXXXXX.png  grids of EMA samples (dpm++2m, 20 steps, fixed seeds) every --sample-every steps
   config.json              the resolved configuration
 
-The modules: config (TrainConfig, a new or resumed run's configuration), presets (the defaults of
-each model), run (the run folder and its text files), loop (Trainer: one session of a run, the same
-for every model), method (what a model brings to the Trainer), ddpm (the DDPM's method), gan and vae
-(the baselines' methods), state (train-state.safetensors), data (the images in memory and the seeded
-batch stream).
+The modules: config (TrainConfig and its options' flags), presets (the U-Nets' defaults by image
+size), resolve (a new or resumed run's configuration from defaults and options), finetune
+(--init-from), main (`configure`: which of those a command line asks for; `main`: the `train`
+command's job), run (the run folder and its text files), loop (Trainer: one session of a run, the
+same for every model), method (what a model brings to the Trainer), ddpm (the DDPM's method), gan and
+vae (the baselines' methods), state (train-state.safetensors), data (the images in memory and the
+seeded batch stream), estimate (the time a run takes, and --dry-run), distributed (several
+processes), signals (Ctrl-C), lr (the learning-rate schedule), summary (the last line).
 """
 
-from dtools.train.config import (
-    MODEL_OPTIONS,
-    OPTIONS,
-    PRESETS,
-    TrainConfig,
-    configure,
-    dry_run,
-    flag,
-    new_config,
-    preset_config,
-    preset_for_size,
-    resume_config,
-)
+from dtools.train.config import MODEL_OPTIONS, OPTIONS, TrainConfig, flag
+from dtools.train.estimate import dry_run
 from dtools.train.loop import Trainer, TrainResult, train
+from dtools.train.main import configure
+from dtools.train.presets import PRESETS, preset_config, preset_for_size
+from dtools.train.resolve import new_config, resume_config
 from dtools.train.run import (
     CONFIG_FILE,
     LOSS_PLOT,

@@ -8,10 +8,9 @@ flags from there. The schedule's exact betas travel inside the config but stay o
 "betas". `to_dict()` holds only the fields that apply to the run's model, so a DDPM run's config has
 exactly the keys of dtools 0.1.0 (no "model_type": absent means unet, as in a checkpoint header).
 
-PRESETS is the one preset table: each preset's U-Net (by image size) and its training defaults;
-LATENT_MODELS holds the DCGAN's and the VAE's defaults. `configure` resolves the configuration of a
-new run (the defaults, then the user's options) or of a resumed one (the saved configuration, with
-the few options that may change).
+Which model an option applies to, and everything else a model type brings, comes from its spec
+(dtools.models.MODEL_TYPES). Resolving a configuration from the defaults and the user's options is
+dtools.train.resolve's job; dtools.train.main.configure picks a new, resumed or fine-tuning run's.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,35 +27,29 @@ import numpy as np
 from dtools.diffusion import PARAMETERIZATIONS, T_DISTRIBUTIONS
 from dtools.ema import MAX_SIGMA_REL
 from dtools.errors import DtoolsError, OptionError
-from dtools.fileio import load_schedule
-from dtools.progress import log as log_line
-from dtools.runtime import Runtime, resolve
-from dtools.train.data import peek
-from dtools.train.lr import DECAYS
-from dtools.train.presets import (
-    DDPM,
-    LATENT,
-    LATENT_MODELS,
-    MODELS,
-    PRESETS,
-    networks,
-    parse_ratio,
-    preset_config,  # noqa: F401 (part of this module's interface)
-    preset_for_size,
-    resolve_preset,
+from dtools.models import (
+    DEFAULT_MODEL,
+    MODEL_TYPES,
+    ModelType,
+    any_model,
+    lookup_model,
+    only,
+    scheduled,
+    with_presets,
 )
-from dtools.train.run import resumable_state
-from dtools.train.state import read_state_header
-from dtools.unet import UNetConfig, count_parameters
+from dtools.runtime import Runtime
+from dtools.train.lr import DECAYS
 
 # ---------------------------------------------------------------------------------------------
 # The configuration and its flags
 
 
-def _option(default: Any, flag: str, *, resumable: bool = False, models: tuple[str, ...] = MODELS,
+def _option(default: Any, flag: str, *, resumable: bool = False,
+            models: Callable[[ModelType], bool] = any_model,
             omit_default: bool = False) -> Any:
     """A TrainConfig field set by the option `flag`; `resumable`: it may change when a run resumes;
-    `models`: the --model values it applies to (the others refuse it and leave it out of to_dict);
+    `models`: which model types it applies to, a test of their spec (the others refuse it and leave it
+    out of to_dict);
     `omit_default`: to_dict leaves it out while it holds its default (a recipe option dtools 0.1.0 did
     not have, whose default is 0.1.0's behaviour, so its runs resume unchanged and write the same keys)."""
     return field(default=default, metadata={"flag": flag, "resumable": resumable, "models": models,
@@ -66,21 +58,21 @@ def _option(default: Any, flag: str, *, resumable: bool = False, models: tuple[s
 
 @dataclass(frozen=True)
 class ModelOption:
-    """A network option that a user may set on top of the defaults."""
+    """A network option that a user may set on top of the defaults (of the model types whose network
+    config has the field it sets)."""
 
     flag: str
     ints: bool = False  # a list of integers, written like 1,2,2 on the command line
-    models: tuple[str, ...] = DDPM  # the --model values whose network has it
 
 
 MODEL_OPTIONS: dict[str, ModelOption] = {  # network config field -> its option
-    "base_channels": ModelOption("--base-channels", models=MODELS),
+    "base_channels": ModelOption("--base-channels"),
     "channel_mult": ModelOption("--channel-mult", ints=True),
     "num_res_blocks": ModelOption("--res-blocks"),
     "attention_resolutions": ModelOption("--attention", ints=True),
     "num_heads": ModelOption("--heads"),
     "dropout": ModelOption("--dropout"),
-    "latent_dim": ModelOption("--latent-dim", models=LATENT),
+    "latent_dim": ModelOption("--latent-dim"),
 }
 
 
@@ -91,36 +83,36 @@ class TrainConfig:
 
     data: str
     out: str
-    beta: str | None = field(metadata={"models": DDPM})  # what --beta named: a .npy file or a schedule name
-    T: int | None = field(metadata={"models": DDPM})
+    beta: str | None = field(metadata={"models": scheduled})  # what --beta named: a .npy file or a name
+    T: int | None = field(metadata={"models": scheduled})
     image_size: int
     channels: int
     num_images: int
-    preset: str | None = field(metadata={"flag": "--preset", "models": DDPM})
+    preset: str | None = field(metadata={"flag": "--preset", "models": with_presets})
     model: dict[str, Any]  # the resolved network config (UNetConfig or DCGANConfig.to_dict())
     betas: np.ndarray = field(repr=False, compare=False)  # float64 [T] (empty: no schedule); not in to_dict()
     # absent from a DDPM run's to_dict(), like the 0.1.0 configs: a config without it is a "unet" run
-    model_type: str = _option("unet", "--model")
-    parameterization: str = _option("eps", "--param", models=DDPM)
+    model_type: str = _option(DEFAULT_MODEL, "--model")
+    parameterization: str = _option("eps", "--param", models=scheduled)
     lr: float = _option(1e-4, "--lr")
     # the learning rate over the run (train/lr.py): a linear warm-up over this fraction of the run, then
     # a decay to 0 at its end (absent: constant, as in dtools 0.1.0)
     warmup: float = _option(0.0, "--warmup", omit_default=True)
     lr_decay: str = _option("constant", "--lr-decay", omit_default=True)
     batch_size: int = _option(128, "--batch-size")
-    grad_accum: int = _option(1, "--grad-accum", models=DDPM)
+    grad_accum: int = _option(1, "--grad-accum", models=scheduled)
     ema_decay: float = _option(0.999, "--ema")
     ema_warmup: bool = _option(False, "--ema-warmup")
     # EDM2's power-function EMA: the average's width as a fraction of the run (replaces --ema's decay)
     ema_length: float | None = _option(None, "--ema-length", omit_default=True)
-    min_snr_gamma: float | None = _option(None, "--min-snr-gamma", models=DDPM)
+    min_snr_gamma: float | None = _option(None, "--min-snr-gamma", models=scheduled)
     # the least Min-SNR weight on the noisy side (diffusion.loss_weight); absent: 0, as before it existed
-    min_snr_floor: float = _option(0.0, "--min-snr-floor", models=DDPM, omit_default=True)
+    min_snr_floor: float = _option(0.0, "--min-snr-floor", models=scheduled, omit_default=True)
     # how a step draws t (dtools.diffusion.draw_timesteps); absent: uniform, as in dtools 0.1.0
-    t_dist: str = _option("uniform", "--t-dist", models=DDPM, omit_default=True)
-    grad_clip: float | None = _option(None, "--grad-clip", models=DDPM)
-    d_steps: str | None = _option(None, "--d-steps", models=("dcgan",))  # D:G updates per step
-    kl_weight: float | None = _option(None, "--kl-weight", models=("vae",))
+    t_dist: str = _option("uniform", "--t-dist", models=scheduled, omit_default=True)
+    grad_clip: float | None = _option(None, "--grad-clip", models=scheduled)
+    d_steps: str | None = _option(None, "--d-steps", models=only("dcgan"))  # D:G updates per step
+    kl_weight: float | None = _option(None, "--kl-weight", models=only("vae"))
     flip: bool = _option(True, "--flip")
     max_steps: int | None = _option(None, "--max-steps", resumable=True)
     epochs: float | None = _option(None, "--epochs", resumable=True)
@@ -149,7 +141,7 @@ class TrainConfig:
 
     def images_per_step(self) -> int:
         """Training images one step takes from the data (a GAN step: one batch per discriminator update)."""
-        return self.batch_size * (parse_ratio(self.d_steps)[0] if self.model_type == "dcgan" else 1)
+        return self.batch_size * (parse_ratio(self.d_steps)[0] if applies("d_steps", self.model_type) else 1)
 
     def total_steps(self) -> int | None:
         """Where the run stops: --max-steps, or --epochs worth of batches, whichever comes first; None
@@ -170,14 +162,14 @@ class TrainConfig:
         "train" header hold."""
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in _FIELDS.values()
                 if f.name != "betas" and applies(f.name, self.model_type)
-                and not (f.name == "model_type" and self.model_type == "unet")
+                and not (f.name == "model_type" and self.model_type == DEFAULT_MODEL)
                 and not (f.name in _INIT and self.init_from is None)
                 and not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], betas: np.ndarray) -> TrainConfig:
         """Rebuild a saved configuration (`to_dict()`) with its schedule's `betas`."""
-        model_type = d.get("model_type", "unet")
+        model_type = d.get("model_type", DEFAULT_MODEL)
         absent = {n: None for n, f in _FIELDS.items() if f.default is dataclasses.MISSING
                   and not applies(n, model_type)}  # beta, T and preset of a model without a schedule
         try:
@@ -217,11 +209,19 @@ class TrainConfig:
             raise DtoolsError(f"give {flag('max_steps')}, {flag('epochs')} or {flag('max_minutes')}")
         if self.init_weights not in ("ema", "raw"):
             raise DtoolsError(f"{flag('init_weights')} must be ema or raw, got {self.init_weights!r}")
-        if self.model_type not in MODELS:
-            raise DtoolsError(f"unknown {flag('model_type')} {self.model_type!r}; choose one of "
-                              f"{', '.join(MODELS)}")
-        if self.model_type != "unet":
-            return self._validate_latent()
+        kind = lookup_model(self.model_type, flag("model_type"))
+        if kind.schedule:
+            self._validate_schedule()
+        if applies("d_steps", self.model_type):
+            parse_ratio(self.d_steps)
+        if applies("kl_weight", self.model_type) and not (isinstance(self.kl_weight, int | float)
+                                                          and self.kl_weight > 0):
+            raise OptionError(flag("kl_weight"), f"must be positive, got {self.kl_weight}")
+        kind.network_config(self.model)
+        return self
+
+    def _validate_schedule(self) -> None:
+        """A denoiser's options against its schedule."""
         if self.parameterization not in PARAMETERIZATIONS:
             choices = ", ".join(PARAMETERIZATIONS)
             raise DtoolsError(
@@ -236,16 +236,6 @@ class TrainConfig:
                 "the schedule has zero terminal SNR (ᾱ_T = 0), where an ε-prediction cannot recover x0; "
                 f"train with {flag('parameterization')} v (or x0)"
             )
-        UNetConfig.from_dict(self.model)
-        return self
-
-    def _validate_latent(self) -> TrainConfig:
-        LATENT_MODELS[self.model_type].config.from_dict(self.model)
-        if self.model_type == "dcgan":
-            parse_ratio(self.d_steps)
-        elif not (isinstance(self.kl_weight, int | float) and self.kl_weight > 0):
-            raise OptionError(flag("kl_weight"), f"must be positive, got {self.kl_weight}")
-        return self
 
 
 _FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -266,190 +256,38 @@ def resumable(name: str) -> bool:
 
 
 def applies(name: str, model_type: str) -> bool:
-    """Whether the TrainConfig field or model option `name` applies to a `model_type` run."""
+    """Whether the TrainConfig field or model option `name` applies to a `model_type` run: a model option
+    where the model type's network config has that field, any other as its field says (`_option`)."""
+    kind = MODEL_TYPES.get(model_type)
+    if kind is None:
+        return False
     if name in MODEL_OPTIONS:
-        return model_type in MODEL_OPTIONS[name].models
-    return model_type in _FIELDS[name].metadata.get("models", MODELS)
+        return name in {f.name for f in dataclasses.fields(kind.config_class())}
+    return _FIELDS[name].metadata.get("models", any_model)(kind)
 
 
 def check_applies(options: dict[str, Any], model_type: str) -> None:
     """Refuse any given option (not None) that a `model_type` run has no use for."""
     for key, value in options.items():
         if value is not None and key in OPTIONS and not applies(key, model_type):
-            models = MODEL_OPTIONS[key].models if key in MODEL_OPTIONS else _FIELDS[key].metadata["models"]
+            models = [name for name in MODEL_TYPES if applies(key, name)]
             raise DtoolsError(f"{flag(key)} applies to --model {' or '.join(models)}, not {model_type}; "
                               "drop it")
 
 
-# ---------------------------------------------------------------------------------------------
-# Resolving a run's configuration
-
-DEFAULT_SCHEDULE = "cosine"  # --beta when none is given (Nichol & Dhariwal 2021; T = 1000)
-
-
-def configure(
-    out: str, data: str | None, beta: str | None, options: dict[str, Any], *, resume: bool = False
-) -> TrainConfig:
-    """The configuration of `dtools train -o OUT [DATA] [--beta BETA]` with `options` (OPTIONS names,
-    None where not given; list options may be text like 1,2,2): a resumed run's, or a new one's."""
-    options = {k: _ints(v, MODEL_OPTIONS[k].flag) if _is_ints(k) else v for k, v in options.items()}
-    if resume:
-        return _resumed(out, data, beta, options)
-    if data is None:
-        raise OptionError("DATA", "give the DATA folder (or --resume an existing run)")
-    if options.get("init_weights") is not None and options.get("init_from") is None:
-        raise OptionError("--init-weights", "applies with --init-from CKPT; drop it")
-    if options.get("init_from") is not None:
-        from dtools.train.finetune import init_config  # it builds on this module
-
-        return init_config(out, data, beta, options)
-    model_type = options.get("model_type") or "unet"
-    if model_type != "unet":
-        _refuse_beta(beta, model_type)
-        return new_config(data, out, None, np.zeros(0), peek(data), options)
-    beta = DEFAULT_SCHEDULE if beta is None else beta
-    betas = load_schedule(beta)
-    return new_config(data, out, beta, betas, peek(data), options)
-
-
-def _refuse_beta(beta: str | None, model_type: str) -> None:
-    if beta is not None:
-        raise DtoolsError(f"--beta applies to --model unet, not {model_type} (it has no noise schedule); "
-                          "drop it")
-
-
-def _is_ints(name: str) -> bool:
-    return name in MODEL_OPTIONS and MODEL_OPTIONS[name].ints
-
-
-def _ints(text: str | tuple[int, ...] | None, option: str) -> tuple[int, ...] | None:
-    """Integers written like 1,2,2 ('' or none: no integers)."""
-    if not isinstance(text, str):
-        return text
-    if text.strip().lower() in ("", "none"):
-        return ()
+def parse_ratio(text: str) -> tuple[int, int]:
+    """--d-steps D:G -> (D, G): per training step, D discriminator updates, then G generator updates."""
     try:
-        return tuple(int(v) for v in text.replace(" ", "").split(","))
+        d, g = (int(v) for v in str(text).split(":"))
     except ValueError:
-        raise OptionError(option, f"expected integers like 1,2,2, got {text!r}") from None
-
-
-def _resumed(out: str, data: str | None, beta: str | None, options: dict[str, Any]) -> TrainConfig:
-    info = read_state_header(resumable_state(Path(out)))
-    if "betas" not in info:  # a model without a schedule
-        _refuse_beta(beta, info["model_type"])
-    betas = np.asarray(info.get("betas", []), dtype=np.float64)
-    if beta is not None and not np.array_equal(load_schedule(beta), betas):
-        raise DtoolsError(f"--beta {beta} differs from the schedule the run in {out} was trained with")
-    saved = {**info["train"], "out": out}  # the folder named now: a run may have been moved or copied
-    if data is not None:
-        saved["data"] = data
-    return resume_config(saved, betas, options)
-
-
-def new_config(
-    data: str, out: str, beta: str | None, betas: np.ndarray, shape: tuple[int, int, int, int],
-    options: dict[str, Any],
-) -> TrainConfig:
-    """Resolve a new run's configuration: the defaults (for a U-Net, the preset for the image size),
-    then the user's options.
-
-    `shape` is the data's (N, H, W, C); `options` maps OPTIONS names to the values given on the
-    command line, None where the user gave none. `beta` and `betas`: the schedule (a U-Net's only).
-    """
-    n, h, w, c = shape
-    if h != w:
-        net = "the U-Net" if options.get("model_type") in (None, "unet") else f"a {options['model_type']}"
-        raise DtoolsError(f"{data}: images are {w}x{h}; {net} needs square images (dtools prep --size N)")
-    opts = {k: v for k, v in options.items() if v is not None}
-    model_type = opts.pop("model_type", "unet")
-    if model_type not in MODELS:
-        raise DtoolsError(f"unknown --model {model_type!r}; choose one of {', '.join(MODELS)}")
-    check_applies(opts, model_type)
-    auto = PRESETS[preset_for_size(h)]  # a latent model's run cadence: the U-Net preset's of its size
-    name = resolve_preset(opts.pop("preset", "auto"), h) if model_type == "unet" else None
-    preset = PRESETS[name] if name is not None else auto
-    model = preset.build(h, c).to_dict() if name is not None else {"image_size": h, "channels": c}
-    for key, option in MODEL_OPTIONS.items():
-        if key in opts:
-            value = opts.pop(key)
-            model[key] = list(value) if option.ints else value
-    if name is not None:
-        defaults = preset.defaults()
-        model = UNetConfig.from_dict(model).to_dict()
-    else:
-        defaults = {k: v for k, v in preset.defaults().items() if applies(k, model_type)}
-        defaults.update(LATENT_MODELS[model_type].defaults)
-        model = LATENT_MODELS[model_type].config.from_dict(model).to_dict()
-    if "ema_decay" in opts:
-        if "ema_length" in opts:
-            raise DtoolsError(f"give {flag('ema_decay')} (a fixed decay) or {flag('ema_length')} (a "
-                              "fraction of the run), not both")
-        defaults["ema_length"] = None  # a decay given: the fixed-decay EMA
-    if "max_steps" not in opts and "epochs" not in opts and "max_minutes" not in opts:
-        defaults["max_steps"] = preset.max_steps
-    unknown = set(opts) - set(_FIELDS)
-    assert not unknown, unknown
-    betas = np.asarray(betas, dtype=np.float64)
-    cfg = TrainConfig(
-        data=str(data), out=str(out), beta=None if beta is None else str(beta),
-        T=int(betas.shape[0]) if name is not None else None, image_size=h, channels=c, num_images=n,
-        preset=name, model=model, betas=betas, model_type=model_type, **{**defaults, **opts},
-    )
-    return cfg.validate()
-
-
-def resume_config(saved: dict[str, Any], betas: np.ndarray, options: dict[str, Any]) -> TrainConfig:
-    """A resumed run's configuration: the saved one, with the few options that may change (`resumable`)."""
-    try:
-        return _resume_config(saved, betas, options)
-    except (TypeError, ValueError, AttributeError) as e:  # a hand-edited or damaged header
-        raise DtoolsError(f"the saved training config is damaged ({e})") from None
-
-
-def _resume_config(saved: dict[str, Any], betas: np.ndarray, options: dict[str, Any]) -> TrainConfig:
-    cfg = TrainConfig.from_dict(saved, betas)
-    if options.get("model_type") not in (None, cfg.model_type):
-        raise DtoolsError(f"--model cannot change when resuming a run (it trains {cfg.model_type}); drop it, "
-                          "or start a new run (another -o, or --force)")
-    check_applies(options, cfg.model_type)
-    for key, value in options.items():
-        if value is None or key in ("data", "out"):
-            continue
-        if resumable(key):
-            setattr(cfg, key, value)
-        elif key in MODEL_OPTIONS or key == "preset" or getattr(cfg, key) != value:
-            raise DtoolsError(f"{flag(key)} cannot change when resuming a run; drop it, or start a new run "
-                              "(another -o, or --force)")
-    return cfg.validate()
+        raise OptionError("--d-steps", f"expects D:G like 1:2 (discriminator:generator updates), "
+                          f"got {text!r}") from None
+    if d < 1 or g < 1:
+        raise OptionError("--d-steps", f"{text}: both numbers must be at least 1")
+    return d, g
 
 
 def resolved(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
     """What `auto` and the limits resolved to (config.json's "resolved")."""
     return {"device": str(rt.device), "precision": rt.precision, "compile": rt.compile,
             "total_steps": cfg.total_steps()}
-
-
-def dry_run(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = log_line,
-            estimate: bool = True) -> dict[str, Any]:
-    """What `dtools train --dry-run` prints: the configuration and what it resolves to, and, with
-    `estimate`, the time the run's steps would take, measured on a few steps (estimate.time_steps; its
-    lines, and the warning about a tiny data set, go to `log`)."""
-    from dtools.train import estimate as est  # it imports this module
-
-    rt = resolve(cfg.device, cfg.precision, cfg.compile)
-    counts = {name: count_parameters(net) for name, net in networks(cfg.model_type, cfg.model).items()}
-    facts = {**resolved(cfg, rt), "micro_batch": cfg.batch_size // cfg.grad_accum,
-             "parameters": sum(counts.values())}
-    if len(counts) > 1:
-        facts["parameters_by_network"] = counts
-    out = {"config": cfg.to_dict(), "resolved": facts, "resume": resume}
-    if estimate:
-        timed = est.time_steps(cfg, rt)
-        out["estimate"] = timed
-        line, warning = est.estimate_lines(timed["seconds_per_step"], timed["steps"], timed["steps"], None,
-                                           timed["how"])
-        for text in (est.data_warning(cfg), line, warning):
-            if text:
-                log(text)
-    return out

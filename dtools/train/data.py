@@ -8,6 +8,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -90,6 +91,14 @@ def fingerprint(images: torch.Tensor) -> str:
 
 
 @dataclass
+class Batch(NamedTuple):
+    """A training batch on the device: images (B, C, H, W) in [-1, 1] and, for labelled data, their
+    conditions (B,) (class indices); None for unlabelled data."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
 class BatchStream:
     """An endless stream of indices into N images: each epoch is a fresh permutation drawn from a
     seeded generator; a batch that runs past the end of an epoch continues in the next one.

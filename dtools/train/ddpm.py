@@ -16,13 +16,12 @@ import torch
 from dtools.diffusion import Schedule, draw_timesteps, loss_weight, q_sample, training_target
 from dtools.ema import EMA
 from dtools.runtime import Runtime
+from dtools.sampler_specs import DEFAULT_SAMPLER
 from dtools.train import distributed
 from dtools.train.config import TrainConfig
 from dtools.train.method import Method, NonFiniteLoss, Plot, RealBatch, Weights
 from dtools.train.run import LOSS_PLOT
 from dtools.unet import UNet, UNetConfig, count_parameters
-
-SAMPLE_SAMPLER, SAMPLE_STEPS = "dpm++2m", 20  # the run's sample grids: `dtools sample`'s default
 
 
 def schedule_on(schedule: Schedule, device: torch.device) -> Schedule:
@@ -37,7 +36,6 @@ class Ddpm(Method):
     2020, Algorithm 1), Adam, an EMA of the weights for sampling."""
 
     model_type = "unet"
-    losses = ("loss",)
     plots = (Plot(LOSS_PLOT, "training loss", ("loss",)),)
     clips = True
 
@@ -60,7 +58,7 @@ class Ddpm(Method):
         splits exactly the batch that an unsplit step would see). Of several processes: this one's
         slice of the whole batch's draws (every process draws them all, the same)."""
         cfg, device, shard = self.cfg, self.device, self.group.shard
-        x0 = self.real_batch()  # (b, C, H, W) in [-1, 1]: b = B / processes
+        x0 = self.real_batch().images  # (b, C, H, W) in [-1, 1]: b = B / processes
         t = draw_timesteps(self.schedule_cpu, cfg.batch_size, cfg.t_dist, device)  # (B,)
         eps = torch.randn((cfg.batch_size, *x0.shape[1:]), device=device)  # (B, C, H, W)
         return x0, shard(t), shard(eps)
@@ -89,14 +87,7 @@ class Ddpm(Method):
         loss_value = float(total_loss)
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(f"loss is {loss_value}")
-        self.scaler.unscale_(self.optimizer)
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if not math.isfinite(grad_norm) and self.rt.precision != "fp16":  # fp16: the scaler skips such steps
-            raise NonFiniteLoss(f"gradient norm is {grad_norm}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.ema.update(self.model)
+        grad_norm = self.apply_gradients(self.optimizer, self.model, cfg.grad_clip)
         return {"loss": loss_value, "grad_norm": grad_norm}
 
     def record(self, means: dict[str, float]) -> dict[str, Any]:
@@ -106,7 +97,7 @@ class Ddpm(Method):
         return [self.optimizer]
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
-        """EMA samples, dpm++2m with 20 steps."""
+        """EMA samples with `dtools sample`'s default sampler and steps."""
         from dtools.samplers import generate
 
         cfg = self.cfg
@@ -114,7 +105,7 @@ class Ddpm(Method):
         model_fn = self.rt.model_fn(self.ema.module)  # as `dtools sample` runs it
         shape = (cfg.channels, cfg.image_size, cfg.image_size)
         return generate(model_fn, self.schedule_cpu, cfg.parameterization, shape, seeds,
-                        sampler=SAMPLE_SAMPLER, steps=SAMPLE_STEPS, device=self.device)
+                        sampler=DEFAULT_SAMPLER, device=self.device)
 
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"weights": self.model, "EMA weights": self.ema.module}

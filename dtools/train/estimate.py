@@ -12,7 +12,8 @@ real image size on random images: at the real batch when such a step is short, e
 cut to DRY_RUN_BATCH and the time scaled to the real batch in proportion (a CPU's step time grows
 about linearly with the batch once it is large).
 
-`data_warning` speaks up for a tiny data set that a run would pass over many times.
+`data_warning` speaks up for a tiny data set that a run would pass over many times. `dry_run` is
+what `dtools train --dry-run` prints: the configuration, what it resolves to, and that measurement.
 """
 
 from __future__ import annotations
@@ -20,33 +21,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from dtools.runtime import Runtime
-from dtools.train.config import TrainConfig
+from dtools.models import lookup_model
+from dtools.progress import DAY, duration
+from dtools.progress import log as log_line
+from dtools.runtime import Runtime, resolve
+from dtools.train.config import TrainConfig, resolved
+from dtools.train.data import Batch
+from dtools.unet import count_parameters
 
 MEASURE_SECONDS = 3.0  # measure the pace over at least this much time ...
 MEASURE_STEPS = 20  # ... or this many steps after the first, whichever comes first
 SLOW_FIRST_STEP = 5.0  # a first step slower than this gets a provisional estimate at once
-DAY = 86_400.0
 DRY_RUN_BATCH = 8  # --dry-run times steps of at most this many images, then scales to the batch
 DRY_RUN_STEPS = 2  # timed steps after one warm-up step
 DRY_RUN_FULL_SECONDS = 2.0  # --dry-run times the run's own batch when a step of it takes at most this
 # A data set smaller than this that the run passes over more than MANY_EPOCHS times gets a warning.
 FEW_IMAGES, MANY_EPOCHS = 100, 20
-
-
-def duration(seconds: float) -> str:
-    """'45s', '7m05s', '3h12m', '9.1 days'."""
-    s = max(0.0, seconds)
-    if s >= 2 * DAY:
-        return f"{s / DAY:.1f} days"
-    if s >= 3600:
-        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
-    if s >= 60:
-        return f"{int(s // 60)}m{int(s % 60):02d}s"
-    return f"{s:.0f}s" if s >= 10 else f"{s:.1f}s"
 
 
 def pace(seconds_per_step: float) -> str:
@@ -177,14 +171,12 @@ def time_steps(cfg: TrainConfig, rt: Runtime) -> dict[str, float | int | str]:
     """--dry-run's estimate: the run's networks on random images of its size, one warm-up step, then
     DRY_RUN_STEPS timed ones, at the run's batch when a step of it would take at most
     DRY_RUN_FULL_SECONDS, else at DRY_RUN_BATCH images with the time scaled to the batch."""
-    from dtools.train.loop import METHODS  # the loop imports this module
-
     trial = TrainConfig.from_dict({**cfg.to_dict(), "batch_size": min(cfg.batch_size, DRY_RUN_BATCH),
                                    "grad_accum": 1}, cfg.betas)
 
-    def real_batch() -> torch.Tensor:
+    def real_batch() -> Batch:
         shape = (trial.batch_size, cfg.channels, cfg.image_size, cfg.image_size)
-        return torch.rand(shape, device=rt.device) * 2 - 1
+        return Batch(torch.rand(shape, device=rt.device) * 2 - 1)
 
     def timed(steps: int) -> float:
         start = time.perf_counter()
@@ -195,7 +187,7 @@ def time_steps(cfg: TrainConfig, rt: Runtime) -> dict[str, float | int | str]:
         return (time.perf_counter() - start) / steps
 
     torch.manual_seed(cfg.seed)
-    method = METHODS[cfg.model_type](trial, rt, real_batch)
+    method = lookup_model(cfg.model_type).method_class()(trial, rt, real_batch)
     method.train_step()  # warm-up
     small = timed(1)
     if small * cfg.batch_size / trial.batch_size <= DRY_RUN_FULL_SECONDS:
@@ -211,3 +203,27 @@ def time_steps(cfg: TrainConfig, rt: Runtime) -> dict[str, float | int | str]:
         return {"seconds_per_step": round(sps, 4), "steps": int(seconds / sps), "seconds": round(seconds, 1),
                 "how": how}
     return {"seconds_per_step": round(sps, 4), "steps": total, "seconds": round(sps * total, 1), "how": how}
+
+
+def dry_run(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = log_line,
+            estimate: bool = True) -> dict[str, Any]:
+    """What `dtools train --dry-run` prints: the configuration and what it resolves to, and, with
+    `estimate`, the time the run's steps would take, measured on a few steps (time_steps; its lines,
+    and the warning about a tiny data set, go to `log`)."""
+    rt = resolve(cfg.device, cfg.precision, cfg.compile)
+    networks = lookup_model(cfg.model_type).network_config(cfg.model).trained()
+    counts = {name: count_parameters(net) for name, net in networks.items()}
+    facts = {**resolved(cfg, rt), "micro_batch": cfg.batch_size // cfg.grad_accum,
+             "parameters": sum(counts.values())}
+    if len(counts) > 1:
+        facts["parameters_by_network"] = counts
+    out = {"config": cfg.to_dict(), "resolved": facts, "resume": resume}
+    if estimate:
+        timed = time_steps(cfg, rt)
+        out["estimate"] = timed
+        line, warning = estimate_lines(timed["seconds_per_step"], timed["steps"], timed["steps"], None,
+                                       timed["how"])
+        for text in (data_warning(cfg), line, warning):
+            if text:
+                log(text)
+    return out

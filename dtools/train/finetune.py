@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtools.checkpoint import MODEL_TYPES, WEIGHTS, model_file, read_info, read_model
+from dtools.checkpoint import WEIGHTS, model_file, read_info, read_model
 from dtools.errors import DtoolsError, mismatch_detail
-from dtools.fileio import load_schedule
-from dtools.train.config import MODEL_OPTIONS, TrainConfig, flag, new_config
+from dtools.models import MODEL_TYPES
+from dtools.train.config import MODEL_OPTIONS, TrainConfig, flag
 from dtools.train.data import peek
 from dtools.train.method import Method
-from dtools.train.presets import DDPM, LATENT_MODELS, PRESETS, preset_for_size
+from dtools.train.presets import PRESETS, preset_for_size
+from dtools.train.resolve import new_config, schedule_of
 
 KEEPS = ("dropout",)  # network options a fine-tuning run may still set (they hold no weights)
 # The fine-tune's learning rate as a share of the source's: measured by `bench/recipes.py finetune`
@@ -55,18 +56,17 @@ def init_config(out: str, data: str, beta: str | None, options: dict[str, Any]) 
         if options.get(key) is not None and key not in KEEPS:
             raise DtoolsError(f"{flag(key)}: the network comes from {path} (--init-from); drop it")
     n, h, w, c = peek(data)
-    want_c, want_h, want_w = MODEL_TYPES[model_type].image_shape(info["model"])
+    kind = MODEL_TYPES[model_type]
+    want_c, want_h, want_w = kind.network_config(info["model"]).image_shape()
     if (h, w, c) != (want_h, want_w, want_c):
         raise DtoolsError(f"{data}: images are {h}x{w}x{c}, but {path} makes {want_h}x{want_w}x{want_c}; "
                           f"prepare the data at that size (dtools prep SRC {data} --size {want_h})")
     source = info.get("train") if isinstance(info.get("train"), dict) else {}
     opts = {**options, "model_type": model_type, "init_from": str(path)}
     betas = np.zeros(0)
-    if MODEL_TYPES[model_type].diffusion:
-        if beta is None:  # the schedule it was trained with
-            beta, betas = source.get("beta") or str(path), np.asarray(info["betas"], dtype=np.float64)
-        else:
-            betas = load_schedule(beta)
+    if kind.schedule:
+        betas = schedule_of(beta, info["betas"])  # by default the schedule it was trained with
+        beta = beta if beta is not None else source.get("beta") or str(path)
         opts["parameterization"] = options.get("parameterization") or info["parameterization"]
         opts["preset"] = source.get("preset") if source.get("preset") in PRESETS else None
     chosen = recipe(source, model_type, h, opts.get("preset"))
@@ -81,12 +81,12 @@ def recipe(source: dict[str, Any], model_type: str, image_size: int, preset: str
     ({} for one without, e.g. an imported model): see the module's docstring."""
     if isinstance(source.get("lr"), int | float) and source["lr"] > 0:
         base = float(source["lr"])
-    elif model_type in LATENT_MODELS:
-        base = LATENT_MODELS[model_type].defaults["lr"]
+    elif not MODEL_TYPES[model_type].presets:
+        base = MODEL_TYPES[model_type].defaults["lr"]
     else:
         base = PRESETS[preset or preset_for_size(image_size)].lr
     out: dict[str, Any] = {"lr": FINETUNE_LR_FACTOR * base, "warmup": 0.0, "lr_decay": "constant"}
-    if MODEL_TYPES[model_type].diffusion:
+    if MODEL_TYPES[model_type].schedule:
         dtools_trained = "min_snr_gamma" in source  # a dtools run's header holds it (None: plain MSE)
         out.update({k: source.get(k, v) if dtools_trained else v for k, v in LOSS_RECIPE.items()})
         out["min_snr_gamma"] = out["min_snr_gamma"] or 0.0  # 0: plain MSE (None would mean "the preset's")
@@ -98,7 +98,7 @@ def describe_recipe(cfg: TrainConfig) -> str:
     shape = "constant" if cfg.lr_decay == "constant" and not cfg.warmup else \
         f"{cfg.lr_decay} after {cfg.warmup:g} warm-up"
     text = f"fine-tuning recipe: lr {cfg.lr:g} {shape}"
-    if cfg.model_type in DDPM:
+    if MODEL_TYPES[cfg.model_type].schedule:
         loss = f"Min-SNR-{cfg.min_snr_gamma:g}" if cfg.min_snr_gamma else "plain MSE"
         if cfg.min_snr_gamma and cfg.min_snr_floor:
             loss += f" (floor {cfg.min_snr_floor:g})"

@@ -50,7 +50,6 @@ class Dcgan(Method):
     """A DCGAN generator and discriminator, two Adams, an EMA of the generator."""
 
     model_type = "dcgan"
-    losses = ("loss_d", "loss_g")
     plots = (Plot(LOSS_PLOT, "DCGAN losses", ("loss_d", "loss_g")),
              Plot(ACCURACY_PLOT, "discriminator accuracy", ("d_acc_real", "d_acc_fake"), ylabel="accuracy",
                   log_y=False, ylim=(-0.02, 1.02)))
@@ -96,7 +95,7 @@ class Dcgan(Method):
         D.train()
         d_loss = acc_real = acc_fake = g_loss = 0.0
         for _ in range(self.d_updates):
-            real = self.real_batch()  # (b, C, H, W): b = B / processes
+            real = self.real_batch().images  # (b, C, H, W): b = B / processes
             with torch.no_grad(), rt.autocast():
                 fake = G(self._z())
             with rt.autocast():

@@ -7,7 +7,7 @@ A non-finite loss, gradient or weight stops the run before anything is written, 
 checkpoint stays good.
 
 The Trainer is the same for every `--model`; what differs is a Method (dtools.train.method): the
-DDPM's in ddpm.py, the baselines' in gan.py and vae.py; METHODS maps --model to them.
+DDPM's in ddpm.py, the baselines' in gan.py and vae.py; the --model's spec (dtools.models) names it.
 """
 
 from __future__ import annotations
@@ -26,23 +26,17 @@ import torch
 
 from dtools.checkpoint import save_model
 from dtools.errors import DtoolsError
-from dtools.progress import Bar, progress_bar
+from dtools.models import lookup_model
+from dtools.progress import Bar, fmt_time, progress_bar
 from dtools.progress import log as log_line
 from dtools.runtime import ThreadGuard, resolve
 from dtools.train import distributed
 from dtools.train.config import TrainConfig, resolved
-from dtools.train.data import BatchStream, augment, fingerprint, load_images
-from dtools.train.ddpm import Ddpm
+from dtools.train.data import Batch, BatchStream, augment, fingerprint, load_images
 from dtools.train.estimate import StepClock, data_warning
 from dtools.train.finetune import describe_recipe, load_init
-from dtools.train.gan import Dcgan
 from dtools.train.lr import factor as lr_factor
-from dtools.train.method import (
-    Method,
-    NonFiniteLoss,
-    Window,
-    fmt_time,
-)
+from dtools.train.method import Method, NonFiniteLoss, Window
 from dtools.train.run import (
     METRICS_FILE,
     MODEL_FILE,
@@ -57,7 +51,6 @@ from dtools.train.run import (
 )
 from dtools.train.signals import StopSignals, abort, abort_message, stop_message
 from dtools.train.state import load_state, read_state_header, save_state
-from dtools.train.vae import Vae
 
 
 @dataclass
@@ -123,7 +116,7 @@ class Trainer:
 
         # Networks, EMA, optimizers (seeded, so a run is reproducible)
         torch.manual_seed(cfg.seed)
-        self.method: Method = METHODS[cfg.model_type](cfg, self.rt, self.real_batch)
+        self.method: Method = lookup_model(cfg.model_type).method_class()(cfg, self.rt, self.real_batch)
         self.stream = BatchStream(n, cfg.seed)
         if state is not None:
             self._restore(*state, n)
@@ -144,6 +137,7 @@ class Trainer:
         """Decode the images once, kept as uint8 (N, C, H, W) on the CPU; returns N."""
         cfg = self.cfg
         self.images = load_images(cfg.data)
+        self.labels: torch.Tensor | None = None  # (N,) int64 conditions of labelled data; none is read yet
         n, c, h, w = self.images.shape
         if (c, h) != (cfg.channels, cfg.image_size):
             raise DtoolsError(
@@ -171,12 +165,14 @@ class Trainer:
         """Seconds of training over all sessions of the run."""
         return self.elapsed_before + time.monotonic() - self.session_start
 
-    def real_batch(self) -> torch.Tensor:
+    def real_batch(self) -> Batch:
         """The next --batch-size images of the shuffled data, each flipped with probability 1/2 (--flip), on
-        the device: (B, C, H, W) in [-1, 1]; of several processes' global batch, this one's slice."""
+        the device: (B, C, H, W) in [-1, 1], with their labels when the data has them; of several
+        processes' global batch, this one's slice."""
         idx = self.stream.next(self.cfg.batch_size)
         x0 = self.group.shard(augment(self.images[idx], self.cfg.flip)).to(self.device, non_blocking=True)
-        return x0.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
+        labels = None if self.labels is None else self.group.shard(self.labels[idx]).to(self.device)
+        return Batch(x0.float() / 127.5 - 1.0, labels)  # (B, C, H, W) in [-1, 1]
 
     def write_samples(self) -> None:
         """samples/step_XXXXXX.png: EMA samples of fixed seeds (those of `dtools sample --seed SEED`)."""
@@ -401,8 +397,6 @@ class Trainer:
         """The method's named losses in the last logged window."""
         return {k: self.metrics[-1][k] for k in self.method.losses} if self.metrics else {}
 
-
-METHODS: dict[str, type[Method]] = {"unet": Ddpm, "dcgan": Dcgan, "vae": Vae}  # by --model
 
 
 def train(

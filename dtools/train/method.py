@@ -7,12 +7,13 @@ diverged run, the progress bar and --resume. A Method owns the rest: its network
 EMA (built when it is made, after the Trainer seeds torch), one training step (returning its named
 losses and metrics), its sample grid, the weights and header of its model checkpoint, and the
 tensors of its training state. The methods: "unet" (the DDPM, `ddpm.Ddpm`), "dcgan"
-(`gan.Dcgan`) and "vae" (`vae.Vae`); `loop.METHODS` maps `--model` to them. The session's shared
-pieces are here too: the metrics `Window` and `fmt_time` (signals.py answers Ctrl-C).
+(`gan.Dcgan`) and "vae" (`vae.Vae`); each model type's spec (dtools.models) names its method. The
+session's shared piece is here too: the metrics `Window` (signals.py answers Ctrl-C).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +22,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dtools.models import MODEL_TYPES
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig
-from dtools.train.data import BatchStream
+from dtools.train.data import Batch, BatchStream
 from dtools.train.distributed import Group
 from dtools.train.state import capture, restore
 from dtools.unet import count_parameters
 
-RealBatch = Callable[[], torch.Tensor]  # the next training batch (B, C, H, W) in [-1, 1] on the device
+RealBatch = Callable[[], Batch]  # the next training batch (images in [-1, 1], labels) on the device
 Weights = dict[str, dict[str, torch.Tensor]]  # {"ema": state dict, "raw": state dict}
 
 
@@ -52,8 +54,7 @@ class Method:
     """A way to train a generative model: build it with the run's config (torch already seeded), then
     the Trainer calls `train_step` once per step and the rest at checkpoints."""
 
-    model_type: ClassVar[str]  # its checkpoint's MODEL_TYPES key, and the --model value
-    losses: ClassVar[tuple[str, ...]]  # the step values shown on the bar, in the log lines and the summary
+    model_type: ClassVar[str]  # its spec's name (dtools.models.MODEL_TYPES), the --model value
     plots: ClassVar[tuple[Plot, ...]]
     clips: ClassVar[bool] = False  # whether --grad-clip applies (the hint when a run diverges)
 
@@ -82,6 +83,23 @@ class Method:
         """One training step: its named losses and metrics (the window means of metrics.jsonl), or
         NonFiniteLoss before any weight changes."""
         raise NotImplementedError
+
+    def apply_gradients(
+        self, optimizer: torch.optim.Optimizer, module: nn.Module, max_norm: float | None
+    ) -> float:
+        """The end of a step whose loss went backward through `self.scaler`: unscale the gradients, clip
+        their norm at `max_norm` (None: measure it only), refuse a non-finite one (in fp16 the scaler
+        skips such a step instead), step the optimizer and the scaler, move the EMA of `module`.
+        Returns the gradient norm."""
+        self.scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(),
+                                                         max_norm if max_norm is not None else math.inf))
+        if not math.isfinite(grad_norm) and self.rt.precision != "fp16":
+            raise NonFiniteLoss(f"gradient norm is {grad_norm}")
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        self.ema.update(module)
+        return grad_norm
 
     def record(self, means: dict[str, float]) -> dict[str, Any]:
         """A metrics.jsonl record's method fields (between "epoch" and "img_per_s") from the window's
@@ -130,6 +148,11 @@ class Method:
         """torch.compile the trained networks in place (state-dict keys stay clean)."""
 
     @property
+    def losses(self) -> tuple[str, ...]:
+        """The step values shown on the bar, in the log lines and the summary (its spec's)."""
+        return MODEL_TYPES[self.model_type].losses
+
+    @property
     def images_per_step(self) -> int:
         return self.cfg.images_per_step()
 
@@ -166,8 +189,3 @@ class Window:
     def reset(self, rate: float) -> None:
         self.sums, self.steps = {}, 0
         self.start, self.last_rate = time.perf_counter(), rate
-
-
-def fmt_time(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -1,5 +1,8 @@
-"""The defaults a new run starts from: PRESETS, the U-Nets (by image size) and their training defaults,
-and LATENT_MODELS, the defaults of the seed's two baselines (`--model dcgan|vae`).
+"""The defaults a new run starts from: PRESETS, the U-Nets (by image size) and their training defaults.
+A model type without presets (the seed's baselines, `--model dcgan|vae`) brings its own recipe in its
+spec (dtools.models) and takes the run cadence (default steps, saves, sample grids, EMA decay and
+warm-up) of the U-Net preset for the same image size, so the three models of a comparison differ in
+what they are.
 """
 
 from __future__ import annotations
@@ -8,12 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
-
-from dtools.dcgan import DCGANConfig, Discriminator, Generator
-from dtools.errors import DtoolsError, OptionError
-from dtools.unet import UNet, UNetConfig
-from dtools.vae import VAE, VAEConfig
+from dtools.errors import DtoolsError
+from dtools.unet import UNetConfig
 
 # ---------------------------------------------------------------------------------------------
 # Presets, chosen by image size. "seed64" is the seed report's network and recipe; the CPU presets
@@ -98,53 +97,3 @@ def resolve_preset(name: str, image_size: int) -> str:
 def preset_config(name: str, image_size: int, channels: int) -> UNetConfig:
     """The U-Net of preset `name` (or `auto`) for images of `image_size` pixels and `channels`."""
     return PRESETS[resolve_preset(name, image_size)].build(image_size, channels)
-
-
-# ---------------------------------------------------------------------------------------------
-# The baselines of the seed's comparison (`--model dcgan|vae`). Their optimizer defaults come from
-# their sources; the run's cadence (default steps, saves, sample grids, EMA decay and warm-up) is the
-# U-Net preset's for the same image size, so the three models of a comparison differ in what they are.
-
-MODELS = ("unet", "dcgan", "vae")  # --model; "unet" is the DDPM
-DDPM = ("unet",)
-LATENT = ("dcgan", "vae")
-
-
-@dataclass(frozen=True)
-class LatentModel:
-    config: type[DCGANConfig]  # the networks' config (VAEConfig is a DCGANConfig)
-    defaults: dict[str, Any]  # TrainConfig fields
-
-
-# their sources' constant learning rate and the presets' fixed-decay EMA
-_CONSTANT = {"warmup": 0.0, "lr_decay": "constant", "ema_length": None}
-LATENT_MODELS: dict[str, LatentModel] = {
-    # Radford et al. 2016, sec. 3: mini-batches of 128, Adam with lr 0.0002 and β1 0.5 (gan.ADAM_BETAS);
-    # one discriminator update per generator update, as in the paper and PyTorch's example
-    "dcgan": LatentModel(DCGANConfig, {"lr": 2e-4, "batch_size": 128, "d_steps": "1:1", **_CONSTANT}),
-    # pytorch/examples vae/main.py: Adam with lr 1e-3, batches of 128; KL weight 1: the plain ELBO
-    "vae": LatentModel(VAEConfig, {"lr": 1e-3, "batch_size": 128, "kl_weight": 1.0, **_CONSTANT}),
-}
-
-
-def parse_ratio(text: str) -> tuple[int, int]:
-    """--d-steps D:G -> (D, G): per training step, D discriminator updates, then G generator updates."""
-    try:
-        d, g = (int(v) for v in str(text).split(":"))
-    except ValueError:
-        raise OptionError("--d-steps", f"expects D:G like 1:2 (discriminator:generator updates), "
-                          f"got {text!r}") from None
-    if d < 1 or g < 1:
-        raise OptionError("--d-steps", f"{text}: both numbers must be at least 1")
-    return d, g
-
-
-def networks(model_type: str, config: dict[str, Any]) -> dict[str, nn.Module]:
-    """Fresh copies of the networks a `model_type` run trains, by name (for their sizes)."""
-    if model_type == "dcgan":
-        net = DCGANConfig.from_dict(config)
-        return {"generator": Generator(net), "discriminator": Discriminator(net)}
-    if model_type == "vae":
-        vae = VAE(VAEConfig.from_dict(config))
-        return {"encoder": vae.encoder, "decoder": vae.decoder}
-    return {"unet": UNet(UNetConfig.from_dict(config))}

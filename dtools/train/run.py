@@ -92,8 +92,9 @@ def write_config(run: Path, config: dict[str, Any]) -> None:
     atomic_write_bytes(run / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode(), force=True)
 
 
-def read_metrics(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    """The records of an earlier session up to its last checkpoint (a torn last line is skipped)."""
+def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
+    """metrics.jsonl's records (none when it does not exist), up to step `up_to_step` when given (an earlier
+    session's, up to its last checkpoint); a torn last line or a record without a step is skipped."""
     records = []
     if path.exists():
         for line in path.read_text(errors="replace").splitlines():
@@ -101,7 +102,8 @@ def read_metrics(path: Path, up_to_step: int) -> list[dict[str, Any]]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= up_to_step:
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and (
+                    up_to_step is None or rec["step"] <= up_to_step):
                 records.append(rec)
     return records
 

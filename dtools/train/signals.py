@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from dtools.train.estimate import duration
+from dtools.progress import duration
 
 ABORT_EXIT = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
 

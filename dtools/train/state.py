@@ -29,6 +29,7 @@ from torch import nn
 
 from dtools.ema import EMA
 from dtools.errors import DtoolsError, first_line
+from dtools.models import DEFAULT_MODEL, MODEL_TYPES
 from dtools.tensorfile import load_tensors, read_header, save_tensors
 from dtools.train.data import BatchStream
 
@@ -78,8 +79,12 @@ def save_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
 def read_state_header(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON header of a training state (cheap), checked for the fields a resume needs."""
     info = read_header(path, STATE_FORMAT)
-    info.setdefault("model_type", "unet")  # dtools 0.1.0 and every DDPM run: a U-Net with a schedule
-    diffusion = info["model_type"] == "unet"
+    info.setdefault("model_type", DEFAULT_MODEL)  # dtools 0.1.0 and every DDPM run: a U-Net with a schedule
+    kind = MODEL_TYPES.get(info["model_type"])
+    if kind is None:
+        raise DtoolsError(f"{path}: the training state of a {info['model_type']!r} model, which this dtools "
+                          f"cannot train (it knows {', '.join(MODEL_TYPES)})")
+    diffusion = kind.schedule
     keys = ("step", "train", "model", "parameterization", "betas", "data", "ema_updates")
     for key in keys if diffusion else (k for k in keys if k not in ("parameterization", "betas")):
         if key not in info:

@@ -29,7 +29,6 @@ class Vae(Method):
     """Encoder and decoder under one Adam, an EMA of both."""
 
     model_type = "vae"
-    losses = ("loss", "recon", "kl")
     plots = (Plot(LOSS_PLOT, "VAE loss per image: recon + KL weight x kl", ("loss", "recon", "kl")),)
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, real_batch: RealBatch):
@@ -48,7 +47,7 @@ class Vae(Method):
         cfg = self.cfg
         self.vae.train()
         self.optimizer.zero_grad(set_to_none=True)
-        x = self.real_batch()  # (b, C, H, W) in [-1, 1]: b = B / processes
+        x = self.real_batch().images  # (b, C, H, W) in [-1, 1]: b = B / processes
         noise = torch.randn(cfg.batch_size, cfg.model["latent_dim"], device=self.device)  # (B, latent)
         with self.rt.autocast():
             x_hat, mean, logvar = self.net(x, self.group.shard(noise))
@@ -58,13 +57,7 @@ class Vae(Method):
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(f"loss is {loss_value}")
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.vae.parameters(), math.inf))
-        if not math.isfinite(grad_norm) and self.rt.precision != "fp16":  # fp16: the scaler skips such steps
-            raise NonFiniteLoss(f"gradient norm is {grad_norm}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.ema.update(self.vae)
+        grad_norm = self.apply_gradients(self.optimizer, self.vae, None)
         return {"loss": loss_value, "recon": float(recon.detach().mean()), "kl": float(kl.detach().mean()),
                 "grad_norm": grad_norm}
 

@@ -33,12 +33,12 @@ class Recording(training.Trainer):
         self.batches: list[torch.Tensor] = []
         self.fail = fail
 
-    def real_batch(self) -> torch.Tensor:
+    def real_batch(self):
         if self.fail is not None and (self.group.rank, self.step + 1) == tuple(self.fail):
             raise RuntimeError(f"rank {self.group.rank} broke on purpose at step {self.step + 1}")
-        x = super().real_batch()
-        self.batches.append(x.detach().clone())
-        return x
+        batch = super().real_batch()
+        self.batches.append(batch.images.detach().clone())
+        return batch
 
 
 def config(run: dict) -> training.TrainConfig:

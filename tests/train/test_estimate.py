@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dtools import train as training
-from dtools.train.estimate import StepClock, data_warning, duration, estimate_lines
+from dtools.progress import duration
+from dtools.train.estimate import StepClock, data_warning, estimate_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
