@@ -90,7 +90,6 @@ def fingerprint(images: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-@dataclass
 class Batch(NamedTuple):
     """A training batch on the device: images (B, C, H, W) in [-1, 1] and, for labelled data, their
     conditions (B,) (class indices); None for unlabelled data."""
@@ -99,6 +98,7 @@ class Batch(NamedTuple):
     labels: torch.Tensor | None = None
 
 
+@dataclass
 class BatchStream:
     """An endless stream of indices into N images: each epoch is a fresh permutation drawn from a
     seeded generator; a batch that runs past the end of an epoch continues in the next one.
