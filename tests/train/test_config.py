@@ -12,8 +12,8 @@ from dtools import train as training
 from dtools.errors import DtoolsError
 from dtools.schedule_io import load_schedule
 from dtools.schedules import make_schedule
-from dtools.train.presets import PRESETS, preset_config, preset_for_size
 from dtools.train.data import load_images
+from dtools.train.presets import PRESETS, preset_config, preset_for_size
 from dtools.unet import UNet, count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
