@@ -81,10 +81,10 @@ def recipe(source: dict[str, Any], model_type: str, image_size: int, preset: str
     ({} for one without, e.g. an imported model): see the module's docstring."""
     if isinstance(source.get("lr"), int | float) and source["lr"] > 0:
         base = float(source["lr"])
-    elif not MODEL_TYPES[model_type].presets:
-        base = MODEL_TYPES[model_type].defaults["lr"]
-    else:
-        base = PRESETS[preset or preset_for_size(image_size)].lr
+    else:  # the from-scratch lr, as resolve.new_config merges it: the preset's, under the model's own
+        cadence = PRESETS[preset or preset_for_size(image_size)].defaults()
+        scratch = {**cadence, **MODEL_TYPES[model_type].defaults}
+        base = scratch["lr"]
     out: dict[str, Any] = {"lr": FINETUNE_LR_FACTOR * base, "warmup": 0.0, "lr_decay": "constant"}
     if MODEL_TYPES[model_type].schedule:
         dtools_trained = "min_snr_gamma" in source  # a dtools run's header holds it (None: plain MSE)
