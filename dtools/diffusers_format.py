@@ -54,9 +54,12 @@ FIXED: dict[str, Any] = {
     "upsample_type": "conv",
     "norm_eps": 1e-5,  # torch's GroupNorm default, which every dtools GroupNorm uses
     "resnet_time_scale_shift": "default",  # the embedding is added, not a scale and shift
-    "class_embed_type": None,
-    "num_class_embeds": None,
+    "class_embed_type": None,  # with num_class_embeds: an nn.Embedding added to the timestep embedding
 }
+# A class-conditional U-Net (dtools.unet: num_classes classes, then the null class) exports as
+# num_class_embeds = num_classes + 1 and this key naming its null class; diffusers ignores the key, and
+# import takes only class embeddings that have it (another model's classes have no null class).
+NULL_CLASS_KEY = "dtools_null_class"
 DOWN = {False: "DownBlock2D", True: "AttnDownBlock2D"}  # by "has attention"
 UP = {False: "UpBlock2D", True: "AttnUpBlock2D"}
 
@@ -115,6 +118,9 @@ def to_unet2d_config(cfg: UNetConfig) -> dict[str, Any]:
         "norm_num_groups": cfg.norm_groups, "attn_norm_num_groups": None, "dropout": float(cfg.dropout),
         "act_fn": "silu", **FIXED,
     }
+    config["num_class_embeds"] = cfg.num_classes + 1 if cfg.num_classes else None
+    if cfg.num_classes:
+        config[NULL_CLASS_KEY] = cfg.null_class
     if cfg.time_embed_mult != 4:  # diffusers' default is 4 x block_out_channels[0]
         config["time_embedding_dim"] = cfg.base_channels * cfg.time_embed_mult
     return config
@@ -182,6 +188,7 @@ def from_unet2d_config(config: dict[str, Any]) -> UNetConfig:
     if not isinstance(temb, int) or temb % base:
         raise DtoolsError(f"time_embedding_dim {temb!r} is not a multiple of block_out_channels[0] = {base}")
     mid_attention = config.get("add_attention", True)
+    num_classes = _classes(config)
     head_dim = config.get("attention_head_dim", 8)
     attending = [w for w, a in zip(widths, attn, strict=True) if a] + ([widths[-1]] if mid_attention else [])
     if head_dim is not None:
@@ -196,8 +203,22 @@ def from_unet2d_config(config: dict[str, Any]) -> UNetConfig:
         num_heads=1 if head_dim is None else UNetConfig.num_heads,  # None: one head as wide as the block
         head_channels=0 if head_dim is None else head_dim, dropout=config.get("dropout", 0.0),
         norm_groups=groups, time_embed_mult=temb // base, mid_attention=mid_attention,
+        num_classes=num_classes,
     )
     return cfg.validate()
+
+
+def _classes(config: dict[str, Any]) -> int:
+    """The classes of a class-conditional UNet2DModel that dtools exported (its last class embedding is
+    the null class); 0 for an unconditional one; a refusal for any other class embedding."""
+    k = config.get("num_class_embeds")
+    if k is None:
+        return 0
+    k = _int(config, "num_class_embeds")
+    if config.get(NULL_CLASS_KEY) != k - 1 or k < 2:
+        raise DtoolsError(f"num_class_embeds {k}: a class-conditional model without a null class (dtools' "
+                          f"{NULL_CLASS_KEY}); dtools imports only the class-conditional models it exported")
+    return k - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +227,7 @@ def from_unet2d_config(config: dict[str, Any]) -> UNetConfig:
 MODULES = [
     ("time_mlp.0.", "time_embedding.linear_1.", "plain"),
     ("time_mlp.2.", "time_embedding.linear_2.", "plain"),
+    ("class_embed.", "class_embedding.", "plain"),
     ("conv_in.", "conv_in.", "plain"),
     ("down.{i}.blocks.{j}.", "down_blocks.{i}.resnets.{j}.", "res"),
     ("down.{i}.attns.{j}.", "down_blocks.{i}.attentions.{j}.", "attn"),

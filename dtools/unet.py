@@ -33,6 +33,8 @@ from torch import nn
 from dtools.errors import DtoolsError
 from dtools.unet_kernels import GroupNorm, attend, is_channels_last
 
+MAX_CLASSES = 100_000  # more classes than any image data set has: a crafted header, not a model
+
 
 @dataclass
 class UNetConfig:
@@ -50,10 +52,18 @@ class UNetConfig:
     norm_groups: int = 32  # GroupNorm groups (must divide every level's channels)
     time_embed_mult: int = 4  # timestep-embedding width = base_channels * time_embed_mult
     mid_attention: bool = True  # self-attention in the middle block
+    # > 0: class-conditional: a learned embedding of the class (num_classes rows, then the null class
+    # that stands for "no class", label dropout's target) is added to the timestep embedding
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)
         self.attention_resolutions = tuple(self.attention_resolutions)
+
+    @property
+    def null_class(self) -> int:
+        """The class index that means "no class" (the unconditional call of a conditional network)."""
+        return self.num_classes
 
     @property
     def downsample_factor(self) -> int:
@@ -70,7 +80,7 @@ class UNetConfig:
     def validate(self) -> UNetConfig:
         """Check every field; raise a one-line DtoolsError naming the bad value."""
         ints = ("image_size", "in_channels", "base_channels", "num_res_blocks", "num_heads", "head_channels",
-                "norm_groups", "time_embed_mult")
+                "norm_groups", "time_embed_mult", "num_classes")
         for name in ints:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
@@ -80,6 +90,9 @@ class UNetConfig:
         for name in ("base_channels", "num_res_blocks", "num_heads", "norm_groups", "time_embed_mult"):
             if getattr(self, name) < 1:
                 raise DtoolsError(f"model config: {name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.num_classes <= MAX_CLASSES:
+            raise DtoolsError(f"model config: num_classes must lie in [0, {MAX_CLASSES}], got "
+                              f"{self.num_classes}")
         if self.head_channels < 0:
             raise DtoolsError(f"model config: head_channels must be >= 0, got {self.head_channels}")
         bad_mult = any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.channel_mult)
@@ -135,6 +148,8 @@ class UNetConfig:
         d = dataclasses.asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
+        if not self.num_classes:
+            del d["num_classes"]  # an unconditional network's config keeps the keys it always had
         return d
 
     def image_shape(self) -> tuple[int, int, int]:
@@ -247,7 +262,12 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """forward(x: (B, C, H, W) float, t: (B,) int64 timestep index) -> (B, C, H, W)."""
+    """forward(x: (B, C, H, W) float, t: (B,) int64 timestep index[, y: (B,) int64 class]) -> (B, C, H, W).
+
+    A class-conditional network (num_classes > 0) adds the embedding of class y to the timestep
+    embedding (improved-diffusion's and diffusers' `class_embedding`); y = num_classes, or y left out,
+    is the null class: the unconditional prediction that classifier-free guidance needs.
+    """
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -256,6 +276,8 @@ class UNet(nn.Module):
         base, groups = cfg.base_channels, cfg.norm_groups
         emb_dim = base * cfg.time_embed_mult
         self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.num_classes:
+            self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim)  # the last row: the null class
         self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
 
         def level(chs_in: list[int], ch_out: int, res: int) -> Level:
@@ -300,8 +322,14 @@ class UNet(nn.Module):
         self.norm_out = GroupNorm(groups, ch)
         self.conv_out = _zero(nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels).to(x.dtype))  # (B, E)
+        if self.cfg.num_classes:
+            if y is None:
+                y = torch.full_like(t, self.cfg.null_class)
+            emb = emb + self.class_embed(y).to(emb.dtype)  # (B, E)
+        elif y is not None:
+            raise DtoolsError("this network is unconditional: it takes no class")
         h = self.conv_in(x)  # (B, base, H, W)
         hs = [h]
         for lvl, down in zip(self.down, self.downsample, strict=True):

@@ -214,3 +214,20 @@ def test_scheduler_refusals(change, field):
     config = {**scheduler_config(make_schedule("linear", 10), "eps"), **change}
     with pytest.raises(DtoolsError, match=field):
         read_scheduler(config)
+
+
+def test_a_class_conditional_unet_agrees_with_diffusers_class_embedding():
+    """num_classes classes and the null class export as num_class_embeds = num_classes + 1 (with the
+    null class named, so that import takes it back) and predict the same with class_labels."""
+    cfg = tiny(num_classes=3)
+    net = random_unet(cfg)
+    config = to_unet2d_config(cfg)
+    assert config["num_class_embeds"] == 4 and config["dtools_null_class"] == 3
+    model = twin(net)
+    x, t, y = torch.randn(4, cfg.in_channels, 8, 8), torch.tensor([0, 1, 500, 999]), torch.arange(4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, class_labels=y).sample, net(x, t, y), rtol=1e-5, atol=1e-5)
+    again = from_unet2d_config(dict(model.config))
+    assert again.num_classes == 3
+    back = from_diffusers_state(to_diffusers_state(net.state_dict()))
+    assert UNet(again).load_state_dict(back, strict=True)

@@ -269,8 +269,13 @@ def test_import_bad_folders(exported, tmp_path):
     one_line_error(invoke("import", wider, "-o", out), "the weights do not fit unet/config.json")
 
     extra = copy_export(exported, tmp_path / "extra")
-    save_file({"class_embedding.weight": torch.zeros(2, 2)}, extra / WEIGHTS)
-    one_line_error(invoke("import", extra, "-o", out), "'class_embedding.weight' has no place")
+    save_file({"add_embedding.weight": torch.zeros(2, 2)}, extra / WEIGHTS)
+    one_line_error(invoke("import", extra, "-o", out), "'add_embedding.weight' has no place")
+
+    classes = copy_export(exported, tmp_path / "classes")  # another model's classes: no null class
+    edit_json(classes / "unet/config.json", num_class_embeds=10)
+    one_line_error(invoke("import", classes, "-o", out), "num_class_embeds 10: a class-conditional model "
+                   "without a null class")
     assert not out.exists()
 
 
