@@ -9,8 +9,9 @@ Header (format "dtools.model"):
      "step": 2000, "image_size": 32, "channels": 3, "ema_decay": 0.999, "train": {...}, ...}
 
 A conditioned model's header says what it is conditioned on in "condition": {"kind": ..., ...} (absent
-or null: an unconditional model, every checkpoint so far); CONDITION_KINDS lists the kinds this dtools
-can use, and a header with another is refused in one line.
+or null: an unconditional model); CONDITION_KINDS lists the kinds this dtools can use, and a header with
+another is refused in one line. A class-conditional U-Net's is {"kind": "class", "classes": [names]},
+one name per class of its network config's `num_classes`.
 
 Tensors: the first set of weights named in "weights" (the EMA, what sampling uses by default) under
 the network's plain `state_dict` keys, every other set under its name as a prefix ("raw.conv_in.weight").
@@ -42,7 +43,7 @@ WEIGHTS = ("ema", "raw")  # the sets of weights `dtools train` writes, the sampl
 
 
 LEGACY_MODEL_TYPE = DEFAULT_MODEL  # what a header without "model_type" (dtools 0.1.0) holds
-CONDITION_KINDS: tuple[str, ...] = ()  # what a model may be conditioned on ("condition"); none yet
+CONDITION_KINDS: tuple[str, ...] = ("class",)  # what a model may be conditioned on ("condition")
 
 
 class LoadedModel(NamedTuple):
@@ -57,6 +58,11 @@ class LoadedModel(NamedTuple):
     def condition(self) -> dict[str, Any] | None:
         """What the network is conditioned on (the header's "condition"); None: unconditional."""
         return self.info.get("condition")
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """The class names of a class-conditional model (index -> name); None: unconditional."""
+        return class_names(self.info)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -122,7 +128,21 @@ def _checked(path: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:
         if what not in CONDITION_KINDS:
             raise DtoolsError(f"{path}: its model is conditioned on {what or condition!r}, which this dtools "
                               "cannot use")
+        classes = condition.get("classes")
+        n = info["model"].get("num_classes") if isinstance(info["model"], dict) else None
+        if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes)
+                or len(set(classes)) != len(classes) or n != len(classes)):
+            want = f"the {n} distinct class names of its network" if n else "an unconditional network's"
+            raise DtoolsError(f"{path}: its class condition names {classes!r}, not {want}")
+    elif isinstance(info["model"], dict) and info["model"].get("num_classes"):
+        raise DtoolsError(f"{path}: its network is class-conditional but the header names no classes")
     return info
+
+
+def class_names(info: dict[str, Any]) -> tuple[str, ...] | None:
+    """The class names of a checked header (`read_info`); None for an unconditional model."""
+    condition = info.get("condition")
+    return tuple(condition["classes"]) if condition else None
 
 
 def read_model(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:

@@ -2,7 +2,8 @@
 `--help` stays fast. Each names the keys of a registry that implements it (tests/cli/test_options.py
 checks they agree): parameterizations (dtools.diffusion.PARAMETERIZATION), the U-Net presets
 (dtools.train.presets.PRESETS), learning-rate decays (dtools.train.lr.DECAYS) and the timestep
-distributions of a training step (dtools.diffusion.draw_timesteps, which takes its names from here).
+distributions of a training step (dtools.diffusion.draw_timesteps, which takes its names from here),
+and what a network is conditioned on (--cond, dtools.train.config).
 Model types have a registry of their own that needs no torch: dtools.models.MODEL_TYPES.
 """
 
@@ -10,3 +11,4 @@ PARAMETERIZATIONS = ("eps", "x0", "v")
 PRESETS = ("auto", "cpu16", "cpu32", "seed64")  # auto: by image size
 LR_DECAYS = ("cosine", "linear", "constant")
 T_DISTRIBUTIONS = ("uniform", "lognormal")
+CONDS = ("auto", "class", "none")  # --cond: what a network is conditioned on (dtools.train.config)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtools.checkpoint import MODEL_FORMAT, read_info
+from dtools.checkpoint import MODEL_FORMAT, class_names, read_info
 from dtools.errors import DtoolsError
 from dtools.models import DEFAULT_MODEL, MODEL_TYPES
 from dtools.progress import fmt_time
@@ -106,6 +106,10 @@ def model_facts(path: Path, info: dict[str, Any]) -> dict[str, Any]:
         facts["min_snr_floor"] = train.get("min_snr_floor", 0.0)
         facts["t_dist"] = train.get("t_dist", "uniform")
         facts["schedule"] = _schedule(info)
+    classes = class_names(info)
+    if classes is not None:
+        facts["classes"] = list(classes)
+        facts["cond_drop"] = train.get("cond_drop", 0.1)
     if train.get("init_from"):
         facts["init_from"] = {"checkpoint": train["init_from"], "weights": train.get("init_weights", "ema")}
     return facts
@@ -138,6 +142,11 @@ def model_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         rows += [("predicts", facts["parameterization"] + loss + t_dist),
                  ("schedule", f"{name}T={s['T']}, beta {s['beta_first']:.3g} .. {s['beta_last']:.3g}, "
                               f"alpha_bar_T {s['alpha_bar_last']:.3g}")]
+    if "classes" in facts:
+        names = facts["classes"]
+        shown = ", ".join(f"{i}={c}" for i, c in enumerate(names[:12])) + (" ..." if len(names) > 12 else "")
+        rows.append(("classes", f"{len(names)}: {shown}; label dropout {facts['cond_drop']:g} "
+                                "(sample --class, --guidance)"))
     step, seen, secs = facts["step"], facts["images_seen"], facts["training_seconds"]
     trained = [f"step {step}" if step is not None else "step unknown"]
     trained.append(f"{seen:,} images seen" if seen is not None else "images seen unknown")

@@ -140,11 +140,11 @@ class Runtime:
     def model_fn(self, network: nn.Module) -> Callable[..., torch.Tensor]:
         """`fn(x_t, t, cond=None)` for the samplers: the network in this precision and memory format,
         fp32 out. Train's sample grids and `dtools sample` both use it, so they draw the same images.
-        A condition goes to the network as `network(x_t, t, cond)`; without one (every network today)
-        it is called as `network(x_t, t)`."""
+        A condition (class indices (B,)) goes to the network, on its device, as `network(x_t, t, cond)`;
+        without one the network is called as `network(x_t, t)`."""
 
         def fn(x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-            conds = () if cond is None else (cond,)
+            conds = () if cond is None else (cond.to(self.device),)
             with self.autocast():
                 return network(self.layout(x_t), t, *conds).float()
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from dtools.choices import LR_DECAYS, PARAMETERIZATIONS, PRESETS, T_DISTRIBUTIONS
+from dtools.choices import CONDS, LR_DECAYS, PARAMETERIZATIONS, PRESETS, T_DISTRIBUTIONS
 from dtools.commands import options as opt
 from dtools.models import DEFAULT_MODEL, LATENT, MODEL_TYPES, MODELS
 
@@ -151,6 +151,16 @@ def train(
         None, "--init-weights", choices=("ema", "raw"), show_default="ema",
         help="With --init-from: ema (the sampling weights) or raw.",
     ),
+    cond: str = opt.choice(
+        None, "--cond", choices=CONDS, show_default="auto",
+        help="unet: auto conditions on the classes of labelled data (DATA/dataset.json, written by prep for "
+        "a folder per class); class insists; none trains unconditionally (docs/guidance.md).",
+    ),
+    cond_drop: float = typer.Option(
+        None, "--cond-drop", min=0.0, max=0.99, show_default="0.1",
+        help="Class-conditional unet: the share of each batch trained as the null class, so one network "
+        "also predicts unconditionally (classifier-free guidance).",
+    ),
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Train in N processes on this machine (DistributedDataParallel through "
         "torchrun: one per GPU, or CPU processes); --batch-size stays the global batch. Several machines: "
@@ -182,6 +192,7 @@ def train(
       dtools train data/ --model dcgan --d-steps 1:2 -o runs/gan --max-minutes 10
       dtools train mine/ -o runs/mine --init-from runs/emoji --lr 2e-4 --max-steps 500
       dtools train data/ --beta cosine -o runs/ddp --nproc 4 --batch-size 512
+      dtools prep mnist digits/ --size 32 --channels 1 && dtools train digits/ -o runs/digits
     """
     if resume and force:
         raise typer.BadParameter(

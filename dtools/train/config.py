@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dtools.choices import CONDS
 from dtools.diffusion import PARAMETERIZATIONS, T_DISTRIBUTIONS
 from dtools.ema import MAX_SIGMA_REL
 from dtools.errors import DtoolsError, OptionError
@@ -42,6 +43,11 @@ from dtools.train.lr import DECAYS
 
 # ---------------------------------------------------------------------------------------------
 # The configuration and its flags
+
+
+def conditionable(kind: ModelType) -> bool:
+    """A model type whose network can take a class (its config has `num_classes`)."""
+    return "num_classes" in {f.name for f in dataclasses.fields(kind.config_class())}
 
 
 def _option(default: Any, flag: str, *, resumable: bool = False,
@@ -131,6 +137,14 @@ class TrainConfig:
     # to_dict() when it is None (a run's config then has the keys of dtools 0.1.0)
     init_from: str | None = _option(None, "--init-from")
     init_weights: str = _option("ema", "--init-weights")
+    # what the network is conditioned on: auto = the data's classes when it has labels (dataset.json);
+    # class = insist on them; none = unconditional on labelled data (docs/guidance.md)
+    cond: str = _option("auto", "--cond", models=conditionable, omit_default=True)
+    # label dropout: the share of a batch trained as the null class, so one network also predicts
+    # unconditionally (classifier-free guidance, Ho & Salimans 2022)
+    cond_drop: float = _option(0.1, "--cond-drop", models=conditionable, omit_default=True)
+    # the data's class names (index -> name) of a class-conditional run; None: unconditional
+    classes: list[str] | None = field(default=None, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         self.betas = np.asarray(self.betas, dtype=np.float64)
@@ -138,6 +152,11 @@ class TrainConfig:
             self.grad_clip = None  # --grad-clip 0 turns clipping off
         if self.min_snr_gamma == 0:
             self.min_snr_gamma = None  # --min-snr-gamma 0: plain MSE
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional run (its network's null class is this index); 0: unconditional."""
+        return len(self.classes) if self.classes else 0
 
     def images_per_step(self) -> int:
         """Training images one step takes from the data (a GAN step: one batch per discriminator update)."""
@@ -207,6 +226,10 @@ class TrainConfig:
             raise DtoolsError(f"{flag('sample_every')} must be 0 (off) or positive, got {self.sample_every}")
         if self.max_steps is None and self.epochs is None and self.max_minutes is None:
             raise DtoolsError(f"give {flag('max_steps')}, {flag('epochs')} or {flag('max_minutes')}")
+        if self.cond not in CONDS:
+            raise OptionError(flag("cond"), f"unknown {self.cond!r}; choose one of {', '.join(CONDS)}")
+        if not 0 <= self.cond_drop < 1:
+            raise OptionError(flag("cond_drop"), f"is a share of the batch in [0, 1), got {self.cond_drop}")
         if self.init_weights not in ("ema", "raw"):
             raise DtoolsError(f"{flag('init_weights')} must be ema or raw, got {self.init_weights!r}")
         kind = lookup_model(self.model_type, flag("model_type"))

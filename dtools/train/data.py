@@ -15,6 +15,7 @@ import torch
 
 from dtools.errors import DtoolsError
 from dtools.images import list_image_files, load_image, read_images
+from dtools.labels import LABELS_FILE, read_labels
 
 # Refuse to decode a data set whose uint8 pixels would take more than this share of free memory.
 MEMORY_SHARE = 0.5
@@ -83,10 +84,33 @@ def load_images(source: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
 
 
-def fingerprint(images: torch.Tensor) -> str:
-    """A short hash of the pixels, so --resume can tell that the data changed."""
+def data_classes(source: str) -> tuple[str, ...] | None:
+    """The class names of a labelled data folder (its dataset.json), None for unlabelled data."""
+    labels = read_labels(source)
+    return None if labels is None else labels.classes
+
+
+def load_labels(source: str, classes: tuple[str, ...] | list[str]) -> torch.Tensor:
+    """The class index of every image of the folder `source`, in `load_images`' order: (N,) int64. Its
+    dataset.json must name exactly `classes` (those the run was set up for)."""
+    labels = read_labels(source)
+    if labels is None:
+        raise DtoolsError(f"{source}: no {LABELS_FILE} beside the images, but the run is conditioned on "
+                          f"the classes {', '.join(classes)}")
+    if labels.classes != tuple(classes):
+        raise DtoolsError(f"{source}: its {LABELS_FILE} names the classes {', '.join(labels.classes)}, but "
+                          f"the run is conditioned on {', '.join(classes)}")
+    files = _image_files(Path(source))
+    return torch.from_numpy(labels.for_files(files, source))
+
+
+def fingerprint(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """A short hash of the pixels (and of the labels of labelled data), so --resume can tell that the
+    data changed."""
     h = hashlib.sha256(str(tuple(images.shape)).encode())
     h.update(images.numpy().tobytes())
+    if labels is not None:
+        h.update(labels.numpy().astype("<i8").tobytes())
     return h.hexdigest()[:16]
 
 

@@ -19,6 +19,7 @@ from dtools.runtime import Runtime
 from dtools.sampler_specs import DEFAULT_SAMPLER
 from dtools.train import distributed
 from dtools.train.config import TrainConfig
+from dtools.train.data import data_classes
 from dtools.train.method import Method, NonFiniteLoss, Plot, RealBatch, Weights
 from dtools.train.run import LOSS_PLOT
 from dtools.unet import UNet, UNetConfig, count_parameters
@@ -53,15 +54,22 @@ class Ddpm(Method):
         super().distribute(group)
         self.net = group.wrap(self.model)
 
-    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A whole batch's images, timesteps and noise, drawn in one fixed order (so --grad-accum
-        splits exactly the batch that an unsplit step would see). Of several processes: this one's
-        slice of the whole batch's draws (every process draws them all, the same)."""
+    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A whole batch's images, timesteps, noise and (class-conditional) classes, drawn in one fixed
+        order (so --grad-accum splits exactly the batch that an unsplit step would see). Of several
+        processes: this one's slice of the whole batch's draws (every process draws them all, the same).
+        A class is replaced by the null class with probability --cond-drop (label dropout)."""
         cfg, device, shard = self.cfg, self.device, self.group.shard
-        x0 = self.real_batch().images  # (b, C, H, W) in [-1, 1]: b = B / processes
+        batch = self.real_batch()
+        x0 = batch.images  # (b, C, H, W) in [-1, 1]: b = B / processes
         t = draw_timesteps(self.schedule_cpu, cfg.batch_size, cfg.t_dist, device)  # (B,)
         eps = torch.randn((cfg.batch_size, *x0.shape[1:]), device=device)  # (B, C, H, W)
-        return x0, shard(t), shard(eps)
+        y = None
+        if cfg.num_classes:  # drawn after the rest: an unconditional run's draws are as before
+            assert batch.labels is not None
+            drop = shard(torch.rand(cfg.batch_size, device=device) < cfg.cond_drop)  # (b,)
+            y = torch.where(drop, torch.full_like(batch.labels, cfg.num_classes), batch.labels)
+        return x0, shard(t), shard(eps), y
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns its loss and gradient norm or raises NonFiniteLoss before updating."""
@@ -69,15 +77,16 @@ class Ddpm(Method):
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total_loss = torch.zeros((), device=self.device)
-        x0_all, t_all, eps_all = self.draw_batch()
+        x0_all, t_all, eps_all, y_all = self.draw_batch()
         b = x0_all.shape[0]  # this process's images (DDP averages the processes' gradients)
         micro = b // cfg.grad_accum
-        for i, (x0, t, eps) in enumerate(zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro),
-                                             strict=True)):
+        ys = [None] * cfg.grad_accum if y_all is None else y_all.split(micro)
+        for i, (x0, t, eps, y) in enumerate(zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro),
+                                                ys, strict=True)):
             x_t = self.rt.layout(q_sample(s, x0, t, eps))  # the network's memory format
             target = training_target(s, param, x0, eps, t)
             with self.rt.autocast():
-                out = self.net(x_t, t)
+                out = self.net(x_t, t) if y is None else self.net(x_t, t, y)
             per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
             # the mean over the whole batch, accumulated one micro-batch at a time
             loss = (loss_weight(s, param, t, cfg.min_snr_gamma, cfg.min_snr_floor) * per_sample).sum() / b
@@ -97,15 +106,19 @@ class Ddpm(Method):
         return [self.optimizer]
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
-        """EMA samples with `dtools sample`'s default sampler and steps."""
+        """EMA samples with `dtools sample`'s default sampler and steps; of a class-conditional model,
+        image i of class i mod the classes (unguided), as `dtools sample --class` draws them."""
         from dtools.samplers import generate
 
         cfg = self.cfg
 
         model_fn = self.rt.model_fn(self.ema.module)  # as `dtools sample` runs it
         shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        cond = None
+        if cfg.num_classes:
+            cond = torch.arange(len(seeds), device=self.device) % cfg.num_classes  # (B,)
         return generate(model_fn, self.schedule_cpu, cfg.parameterization, shape, seeds,
-                        sampler=DEFAULT_SAMPLER, device=self.device)
+                        sampler=DEFAULT_SAMPLER, device=self.device, cond=cond)
 
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"weights": self.model, "EMA weights": self.ema.module}
@@ -117,6 +130,8 @@ class Ddpm(Method):
             "betas": [float(b) for b in cfg.betas],  # the exact float64 schedule
             **self.ema.header(), "image_size": cfg.image_size, "channels": cfg.channels,
         }
+        if cfg.classes:
+            header["condition"] = {"kind": "class", "classes": list(cfg.classes)}
         return {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}, cfg.model, header
 
     def state_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
@@ -128,7 +143,14 @@ class Ddpm(Method):
         return ""
 
     def describe(self) -> str:
-        return f"preset {self.cfg.preset}, {count_parameters(self.model) / 1e6:.2f}M parameters"
+        cfg = self.cfg
+        text = f"preset {cfg.preset}, {count_parameters(self.model) / 1e6:.2f}M parameters"
+        if cfg.classes:
+            return text + (f", conditioned on {cfg.num_classes} classes (label dropout {cfg.cond_drop:g}: "
+                           "the null class for guidance)")
+        if cfg.cond == "none" and data_classes(cfg.data) is not None:
+            return text + ", unconditional (--cond none: the data's labels are not used)"
+        return text
 
     def compile(self) -> None:
         self.model.compile()

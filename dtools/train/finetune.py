@@ -22,16 +22,17 @@ afresh) and a VAE's its decoder (the encoder starts afresh).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dtools.checkpoint import WEIGHTS, model_file, read_info, read_model
+from dtools.checkpoint import WEIGHTS, class_names, model_file, read_info, read_model
 from dtools.errors import DtoolsError, mismatch_detail
 from dtools.models import MODEL_TYPES
 from dtools.train.config import MODEL_OPTIONS, TrainConfig, flag
-from dtools.train.data import peek
+from dtools.train.data import data_classes, peek
 from dtools.train.method import Method
 from dtools.train.presets import PRESETS, preset_for_size
 from dtools.train.resolve import new_config, schedule_of
@@ -71,9 +72,30 @@ def init_config(out: str, data: str, beta: str | None, options: dict[str, Any]) 
         opts["preset"] = source.get("preset") if source.get("preset") in PRESETS else None
     chosen = recipe(source, model_type, h, opts.get("preset"))
     opts.update({k: v for k, v in chosen.items() if options.get(k) is None})
-    cfg = new_config(data, out, beta, betas, (n, h, w, c), opts)
+    cfg = new_config(data, out, beta, betas, (n, h, w, c), {**opts, "cond": None})  # classes: the source's
+    if options.get("cond") is not None:
+        cfg.cond = options["cond"]
     cfg.model = {**info["model"], **{k: options[k] for k in KEEPS if options.get(k) is not None}}
+    cfg.classes = _classes(path, info, data, options.get("cond"))
     return cfg.validate()
+
+
+def _classes(path: Path, info: dict[str, Any], data: str, cond: str | None) -> list[str] | None:
+    """A fine-tuning run's classes: the checkpoint's (its network has their embedding), which the data's
+    labels must name alike; an unconditional checkpoint trains unconditionally."""
+    classes = class_names(info)
+    if classes is None:
+        if cond == "class":
+            raise DtoolsError(f"--cond class: {path} is unconditional; --init-from keeps its network")
+        return None
+    if cond == "none":
+        raise DtoolsError(f"--cond none: {path} is class-conditional; --init-from keeps its network")
+    have = data_classes(data)
+    if have != classes:
+        shown = "no labels" if have is None else f"the classes {', '.join(have)}"
+        raise DtoolsError(f"{data} has {shown}, but {path} is conditioned on {', '.join(classes)}; label "
+                          "the data with its classes (dataset.json)")
+    return list(classes)
 
 
 def recipe(source: dict[str, Any], model_type: str, image_size: int, preset: str | None) -> dict[str, Any]:

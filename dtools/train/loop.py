@@ -32,7 +32,7 @@ from dtools.progress import log as log_line
 from dtools.runtime import ThreadGuard, resolve
 from dtools.train import distributed
 from dtools.train.config import TrainConfig, resolved
-from dtools.train.data import Batch, BatchStream, augment, fingerprint, load_images
+from dtools.train.data import Batch, BatchStream, augment, fingerprint, load_images, load_labels
 from dtools.train.estimate import StepClock, data_warning
 from dtools.train.finetune import describe_recipe, load_init
 from dtools.train.lr import factor as lr_factor
@@ -137,14 +137,15 @@ class Trainer:
         """Decode the images once, kept as uint8 (N, C, H, W) on the CPU; returns N."""
         cfg = self.cfg
         self.images = load_images(cfg.data)
-        self.labels: torch.Tensor | None = None  # (N,) int64 conditions of labelled data; none is read yet
+        # (N,) int64 class indices of a class-conditional run's data
+        self.labels: torch.Tensor | None = load_labels(cfg.data, cfg.classes) if cfg.classes else None
         n, c, h, w = self.images.shape
         if (c, h) != (cfg.channels, cfg.image_size):
             raise DtoolsError(
                 f"{cfg.data}: images are {h}x{w}x{c}, but the run was set up for "
                 f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}"
             )
-        fp = fingerprint(self.images)
+        fp = fingerprint(self.images, self.labels)
         if self.resume and cfg.data_fingerprint and fp != cfg.data_fingerprint:
             raise DtoolsError(f"{cfg.data}: these are not the images the run in {cfg.out} was trained on")
         cfg.num_images, cfg.data_fingerprint = n, fp

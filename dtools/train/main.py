@@ -19,7 +19,7 @@ from dtools.progress import log as log_line
 from dtools.schedule_io import load_schedule
 from dtools.train import distributed
 from dtools.train.config import MODEL_OPTIONS, TrainConfig
-from dtools.train.data import peek
+from dtools.train.data import data_classes, peek
 from dtools.train.estimate import dry_run
 from dtools.train.finetune import init_config
 from dtools.train.loop import train
@@ -76,9 +76,9 @@ def configure(
     model_type = options.get("model_type") or DEFAULT_MODEL
     if not lookup_model(model_type).schedule:
         refuse_beta(beta, model_type)
-        return new_config(data, out, None, np.zeros(0), peek(data), options)
+        return new_config(data, out, None, np.zeros(0), peek(data), options, data_classes(data))
     beta = DEFAULT_SCHEDULE if beta is None else beta
-    return new_config(data, out, beta, load_schedule(beta), peek(data), options)
+    return new_config(data, out, beta, load_schedule(beta), peek(data), options, data_classes(data))
 
 
 def refuse_beta(beta: str | None, model_type: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, OptionError
 from dtools.models import DEFAULT_MODEL, lookup_model
 from dtools.schedule_io import load_schedule
 from dtools.train.config import (
@@ -19,6 +19,7 @@ from dtools.train.config import (
     TrainConfig,
     applies,
     check_applies,
+    conditionable,
     flag,
     resumable,
 )
@@ -35,13 +36,15 @@ def schedule_of(beta: str | None, saved: np.ndarray) -> np.ndarray:
 
 def new_config(
     data: str, out: str, beta: str | None, betas: np.ndarray, shape: tuple[int, int, int, int],
-    options: dict[str, Any],
+    options: dict[str, Any], classes: tuple[str, ...] | None = None,
 ) -> TrainConfig:
     """Resolve a new run's configuration: the defaults (for a U-Net, the preset for the image size),
     then the user's options.
 
     `shape` is the data's (N, H, W, C); `options` maps OPTIONS names to the values given on the
     command line, None where the user gave none. `beta` and `betas`: the schedule (a denoiser's only).
+    `classes`: the data's class names when it is labelled; with --cond auto or class, a network that
+    can take a class is conditioned on them.
     """
     n, h, w, c = shape
     if h != w:
@@ -65,6 +68,13 @@ def new_config(
     else:
         defaults = {k: v for k, v in preset.defaults().items() if applies(k, name)}
         defaults.update(kind.defaults)
+    cond = opts.get("cond", "auto")
+    if cond == "class" and classes is None:
+        raise OptionError(flag("cond"), f"class: {data} has no labels (no dataset.json beside its images; "
+                          "dtools prep writes one for a source with a folder per class)")
+    conditioned = classes is not None and cond != "none" and conditionable(kind)
+    if conditioned:
+        model["num_classes"] = len(classes)
     model = kind.network_config(model).to_dict()
     if "ema_decay" in opts:
         if "ema_length" in opts:
@@ -80,6 +90,7 @@ def new_config(
         data=str(data), out=str(out), beta=None if beta is None else str(beta),
         T=int(betas.shape[0]) if kind.schedule else None, image_size=h, channels=c, num_images=n,
         preset=preset_name, model=model, betas=betas, model_type=name, **{**defaults, **opts},
+        classes=list(classes) if conditioned else None,
     )
     return cfg.validate()
 

@@ -102,8 +102,17 @@ def test_a_checkpoint_conditioned_on_an_unknown_kind_is_refused(data8, tmp_path,
     fit(config(data8, run, max_steps=1, save_every=1))
     tensors, header = load_tensors(run / training.MODEL_FILE, "dtools.model")
     assert load_model(run).condition is None
-    save_tensors(tmp_path / "c.safetensors", tensors, {**header, "condition": {"kind": "class"}}, True)
-    assert read_header(tmp_path / "c.safetensors", "dtools.model")["condition"] == {"kind": "class"}
-    with pytest.raises(DtoolsError, match=r"conditioned on 'class', which this dtools cannot use"):
+    save_tensors(tmp_path / "c.safetensors", tensors, {**header, "condition": {"kind": "text"}}, True)
+    assert read_header(tmp_path / "c.safetensors", "dtools.model")["condition"] == {"kind": "text"}
+    with pytest.raises(DtoolsError, match=r"conditioned on 'text', which this dtools cannot use"):
         load_model(tmp_path / "c.safetensors")
+    # a class condition must name one class per class of the network
+    bad = {**header, "condition": {"kind": "class", "classes": ["a", "b"]}}
+    save_tensors(tmp_path / "b.safetensors", tensors, bad, True)
+    with pytest.raises(DtoolsError, match=r"not an unconditional network's"):
+        load_model(tmp_path / "b.safetensors")
+    conditional = {**header, "model": {**header["model"], "num_classes": 2}}
+    save_tensors(tmp_path / "n.safetensors", tensors, conditional, True)
+    with pytest.raises(DtoolsError, match=r"names no classes"):
+        load_model(tmp_path / "n.safetensors")
 
