@@ -21,16 +21,18 @@ import numpy as np
 import torch
 
 from dtools import samplers
-from dtools.checkpoint import LoadedModel, load_model, read_info
+from dtools.checkpoint import LoadedModel, class_names, load_model, model_file, read_info
 from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, refuse_terminal, write_npy
 from dtools.grid import make_grid
 from dtools.images import IMAGE_EXTS, numbered_index, numbered_png, png_bytes, to_uint8, write_png_folder
+from dtools.labels import LABELS_FILE, labels_path, parse_class, write_labels
 from dtools.models import MODEL_TYPES
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar
 from dtools.runtime import Runtime, resolve
 from dtools.sampler_specs import DEFAULT_SAMPLER, check_applies, lookup
+from dtools.samplers.guidance import check_weight, parse_interval
 
 TERMINAL_HINT = (
     "refusing to write binary .npy images to a terminal; pipe them (`| dtools grid -o out.png`), "
@@ -58,19 +60,49 @@ class SampleConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool | None = None
+    # a class-conditional model's classes to draw (names or indices; "none": the null class, i.e.
+    # unconditional); image i takes classes[i % len]. None: every class in turn
+    classes: tuple[str, ...] | None = None
+    per_class: int | None = None  # N images of every class, a row per class (overrides n)
+    guidance: float | None = None  # w of D + w (D - D_weak); None: 0 (no guidance)
+    guidance_interval: str | None = None  # "LO,HI": guide only where σ_t lies in (LO, HI]
+    guide: Path | None = None  # autoguidance: the weaker model's checkpoint (or run folder)
 
     def check(self) -> None:
         """The checks that need no more than the checkpoint's header; run before the output is even
         looked at."""
         info = read_info(self.checkpoint)
         if not MODEL_TYPES[info["model_type"]].schedule:
-            given = [flag for flag, value in self.chain_options().items() if value is not None]
+            given = [flag for flag, value in {**self.chain_options(), **self.guide_options()}.items()
+                     if value is not None]
             if given:
                 raise DtoolsError(f"{given[0]} does not apply to this {info['model_type']} checkpoint: it "
                                   "makes each image in one network call from z ~ N(0, I), with no sampler; "
                                   "drop it")
             return
         check_applies(self.sampler_name, eta=self.eta, variance=self.variance)
+        classes = class_names(info)
+        if classes is None and (self.classes is not None or self.per_class is not None):
+            given = "--class" if self.classes is not None else "--per-class"
+            raise DtoolsError(f"{given}: {self.checkpoint} is an unconditional model (trained without class "
+                              "labels); drop it")
+        if classes is not None:
+            self.class_plan(classes)
+        if self.guidance is not None:
+            check_weight(self.guidance)
+        if self.guidance_interval is not None:
+            parse_interval(self.guidance_interval)
+        if self.guide is None and self.guidance:
+            if classes is None:
+                raise DtoolsError(f"--guidance: {self.checkpoint} is unconditional, so it has no null class "
+                                  "to guide with; give a weaker model of the same data as --guide CKPT "
+                                  "(autoguidance), e.g. RUN/guide.safetensors")
+            if self.classes is not None and "none" in self.classes:
+                raise DtoolsError("--guidance: --class none is the null class itself, which classifier-free "
+                                  "guidance pushes away from; give real classes, or a --guide")
+        if (self.guide is not None or self.guidance_interval is not None) and not self.guidance:
+            given = "--guide" if self.guide is not None else "--guidance-interval"
+            raise DtoolsError(f"{given} needs --guidance W > 0 (how strongly to guide)")
 
     def chain_options(self) -> dict[str, object]:
         """The options that only a diffusion model's sampling chain uses, by flag."""
@@ -79,6 +111,31 @@ class SampleConfig:
                 "--clip" if self.clip else "--no-clip": self.clip,
                 "--trajectory": self.trajectory}
 
+    def guide_options(self) -> dict[str, object]:
+        """The options of conditioning and guidance, by flag."""
+        return {"--class": self.classes, "--per-class": self.per_class, "--guidance": self.guidance,
+                "--guidance-interval": self.guidance_interval, "--guide": self.guide}
+
+    def class_plan(self, classes: tuple[str, ...]) -> list[int]:
+        """The class index of images 0..n-1 of a class-conditional model (the null class for "none")."""
+        null = len(classes)
+        if self.per_class is not None:
+            if self.classes is not None:
+                raise DtoolsError("give --class (the classes to draw) or --per-class (every class), not both")
+            return [c for c in range(len(classes)) for _ in range(self.per_class)]
+        if self.classes is None:
+            return [i % len(classes) for i in range(self.n)]
+        chosen = [null if c == "none" else parse_class(c, classes) for c in self.classes]
+        return [chosen[i % len(chosen)] for i in range(self.n)]
+
+    @property
+    def images(self) -> int:
+        """Images drawn: --per-class N for every class of the model, else -n."""
+        if self.per_class is not None:
+            info = read_info(self.checkpoint)
+            return self.per_class * len(class_names(info) or ())
+        return self.n
+
     @property
     def sampler_name(self) -> str:
         return self.sampler if self.sampler is not None else DEFAULT_SAMPLER
@@ -86,7 +143,7 @@ class SampleConfig:
     @property
     def count(self) -> int:
         """Images written: one per sample, or per sample two rows of --trajectory snapshots."""
-        return self.n * 2 * self.trajectory if self.trajectory else self.n
+        return self.images * 2 * self.trajectory if self.trajectory else self.images
 
 
 class Snapshots:
@@ -128,6 +185,7 @@ class Sink:
         self.output, self.count, self.force, self.log, self.nrow = output, count, force, log, nrow
         self.parts: list[np.ndarray] = []
         self.written = 0
+        self.labels: tuple[list[int], tuple[str, ...]] | None = None
         suffix = "" if is_stdio(output) or output.endswith(("/", "\\")) else Path(output).suffix.lower()
         if is_stdio(output):
             self.kind = "stdout"
@@ -147,9 +205,15 @@ class Sink:
             if folder.exists() and not folder.is_dir():
                 raise DtoolsError(f"{folder} exists and is not a folder")
             clash = next((p for i in range(count) if (p := folder / numbered_png(i, count)).exists()), None)
+            clash = clash or (labels_path(folder) if labels_path(folder).exists() else None)
             if clash is not None and not force:
                 raise DtoolsError(f"{clash} already exists; pass --force to overwrite, or choose another "
                                   "folder")
+
+    def label(self, plan: list[int], classes: tuple[str, ...]) -> None:
+        """The class each image was drawn for (the null class: "none"), written beside a PNG folder as
+        dataset.json (dtools.labels) when it closes, for `dtools fid`'s conditioning accuracy."""
+        self.labels = (plan, classes)
 
     def add(self, batch: np.ndarray) -> None:
         if self.kind == "png":  # written as they come, so an interrupted run keeps its finished images
@@ -160,6 +224,7 @@ class Sink:
 
     def close(self) -> None:
         if self.kind == "png":
+            self._write_labels()
             self.log(f"wrote {self.written} PNGs to {self.output.rstrip('/')}/")
             if self.force:
                 self._remove_stale()
@@ -174,6 +239,18 @@ class Sink:
         write_npy(batch, None if self.kind == "stdout" else self.output, self.force)
         if self.kind == "npy":
             self.log(f"wrote {self.output}")
+
+    def _write_labels(self) -> None:
+        """dataset.json for the classes of the images written (trajectory rows are not labelled)."""
+        if self.labels is None or self.written != len(self.labels[0]):
+            if self.force and labels_path(self.output).is_file():  # an earlier run's, not these images'
+                labels_path(self.output).unlink()
+            return
+        plan, classes = self.labels
+        names = [*classes, "none"] if len(classes) in plan else list(classes)
+        files = [numbered_png(i, self.count) for i in range(self.written)]
+        write_labels(self.output, files, plan, names, force=True)
+        self.log(f"wrote {Path(self.output) / LABELS_FILE} (the class each image was drawn for)")
 
     def _remove_stale(self) -> None:
         """With --force, drop higher-numbered samples of an earlier, larger run from the folder, so that
@@ -197,15 +274,77 @@ def load(cfg: SampleConfig) -> tuple[LoadedModel, Runtime]:
     return loaded, rt
 
 
+def image_seeds(cfg: SampleConfig) -> list[int]:
+    """The per-image seeds: image i's depends only on --seed and i; with --per-class N, image j of every
+    class takes the seed of image j, so each row of classes starts from the same N noises."""
+    if cfg.per_class is not None:
+        return [samplers.image_seed(cfg.seed, i % cfg.per_class) for i in range(cfg.images)]
+    return [samplers.image_seed(cfg.seed, i) for i in range(cfg.images)]
+
+
 def seed_batches(cfg: SampleConfig) -> list[list[int]]:
-    """The per-image seeds of images 0..n-1 (image i depends only on --seed and i), in --batch-size
-    groups."""
-    seeds = [samplers.image_seed(cfg.seed, i) for i in range(cfg.n)]
-    return [seeds[i:i + cfg.batch_size] for i in range(0, cfg.n, cfg.batch_size)]
+    """The per-image seeds (`image_seeds`) in --batch-size groups."""
+    seeds = image_seeds(cfg)
+    return [seeds[i:i + cfg.batch_size] for i in range(0, len(seeds), cfg.batch_size)]
+
+
+@dataclass(frozen=True)
+class Guide:
+    """What guides a sampling run: the weak denoiser's network call and parameterization, whether it
+    takes the class (a guide with the model's classes) or the null class (classifier-free guidance),
+    and how the log line names it."""
+
+    fn: samplers.ModelFn
+    parameterization: str
+    cond: str  # "same": the image's class; "null": the null class; "none": no condition
+    what: str
+
+    def guidance(self, cfg: SampleConfig, y: torch.Tensor | None, null: int) -> samplers.Guidance:
+        """The batch's Guidance (its classes `y` (B,), or None)."""
+        weak = None
+        if self.cond == "same":
+            weak = y
+        elif self.cond == "null":
+            assert y is not None
+            weak = torch.full_like(y, null)
+        interval = None if cfg.guidance_interval is None else samplers.parse_interval(cfg.guidance_interval)
+        return samplers.Guidance(float(cfg.guidance or 0.0), self.fn, self.parameterization, weak, interval)
+
+
+def load_guide(cfg: SampleConfig, main: LoadedModel, rt: Runtime) -> Guide | None:
+    """The weak denoiser of --guidance: the --guide checkpoint (checked against the model: a denoiser of
+    the same schedule, image shape and classes), or the model's own null class; None without guidance."""
+    if not cfg.guidance:
+        return None
+    if cfg.guide is None:
+        return Guide(rt.model_fn(main.network), main.parameterization, "null",
+                     f"classifier-free, w={cfg.guidance:g}")
+    path = model_file(cfg.guide)
+    if path.resolve() == model_file(cfg.checkpoint).resolve() and cfg.weights == "ema":
+        raise DtoolsError(f"--guide {cfg.guide} is the model itself, which guidance would not change; "
+                          "give a weaker model (e.g. RUN/guide.safetensors, an early snapshot)")
+    guide = load_model(path, "ema", rt.device)
+    if guide.schedule is None:
+        raise DtoolsError(f"--guide {path}: a {guide.info['model_type']} model, not a denoiser")
+    if not torch.equal(guide.schedule.betas, main.schedule.betas):
+        raise DtoolsError(f"--guide {path}: trained with another noise schedule than {cfg.checkpoint}; a "
+                          "guide must share the model's schedule")
+    if guide.image_shape != main.image_shape:
+        g, m = guide.image_shape, main.image_shape
+        raise DtoolsError(f"--guide {path}: makes {g[1]}x{g[2]}x{g[0]} images, the model "
+                          f"{m[1]}x{m[2]}x{m[0]}")
+    if guide.classes is not None and main.classes is not None and guide.classes != main.classes:
+        raise DtoolsError(f"--guide {path}: conditioned on other classes than the model")
+    rt.prepare(guide.network)
+    if rt.compile:
+        guide.network.compile()
+    cond = "none" if guide.classes is None else ("same" if main.classes is not None else "null")
+    return Guide(rt.model_fn(guide.network), guide.parameterization, cond,
+                 f"autoguidance by {path}, w={cfg.guidance:g}")
 
 
 def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) -> float:
-    """Sample `cfg.n` images (or trajectories) into `sink`; returns the seconds spent sampling."""
+    """Sample `cfg.images` images (or trajectories) into `sink`; returns the seconds spent sampling."""
     loaded, rt = load(cfg)
     if loaded.schedule is None:
         return run_prior(cfg, loaded, rt, sink, log)
@@ -218,15 +357,27 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
     samplers.Chain.make(schedule.betas.numpy(), steps, spacing)  # --steps out of range: fail now
     opts = dict(sampler=spec.name, steps=steps, spacing=spacing, eta=cfg.eta, variance=cfg.variance)
     shape = loaded.image_shape
+    classes = loaded.classes
+    plan = cfg.class_plan(classes) if classes is not None else None
+    guide = load_guide(cfg, loaded, rt)
+    null = len(classes) if classes is not None else 0
 
     model_fn = rt.model_fn(model)  # precision and memory format as in train's grids
     what = "trajectories" if cfg.trajectory else "images"
-    log(f"sampling {cfg.n} {what} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
-        f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights): {spec.name}, {steps} steps "
-        f"({spec.nfe(steps)} network calls/image), {rt.describe()}")
+    probe = guide.guidance(cfg, None if plan is None else torch.zeros(1, dtype=torch.int64), null) \
+        if guide is not None else None
+    calls, weak = samplers.network_calls(spec.name, steps, schedule.betas.numpy(), spacing, probe)
+    guided = f"; {guide.what}, {weak} of them the guide's" if guide is not None else ""
+    drawn = f", {_class_text(plan, classes)}" if plan is not None else ""
+    log(f"sampling {cfg.images} {what} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
+        f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights){drawn}: {spec.name}, {steps} steps "
+        f"({calls} network calls/image{guided}), {rt.describe()}")
+    if plan is not None:
+        sink.label(plan, classes)
     batches = seed_batches(cfg)
     start = time.perf_counter()
     snaps = None
+    done = 0
     with progress_bar("sampling", len(batches) * steps) as bar:
         for batch in batches:
             snaps = Snapshots(cfg.trajectory, steps) if cfg.trajectory else None
@@ -236,16 +387,31 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
                     snaps.take(event)
                 bar.advance()
 
+            y = None if plan is None else torch.tensor(plan[done:done + len(batch)], device=rt.device)
+            guidance = guide.guidance(cfg, y, null) if guide is not None else None
             x = samplers.generate(model_fn, schedule, param, shape, batch, device=rt.device,
-                                  clip_x0=cfg.clip is not False, callback=on_step, **opts)
+                                  clip_x0=cfg.clip is not False, cond=y, guidance=guidance, callback=on_step,
+                                  **opts)
+            done += len(batch)
             images = to_uint8(x)  # (B, H, W, C)
             sink.add(snaps.finish(images) if snaps is not None else images)
     elapsed = time.perf_counter() - start
-    log(f"sampled {cfg.n} {what} in {elapsed:.1f} s ({elapsed / cfg.n:.3f} s/image)")
+    log(f"sampled {cfg.images} {what} in {elapsed:.1f} s ({elapsed / cfg.images:.3f} s/image)")
     if snaps is not None:
         log(f"trajectory columns: t = {', '.join(map(str, snaps.columns))} (x0 = the final image); "
             "rows per image: x_t, then predicted x0")
     return elapsed
+
+
+def _class_text(plan: list[int], classes: tuple[str, ...]) -> str:
+    """'classes 0-9 in turn' / 'class 3 (three)' for the log line."""
+    used = sorted(set(plan))
+    name = lambda c: "none (unconditional)" if c == len(classes) else f"{c} ({classes[c]})"  # noqa: E731
+    if len(used) == 1:
+        return f"class {name(used[0])}"
+    if len(used) <= 4:
+        return "classes " + ", ".join(name(c) for c in used)
+    return f"{len(used)} classes"
 
 
 def run_prior(
@@ -271,5 +437,5 @@ def run_prior(
             sink.add(to_uint8(x))
             bar.advance()
     elapsed = time.perf_counter() - start
-    log(f"sampled {cfg.n} images in {elapsed:.2f} s ({1000 * elapsed / cfg.n:.3f} ms/image)")
+    log(f"sampled {cfg.images} images in {elapsed:.2f} s ({1000 * elapsed / cfg.images:.3f} ms/image)")
     return elapsed

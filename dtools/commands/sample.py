@@ -71,6 +71,31 @@ def sample(
     clip: bool = typer.Option(
         None, "--clip/--no-clip", help="Clip each predicted x0 to [-1, 1].", show_default="clip"
     ),
+    classes: list[str] = typer.Option(
+        None, "--class", metavar="C", show_default="every class in turn",
+        help="Class-conditional models: the class to draw, by name or index (repeat it for several, "
+        "taken in turn; 'none' = unconditional).",
+    ),
+    per_class: int = typer.Option(
+        None, "--per-class", min=1, metavar="N", show_default="off",
+        help="Class-conditional models: N images of every class, one row per class (sets -n); image j of "
+        "each class starts from the same noise.",
+    ),
+    guidance: float = typer.Option(
+        None, "--guidance", min=0.0, metavar="W", show_default="0: none",
+        help="Guidance weight: D + W (D - D_weak), from the null class (classifier-free) or from --guide "
+        "(autoguidance); network calls grow where it applies (docs/guidance.md).",
+    ),
+    guidance_interval: str = typer.Option(
+        None, "--guidance-interval", metavar="LO,HI", show_default="every step",
+        help="Guide only where the noise level σ_t = √((1-ᾱ)/ᾱ) lies in (LO, HI], e.g. 0.28,5.42; HI may be "
+        "inf.",
+    ),
+    guide: Path = typer.Option(
+        None, "--guide", metavar="CKPT", show_default="the model's null class",
+        help="Autoguidance: a weaker model of the same data and schedule (e.g. RUN/guide.safetensors, the "
+        "early snapshot every run keeps) to guide with.",
+    ),
     device: str = opt.device(),
     precision: str = opt.precision(
         "auto: bf16 on a CUDA GPU (fp16 on older ones) and on a CPU with AMX, else fp32 "
@@ -97,6 +122,9 @@ def sample(
       dtools sample ckpt.safetensors -n 10000 --steps 50 -o fid-samples/ && dtools fid fid-samples/ data/
       dtools sample ckpt.safetensors -n 4 --sampler ddpm --trajectory 8 | dtools grid --nrow 8 -o chain.png
       dtools sample runs/gan/model.safetensors -n 1000 | dtools fid data/ -
+      dtools sample runs/digits --per-class 8 --guidance 2 -o digits.png
+      dtools sample runs/digits --class 7 -n 16 | dtools grid -o sevens.png
+      dtools sample runs/emoji --guide runs/emoji/guide.safetensors --guidance 1 -o guided/
     """
     from dtools.sample import SampleConfig, Sink, run
 
@@ -104,8 +132,11 @@ def sample(
         checkpoint=checkpoint, n=n, sampler=sampler, steps=steps, seed=seed, eta=eta, variance=variance,
         spacing=spacing, batch_size=batch_size, weights=weights, clip=clip, trajectory=trajectory,
         device=device, precision=precision, compile=compile_model,
+        classes=tuple(classes) if classes else None, per_class=per_class, guidance=guidance,
+        guidance_interval=guidance_interval, guide=guide,
     )
     cfg.check()
-    sink = Sink(output, cfg.count, force, nrow=trajectory)  # refuse a bad target before any work
+    nrow = trajectory or per_class
+    sink = Sink(output, cfg.count, force, nrow=nrow)  # refuse a bad target before any work
     run(cfg, sink)
     sink.close()

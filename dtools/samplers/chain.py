@@ -18,6 +18,7 @@ import torch
 
 from dtools.diffusion import Schedule, alphas_cumprod, respace, spaced_timesteps, split_prediction
 from dtools.errors import OptionError
+from dtools.samplers.guidance import Guidance
 
 # (x_t (B,C,H,W) f32, t (B,) int64[, cond]) -> out (B,C,H,W); cond only when the batch has a condition
 ModelFn = Callable[..., torch.Tensor]
@@ -31,7 +32,8 @@ class Denoiser:
     With `clip_x0`, x0_hat is clamped to [-1, 1] and eps_hat recomputed from it, so that every
     sampler's update stays consistent with the clipped prediction (as improved-diffusion does).
     `cond` (e.g. class labels (B,)) goes to every network call as `model_fn(x_t, t, cond)`; without
-    one the network is called as `model_fn(x_t, t)`.
+    one the network is called as `model_fn(x_t, t)`. With `guidance` (dtools.samplers.guidance), where
+    it applies, x0_hat and eps_hat are pushed away from the weak denoiser's: D + w (D − D_weak).
     """
 
     model_fn: ModelFn
@@ -39,12 +41,20 @@ class Denoiser:
     parameterization: str
     clip_x0: bool = True
     cond: torch.Tensor | None = None
+    guidance: Guidance | None = None
 
     def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         tt = torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)  # (B,)
         conds = () if self.cond is None else (self.cond,)
         out = self.model_fn(x.float(), tt, *conds)  # (B, C, H, W)
         x0, eps = split_prediction(self.schedule, self.parameterization, out, x, tt)
+        g = self.guidance
+        if g is not None and g.applies(float(self._alphas_cumprod[int(t)])):
+            weak = () if g.weak_cond is None else (g.weak_cond,)
+            out_weak = g.weak_fn(x.float(), tt, *weak)  # (B, C, H, W)
+            x0_weak, eps_weak = split_prediction(self.schedule, g.weak_parameterization, out_weak, x, tt)
+            x0 = x0 + g.weight * (x0 - x0_weak)  # both linear in the outputs: x_t = √ᾱ x0 + √(1-ᾱ) ε holds
+            eps = eps + g.weight * (eps - eps_weak)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             ab = float(self._alphas_cumprod[int(t)])

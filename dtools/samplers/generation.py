@@ -7,6 +7,7 @@ takes (`eta`, `variance`), their defaults, and its default number of steps.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
@@ -15,6 +16,7 @@ from dtools.diffusion import SPACINGS, VARIANCES, Schedule, lookup_parameterizat
 from dtools.errors import DtoolsError, OptionError
 from dtools.sampler_specs import DEFAULT_SAMPLER, SamplerSpec, lookup
 from dtools.samplers.chain import Callback, Chain, Denoiser, ModelFn
+from dtools.samplers.guidance import Guidance
 from dtools.samplers.seeds import ImageNoise, NoiseFn
 
 
@@ -48,6 +50,7 @@ def sample(
     variance: str | None = None,
     clip_x0: bool = True,
     cond: torch.Tensor | None = None,
+    guidance: Guidance | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Run one sampler from a given x_T (B, C, H, W); returns x0 as float64, not clamped.
@@ -59,7 +62,7 @@ def sample(
     spec = check_options(sampler, parameterization, spacing, eta=eta, variance=variance)
     betas = schedule.betas.cpu().numpy()
     chain = Chain.make(betas, spec.steps_for(len(betas)) if steps is None else steps, spacing)
-    denoise = Denoiser(model_fn, schedule.to(x_T.device), parameterization, clip_x0, cond)
+    denoise = Denoiser(model_fn, schedule.to(x_T.device), parameterization, clip_x0, cond, guidance)
     options = spec.arguments({"eta": None if eta is None else float(eta), "variance": variance})
     with torch.no_grad():
         return spec.load()(denoise, x_T.to(torch.float64), chain, noise, callback, **options)
@@ -80,6 +83,7 @@ def generate(
     device: torch.device | str = "cpu",
     clip_x0: bool = True,
     cond: torch.Tensor | None = None,
+    guidance: Guidance | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Draw len(seeds) images of `shape` (C, H, W): (N, C, H, W) float32 in [-1, 1].
@@ -88,7 +92,7 @@ def generate(
     the same whether it is generated alone or in any batch. `model_fn(x_t, t)` is called with
     x_t (B, C, H, W) float32 and t (B,) int64, the original timestep index; with a condition `cond`
     (e.g. the batch's class labels (B,), on the network's device) every call is
-    `model_fn(x_t, t, cond)`.
+    `model_fn(x_t, t, cond)`. `guidance` (dtools.samplers.guidance) guides every sampler's calls.
     """
     if len(seeds) == 0:
         raise DtoolsError("no images to generate (an empty list of seeds)")
@@ -96,15 +100,42 @@ def generate(
         raise DtoolsError(f"image shape must be (C, H, W) with positive sizes, got {tuple(shape)}")
     device = torch.device(device)
     if device.type == "mps":  # no float64 on Apple GPUs: the sampler's math stays on the CPU
-        net = model_fn
-        model_fn = lambda x, t, *cond: net(x.to(device), t.to(device), *cond).to("cpu")  # noqa: E731
+        model_fn = _on(device, model_fn)
+        if guidance is not None:
+            guidance = dataclasses.replace(guidance, weak_fn=_on(device, guidance.weak_fn))
         device = torch.device("cpu")
     noise = ImageNoise(seeds, tuple(int(n) for n in shape), device)
     x = sample(
         model_fn, schedule, parameterization, noise(), noise, sampler=sampler, steps=steps, spacing=spacing,
-        eta=eta, variance=variance, clip_x0=clip_x0, cond=cond, callback=callback,
+        eta=eta, variance=variance, clip_x0=clip_x0, cond=cond, guidance=guidance, callback=callback,
     )
     return finite_images(x)
+
+
+def _on(device: torch.device, net: ModelFn) -> ModelFn:
+    """`net` called on `device` with the CPU tensors of the sampler, its output back on the CPU."""
+    return lambda x, t, *cond: net(x.to(device), t.to(device), *cond).to("cpu")
+
+
+def network_calls(sampler: str, steps: int, betas, spacing: str = "trailing",
+                  guidance: Guidance | None = None) -> tuple[int, int]:
+    """(network calls per image, of them the weak denoiser's) of a sampler's chain with `guidance`:
+    the sampler run once on a 1-pixel stand-in that records the timestep of each call."""
+    spec = lookup(sampler)
+    chain = Chain.make(betas, steps, spacing)
+    ab = {int(t): float(a) for t, a in zip(chain.timesteps, chain.alphas_cumprod, strict=True)}
+    calls: list[int] = []
+
+    class Count:
+        def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+            calls.append(int(t))
+            return torch.zeros_like(x), torch.zeros_like(x)
+
+    options = spec.arguments({"eta": None, "variance": None})
+    zeros = lambda: torch.zeros((1, 1, 1, 1), dtype=torch.float64)  # noqa: E731
+    spec.load()(Count(), zeros(), chain, zeros, None, **options)
+    weak = sum(1 for t in calls if guidance is not None and guidance.applies(ab.get(t, 0.0)))
+    return len(calls) + weak, weak
 
 
 def generate_from_prior(
