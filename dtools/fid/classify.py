@@ -230,6 +230,16 @@ def class_scores(inputs: ClassInputs, ref_features: torch.Tensor, sample_feature
     }
 
 
+def per_class_warning(scores: dict) -> str | None:
+    """The bias caveat of per-class FIDs, when there are any."""
+    scored = [p for p in scores["classes"]["per_class"] if p["fid"] is not None]
+    if not scored:
+        return None
+    least = min(min(p["samples"], p["reference"]) for p in scored)
+    return (f"per-class FIDs come from as few as {least:,} images a side, and are biased upwards far more "
+            "than the whole set's: compare them only between runs with the same counts per class")
+
+
 def class_fid(ref_features: np.ndarray, sample_features: np.ndarray) -> float:
     """FID of one class's sample features against its reference features (torch-fidelity's value to
     about 1e-6 relative, without its 2048x2048 matrix square root)."""

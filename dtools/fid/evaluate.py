@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dtools.errors import DtoolsError, OptionError
-from dtools.fid.classify import ClassInputs, class_inputs, class_scores
+from dtools.fid.classify import ClassInputs, class_inputs, class_scores, per_class_warning
 from dtools.fid.inception import InceptionV3
 from dtools.fid.interval import SUBSETS, FixedReferenceFid, fid_interval
 from dtools.fid.metrics import MetricsConfig, bias_warning, check_stats, compute_metrics
@@ -172,6 +172,7 @@ def evaluate(cfg: FidConfig, log: Callable[[str], None] = _log) -> dict:
         if classes is not None:
             with status("class scores: a pixel classifier trained on REFERENCE, FID of each class"):
                 result.update(class_scores(classes, stats["reference"].features, stats["samples"].features))
+            notes += [w] if (w := per_class_warning(result)) else []
     warning = bias_warning(s.count for s in stats.values()) if result else None
     notes += [warning] if warning else []
     return {

@@ -90,6 +90,7 @@ def test_correct_samples_score_one_and_per_class_fid_above_the_minimum(toy, fake
     assert per["mid"]["fid"] is None and c["skipped"] == ["mid"]  # 10 < 50 on both sides
     assert all(p["accuracy"] == 1.0 for p in per.values())
     assert list(report)[:3] == ["fid", "conditioning_accuracy", "classes"]
+    assert sum("per-class FIDs come from as few as 55 images a side" in w for w in report["warnings"]) == 1
 
 
 def test_swapped_labels_score_zero_and_a_worse_per_class_fid(toy, fake_inception):
@@ -115,6 +116,7 @@ def test_limit_keeps_the_labels_of_the_images_used(toy, fake_inception):
     assert report["classes"]["classifier"]["train_images"] + report["classes"]["classifier"][
         "heldout_images"] == 80
     assert report["classes"]["skipped"] == ["dark", "bright", "mid"]  # 35 and 10 a class: under 50
+    assert not any("per-class FIDs" in w for w in report["warnings"])  # none to warn about
 
 
 def test_classes_matched_by_name_not_by_index(toy, tmp_path, fake_inception):
