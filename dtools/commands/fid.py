@@ -65,9 +65,9 @@ def fid(
       dtools fid data/ samples.npy --kid --prc --json
       dtools fid data_stats.safetensors samples/ --interval
       dtools fid data/ --save-stats data_stats.safetensors
-      dtools fid labelled_data/ class_samples/ --json
       dtools fid data_stats.safetensors samples/
       dtools sample runs/emoji/model.safetensors -n 1000 | dtools fid data_stats.safetensors -
+      dtools fid labelled_data/ class_samples/   # + conditioning accuracy, FID per class
     """
     from dtools.fid import FidConfig, evaluate
 
