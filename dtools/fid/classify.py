@@ -70,7 +70,8 @@ def class_inputs(
     ref_src = image_sets.get("reference")
     ref_lab = read_labels(reference) if ref_src is not None and ref_src.files is not None else None
     if ref_lab is None:
-        why = "a statistics file holds no labels" if ref_src is None else f"it has no {LABELS_FILE}"
+        why = ("a statistics file holds no labels" if ref_src is None else
+               "only an image folder has labels" if ref_src.files is None else f"it has no {LABELS_FILE}")
         return None, [f"{samples} has class labels but REFERENCE {reference} has none ({why}): "
                       "no class scores (the classifier learns from REFERENCE's labels)"]
     missing = [c for c in sample_lab.classes if c not in ref_lab.classes]

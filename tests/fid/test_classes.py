@@ -20,7 +20,7 @@ from dtools.fid.evaluate import FidConfig, evaluate
 from dtools.fid.metrics import MetricsConfig, compute_metrics
 from dtools.fid.stats import stats_from_features
 from dtools.fid.weights import INCEPTION_SHA256
-from dtools.images import numbered_png, save_png
+from dtools.images import numbered_png, read_images, save_png
 from dtools.labels import write_labels
 
 CLASSES = ("dark", "bright", "mid")
@@ -128,7 +128,8 @@ def test_classes_matched_by_name_not_by_index(toy, tmp_path, fake_inception):
     assert [p["class"] for p in report["classes"]["per_class"]] == ["dark", "bright"]  # reference order
 
 
-@pytest.mark.parametrize("case", ["names differ", "reference unlabelled", "reference a stats file"])
+@pytest.mark.parametrize("case", ["names differ", "reference unlabelled", "reference a .npy",
+                                  "reference a stats file"])
 def test_labelled_samples_without_matching_reference_labels_warn(toy, tmp_path, fake_inception, case):
     samples, ref = toy["good"], toy["ref"]
     if case == "names differ":
@@ -138,6 +139,10 @@ def test_labelled_samples_without_matching_reference_labels_warn(toy, tmp_path, 
     elif case == "reference unlabelled":
         ref = toy["plain"]
         match = "has no dataset.json"
+    elif case == "reference a .npy":
+        ref = str(tmp_path / "ref.npy")
+        np.save(ref, read_images([toy["ref"]]))
+        match = "only an image folder has labels"
     else:
         ref = str(tmp_path / "ref.safetensors")
         evaluate(FidConfig(toy["ref"], save_stats=ref), log=lambda line: None)
