@@ -32,6 +32,11 @@ def fid(
         False, "--interval", help="Also a 95% interval for FID, from 200 half-subsets of SAMPLES "
         "(docs/fid.md)."
     ),
+    classes: bool = typer.Option(
+        True, "--classes/--no-classes",
+        help="When both folders have class labels (dataset.json): the share of SAMPLES a pixel classifier "
+        "trained on REFERENCE puts in their requested class, and FID per class (docs/fid.md).",
+    ),
     save_stats: str = typer.Option(
         None, "--save-stats", metavar="FILE", show_default="none",
         help="Save REFERENCE's statistics to FILE.safetensors (with features if --kid/--prc) for reuse.",
@@ -62,12 +67,14 @@ def fid(
       dtools fid data/ --save-stats data_stats.safetensors
       dtools fid data_stats.safetensors samples/
       dtools sample runs/emoji/model.safetensors -n 1000 | dtools fid data_stats.safetensors -
+      dtools fid labelled_data/ class_samples/   # + conditioning accuracy, FID per class
     """
     from dtools.fid import FidConfig, evaluate
 
     cfg = FidConfig(
         reference, samples, kid=kid, prc=prc, isc=isc, interval=interval, save_stats=save_stats,
         weights=weights, batch_size=batch_size, device=device, force=force, limit=limit,
+        classes=classes,
     )
     report = evaluate(cfg, log=lambda line: typer.echo(line, err=True))
     for note in report["warnings"]:
@@ -94,17 +101,39 @@ _ROWS = {
     "recall": ("recall", lambda r: f"{r['recall']:.4f}"),
     "F-score": ("f_score", lambda r: f"{r['f_score']:.4f}"),
     "Inception Score": ("isc_mean", lambda r: f"{r['isc_mean']:.4f} ± {r['isc_std']:.4f}"),
+    "conditioning accuracy": ("conditioning_accuracy", lambda r: f"{r['conditioning_accuracy']:.4f}"),
+    "classifier, held out": ("classes", lambda r: _heldout(r["classes"]["classifier"])),
 }
+
+
+def _heldout(c: dict) -> str:
+    shape = "x".join(str(n) for n in c["image_shape"])
+    if c["heldout_accuracy"] is None:
+        return f"not tested (too few REFERENCE images); trained on {c['train_images']:,} at {shape}"
+    return (f"{c['heldout_accuracy']:.4f} on {c['heldout_images']:,} REFERENCE images (the ceiling; "
+            f"trained on {c['train_images']:,}, {shape})")
+
+
+def _class_row(p: dict, least: int) -> str:
+    counts = f"{p['samples']:,} samples / {p['reference']:,} ref"
+    if p["fid"] is None:
+        return f"FID skipped (under {least} images), accuracy {p['accuracy']:.4f} ({counts})"
+    return f"FID {p['fid']:.4f}, accuracy {p['accuracy']:.4f} ({counts})"
 
 
 def _print_table(report: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("", "value", title="dtools fid", title_justify="left")
     for label, (key, fmt) in _ROWS.items():
         if key in report:
             table.add_row(label, fmt(report))
+    if "classes" in report:
+        least = report["classes"]["per_class_min"]
+        for p in report["classes"]["per_class"]:
+            table.add_row(escape(f"class {p['class']}"), _class_row(p, least))
     for side in ("reference", "samples"):
         if side in report:
             info = report[side]

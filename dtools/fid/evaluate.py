@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dtools.errors import DtoolsError, OptionError
+from dtools.fid.classify import ClassInputs, class_inputs, class_scores, per_class_warning
 from dtools.fid.inception import InceptionV3
 from dtools.fid.interval import SUBSETS, FixedReferenceFid, fid_interval
 from dtools.fid.metrics import MetricsConfig, bias_warning, check_stats, compute_metrics
@@ -44,6 +45,7 @@ class FidConfig:
     device: str = "auto"
     force: bool = False
     limit: int | None = None  # only the first N images of each image source (not of a statistics file)
+    classes: bool = True  # class scores when both folders are labelled (dtools.fid.classify)
 
     @property
     def metrics(self) -> MetricsConfig:
@@ -146,6 +148,10 @@ def evaluate(cfg: FidConfig, log: Callable[[str], None] = _log) -> dict:
     if cfg.interval and "samples" in stats:
         _check_interval_input(stats["samples"])  # before minutes of features
     notes: list[str] = []
+    classes: ClassInputs | None = None
+    if cfg.classes and cfg.samples is not None:  # labels and pixels read (and checked) before the features
+        classes, class_notes = class_inputs(cfg.reference, cfg.samples, image_sets)
+        notes += class_notes
     weights_sha = next(iter(stats.values())).weights_sha256 if stats else None
     if image_sets:  # two statistics files need no network at all
         computed, w = _image_stats(cfg, image_sets, stats.values(), log)
@@ -163,6 +169,10 @@ def evaluate(cfg: FidConfig, log: Callable[[str], None] = _log) -> dict:
             result = compute_metrics(stats["reference"], stats["samples"], metrics)
         if cfg.interval:
             result["fid_interval"] = _interval(stats["reference"], stats["samples"])
+        if classes is not None:
+            with status("class scores: a pixel classifier trained on REFERENCE, FID of each class"):
+                result.update(class_scores(classes, stats["reference"].features, stats["samples"].features))
+            notes += [w] if (w := per_class_warning(result)) else []
     warning = bias_warning(s.count for s in stats.values()) if result else None
     notes += [warning] if warning else []
     return {

