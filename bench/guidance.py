@@ -51,9 +51,10 @@ def sample_and_score(model: Path, reference: Path, n: int, samples: Path, log: P
                   for w in [line.split("(")[-1].split(" network")[0]] if w.isdigit()), None)
     scores = fid_json(reference, samples, log)
     row = {"fid": scores["fid"], "kid": scores.get("kid_mean"), "sample_s": sample_s, "calls": calls}
-    for key in ("class_accuracy", "classifier_accuracy"):
-        if key in scores:
-            row[key] = scores[key]
+    if "conditioning_accuracy" in scores:
+        row["accuracy"] = scores["conditioning_accuracy"]
+        row["classifier_ceiling"] = scores["classes"]["classifier"]["heldout_accuracy"]
+        row["per_class_fid"] = {p["class"]: p["fid"] for p in scores["classes"]["per_class"]}
     return row
 
 
@@ -165,7 +166,7 @@ def classes(args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    keys = [k for k in ("fid", "kid", "class_accuracy", "calls", "sample_s") if any(k in r for r in rows)]
+    keys = [k for k in ("fid", "kid", "accuracy", "calls", "sample_s") if any(k in r for r in rows)]
     lines = ["| variant | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for r in rows:
         cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]

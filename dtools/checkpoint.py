@@ -39,6 +39,7 @@ from dtools.tensorfile import load_tensors, read_header, save_tensors
 
 MODEL_FORMAT = "dtools.model"
 RUN_MODEL_FILE = "model.safetensors"  # the checkpoint in a `dtools train` run folder
+RUN_GUIDE_FILE = "guide.safetensors"  # its early snapshot, a weaker model to guide with (--guide-at)
 WEIGHTS = ("ema", "raw")  # the sets of weights `dtools train` writes, the sampling default first
 
 
@@ -103,6 +104,17 @@ def model_file(path: str | os.PathLike) -> Path:
             return p / RUN_MODEL_FILE
         raise DtoolsError(f"{p}: a folder without {RUN_MODEL_FILE}; give a checkpoint file, or a run folder "
                           "of `dtools train` once it has saved its first checkpoint")
+    return p
+
+
+def guide_file(path: str | os.PathLike) -> Path:
+    """`path` itself, or for a run folder its early snapshot RUN/guide.safetensors (`sample --guide RUN`)."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / RUN_GUIDE_FILE).is_file():
+            return p / RUN_GUIDE_FILE
+        raise DtoolsError(f"{p}: a folder without {RUN_GUIDE_FILE} (the early snapshot `dtools train` keeps "
+                          "with --guide-at); give a guide checkpoint file")
     return p
 
 

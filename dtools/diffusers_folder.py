@@ -232,6 +232,8 @@ def import_folder(folder: str | os.PathLike, out: str | os.PathLike, *, force: b
     found = _embedded(metadata, header, cfg)
     if found is not None:
         header, source["weights"] = found
+    if cfg.num_classes and not header.get("condition"):  # the names went missing: call classes by index
+        header["condition"] = {"kind": "class", "classes": [str(i) for i in range(cfg.num_classes)]}
     meta = {k: v for k, v in header.items() if k not in ("model_type", "model", "source")}
     meta["source"] = source
     save_model(out, {"ema": state}, config=header["model"], model_type=DEFAULT_MODEL, meta=meta, force=force)

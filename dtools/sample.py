@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dtools import samplers
-from dtools.checkpoint import LoadedModel, class_names, load_model, model_file, read_info
+from dtools.checkpoint import LoadedModel, class_names, guide_file, load_model, model_file, read_info
 from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, refuse_terminal, write_npy
 from dtools.grid import make_grid
@@ -319,7 +319,7 @@ def load_guide(cfg: SampleConfig, main: LoadedModel, rt: Runtime) -> Guide | Non
     if cfg.guide is None:
         return Guide(rt.model_fn(main.network), main.parameterization, "null",
                      f"classifier-free, w={cfg.guidance:g}")
-    path = model_file(cfg.guide)
+    path = guide_file(cfg.guide)
     if path.resolve() == model_file(cfg.checkpoint).resolve() and cfg.weights == "ema":
         raise DtoolsError(f"--guide {cfg.guide} is the model itself, which guidance would not change; "
                           "give a weaker model (e.g. RUN/guide.safetensors, an early snapshot)")

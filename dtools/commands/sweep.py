@@ -47,6 +47,18 @@ def sweep(
         None, "--compile/--no-compile", help="torch.compile the network.",
         show_default="on for CUDA, off on the CPU",
     ),
+    guidance: float = typer.Option(
+        None, "--guidance", min=0.0, metavar="W", show_default="0: none",
+        help="Guide every setting as `dtools sample --guidance W` does; network calls count the guide's.",
+    ),
+    guidance_interval: str = typer.Option(
+        None, "--guidance-interval", metavar="LO,HI", show_default="every step",
+        help="Guide only where σ_t lies in (LO, HI], as in `dtools sample`.",
+    ),
+    guide: Path = typer.Option(
+        None, "--guide", metavar="CKPT", show_default="the model's null class",
+        help="Autoguidance: the weaker model (or run folder) to guide with, as in `dtools sample`.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object, not a table."),
     force: bool = opt.force("Overwrite files already in DIR."),
 ) -> None:
@@ -62,6 +74,7 @@ def sweep(
       dtools sweep runs/emoji/model.safetensors data/ --samplers ddpm:1000,ddim:50,dpm++2m:10,20 -o sweep/
       dtools sweep ckpt.safetensors sweep/reference.safetensors --samplers dpm++2m:5,10 -o sw2/ > sw2.md
       dtools grid sweep/dpm++2m-10.npy --limit 64 -o dpm10.png
+      dtools sweep runs/emoji heldout/ --samplers dpm++2m:10,20 --guide runs/emoji --guidance 1 -o auto/
     """
     from dtools.fid.sweep import SweepConfig, markdown
     from dtools.fid.sweep import sweep as run_sweep
@@ -69,7 +82,8 @@ def sweep(
     cfg = SweepConfig(
         checkpoint=checkpoint, reference=reference, samplers=sampler_list, out=output, n=n, seed=seed,
         subsets=subsets, weights=weights, fid_weights=fid_weights, batch_size=batch_size, device=device,
-        precision=precision, compile=compile_model, force=force,
+        precision=precision, compile=compile_model, force=force, guidance=guidance,
+        guidance_interval=guidance_interval, guide=guide,
     )
     report = run_sweep(cfg, log=lambda line: typer.echo(line, err=True))
     for note in report["warnings"]:

@@ -161,6 +161,11 @@ def train(
         help="Class-conditional unet: the share of each batch trained as the null class, so one network "
         "also predicts unconditionally (classifier-free guidance).",
     ),
+    guide_at: float = typer.Option(
+        None, "--guide-at", min=0.0, max=0.99, show_default="0.25",
+        help="unet: keep RUN/guide.safetensors, the model at this fraction of the run, as a weaker model to "
+        "guide the final one with (sample --guide RUN; autoguidance); 0 = none.",
+    ),
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Train in N processes on this machine (DistributedDataParallel through "
         "torchrun: one per GPU, or CPU processes); --batch-size stays the global batch. Several machines: "

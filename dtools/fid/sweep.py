@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dtools import samplers
 from dtools.checkpoint import load_model, read_info
 from dtools.errors import DtoolsError, OptionError
@@ -92,11 +94,26 @@ class SweepConfig:
     precision: str = "auto"
     compile: bool | None = None
     force: bool = False
+    guidance: float | None = None  # as `dtools sample --guidance`, for every setting
+    guidance_interval: str | None = None
+    guide: Path | None = None
 
     def sample_config(self, s: Setting) -> SampleConfig:
         return SampleConfig(checkpoint=self.checkpoint, n=self.n, sampler=s.sampler, steps=s.steps,
                             seed=self.seed, batch_size=self.batch_size, weights=self.weights,
-                            device=self.device, precision=self.precision, compile=self.compile)
+                            device=self.device, precision=self.precision, compile=self.compile,
+                            guidance=self.guidance, guidance_interval=self.guidance_interval,
+                            guide=self.guide)
+
+    def network_calls(self, s: Setting) -> int:
+        """Network calls per image of a setting, the guide's included."""
+        probe = None
+        if self.guidance:
+            text = self.guidance_interval
+            interval = None if text is None else samplers.parse_interval(text)
+            probe = samplers.Guidance(self.guidance, lambda *a: None, "eps", interval=interval)
+        betas = np.asarray(read_info(self.checkpoint)["betas"], dtype=np.float64)
+        return samplers.network_calls(s.sampler, s.steps, betas, "trailing", probe)[0]
 
 
 def resolve_settings(cfg: SweepConfig) -> list[Setting]:
@@ -136,6 +153,7 @@ def check_request(cfg: SweepConfig) -> tuple[list[Setting], Stats | None]:
     if cfg.subsets < 2:
         raise OptionError("--subsets", f"an interval needs at least 2 subsets, got {cfg.subsets}")
     settings = resolve_settings(cfg)
+    cfg.sample_config(settings[0]).check()  # the guidance options
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise DtoolsError(f"{out} exists and is not a folder")
@@ -208,7 +226,7 @@ def _run_setting(cfg: SweepConfig, s: Setting, net, device, ref: Stats, scorer: 
     with status(f"scoring {s.label()} (FID on {cfg.subsets} half-subsets)"):
         iv = fid_interval(scorer, feats["2048"].numpy(), cfg.subsets)
         row = {"setting": s.label(), "sampler": s.sampler, "steps": s.steps,
-               "nfe": SAMPLERS[s.sampler].nfe(s.steps), "seconds": seconds,
+               "nfe": cfg.network_calls(s), "seconds": seconds,
                "seconds_per_image": seconds / cfg.n,
                "fid": iv.fid, "fid_low": iv.low, "fid_high": iv.high, "samples_file": str(path)}
         if kid:

@@ -45,6 +45,10 @@ from dtools.train.lr import DECAYS
 # The configuration and its flags
 
 
+# --guide-at: measured by bench/guidance.py auto (docs/guidance.md, "Autoguidance")
+GUIDE_AT = 0.25
+
+
 def conditionable(kind: ModelType) -> bool:
     """A model type whose network can take a class (its config has `num_classes`)."""
     return "num_classes" in {f.name for f in dataclasses.fields(kind.config_class())}
@@ -143,6 +147,9 @@ class TrainConfig:
     # label dropout: the share of a batch trained as the null class, so one network also predicts
     # unconditionally (classifier-free guidance, Ho & Salimans 2022)
     cond_drop: float = _option(0.1, "--cond-drop", models=conditionable, omit_default=True)
+    # when the run keeps RUN/guide.safetensors, its EMA model so far, as a fraction of the run: a weaker
+    # model of the same data and schedule, for autoguidance (sample --guide RUN); 0: none
+    guide_at: float = _option(GUIDE_AT, "--guide-at", models=scheduled, omit_default=True)
     # the data's class names (index -> name) of a class-conditional run; None: unconditional
     classes: list[str] | None = field(default=None, metadata={"omit_default": True})
 
@@ -157,6 +164,13 @@ class TrainConfig:
     def num_classes(self) -> int:
         """Classes of a class-conditional run (its network's null class is this index); 0: unconditional."""
         return len(self.classes) if self.classes else 0
+
+    def progress(self, step: int, elapsed: float) -> float | None:
+        """How far a run is, as a fraction of its length: by steps, or by time for a run sized in time."""
+        total = self.total_steps()
+        if total is not None:
+            return step / total
+        return elapsed / (60 * self.max_minutes) if self.max_minutes else None
 
     def images_per_step(self) -> int:
         """Training images one step takes from the data (a GAN step: one batch per discriminator update)."""
@@ -228,6 +242,9 @@ class TrainConfig:
             raise DtoolsError(f"give {flag('max_steps')}, {flag('epochs')} or {flag('max_minutes')}")
         if self.cond not in CONDS:
             raise OptionError(flag("cond"), f"unknown {self.cond!r}; choose one of {', '.join(CONDS)}")
+        if not 0 <= self.guide_at < 1:
+            raise OptionError(flag("guide_at"), f"is a fraction of the run in [0, 1) (0: no snapshot), got "
+                              f"{self.guide_at}")
         if not 0 <= self.cond_drop < 1:
             raise OptionError(flag("cond_drop"), f"is a share of the batch in [0, 1), got {self.cond_drop}")
         if self.init_weights not in ("ema", "raw"):

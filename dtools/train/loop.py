@@ -31,13 +31,14 @@ from dtools.progress import Bar, fmt_time, progress_bar
 from dtools.progress import log as log_line
 from dtools.runtime import ThreadGuard, resolve
 from dtools.train import distributed
-from dtools.train.config import TrainConfig, resolved
+from dtools.train.config import TrainConfig, applies, resolved
 from dtools.train.data import Batch, BatchStream, augment, fingerprint, load_images, load_labels
 from dtools.train.estimate import StepClock, data_warning
 from dtools.train.finetune import describe_recipe, load_init
 from dtools.train.lr import factor as lr_factor
 from dtools.train.method import Method, NonFiniteLoss, Window
 from dtools.train.run import (
+    GUIDE_FILE,
     METRICS_FILE,
     MODEL_FILE,
     SAMPLES_DIR,
@@ -201,14 +202,34 @@ class Trainer:
             self.group.on_main(self._save_checkpoint)
             self.checkpoint_step = self.step  # before a second Ctrl-C may name it
 
-    def _save_checkpoint(self) -> None:
+    def _guide_due(self, end: bool) -> bool:
+        """Whether the run has reached --guide-at and has no guide snapshot yet (a denoiser's only)."""
+        cfg = self.cfg
+        if not (applies("guide_at", cfg.model_type) and cfg.guide_at) or (self.run_dir / GUIDE_FILE).exists():
+            return False
+        progress = cfg.progress(self.step, self.elapsed())
+        return progress is not None and progress >= cfg.guide_at and not end
+
+    def save_guide(self) -> None:
+        """RUN/guide.safetensors: the model checkpoint as it is now, kept as the run's weaker model for
+        autoguidance (`dtools sample RUN --guide RUN --guidance W`); written once, rank 0."""
+        with self.writing:
+            self.group.on_main(lambda: self._save_model(self.run_dir / GUIDE_FILE))
+        self.log(f"step {self.step}: kept {self.run_dir / GUIDE_FILE} (--guide-at {self.cfg.guide_at:g}: "
+                 "a weaker model to guide with)")
+
+    def _save_model(self, path: Path) -> dict[str, Any]:
+        """The model checkpoint at `path`; returns its header's fields."""
         method = self.method
-        tensors, info = method.capture(self.stream)
         weights, config, header = method.checkpoint()
         meta = {**header, "step": self.step, "images_seen": self.step * method.images_per_step,
                 "elapsed": round(self.elapsed(), 3), "train": self.cfg.to_dict()}
-        save_model(self.run_dir / MODEL_FILE, weights, config=config, model_type=method.model_type, meta=meta,
-                   force=True)
+        save_model(path, weights, config=config, model_type=method.model_type, meta=meta, force=True)
+        return meta
+
+    def _save_checkpoint(self) -> None:
+        tensors, info = self.method.capture(self.stream)
+        meta = self._save_model(self.run_dir / MODEL_FILE)
         write_metrics(self.run_dir / METRICS_FILE, self.metrics)
         if self.metrics:
             self._plot()
@@ -362,6 +383,8 @@ class Trainer:
         cfg = self.cfg
         if samples and cfg.sample_every and (self.step % cfg.sample_every == 0 or end) and self.group.is_main:
             self.write_samples()
+        if self._guide_due(end):
+            self.save_guide()
         if self.step % cfg.save_every == 0 or end:
             self.save_checkpoint()
             if not self.show_bar:

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dtools.checkpoint import RUN_MODEL_FILE
+from dtools.checkpoint import RUN_GUIDE_FILE, RUN_MODEL_FILE
 from dtools.errors import DtoolsError
 from dtools.fileio import atomic_write_bytes
 
 MODEL_FILE = RUN_MODEL_FILE
+GUIDE_FILE = RUN_GUIDE_FILE  # the EMA model at --guide-at of the run: autoguidance's weaker model
 STATE_FILE = "train-state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -20,7 +21,7 @@ CONFIG_FILE = "config.json"
 SAMPLES_DIR = "samples"
 
 
-RUN_FILES = (MODEL_FILE, STATE_FILE, METRICS_FILE, LOSS_PLOT, ACCURACY_PLOT, CONFIG_FILE)
+RUN_FILES = (MODEL_FILE, STATE_FILE, METRICS_FILE, LOSS_PLOT, ACCURACY_PLOT, CONFIG_FILE, GUIDE_FILE)
 
 
 def _leftover(p: Path) -> bool:

@@ -106,6 +106,20 @@ def test_a_class_by_name_or_index_and_guidance(trained, runner, tmp_path):
     assert not np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "g2.npy"))
 
 
+def test_every_run_keeps_an_early_snapshot_to_guide_with(trained, runner, tmp_path):
+    _, run, output = trained
+    guide = run / "guide.safetensors"
+    assert read_info(guide)["step"] == 40  # --guide-at 0.25 of 160 steps
+    assert "step 40: kept" in output
+    res = runner.invoke(app, ["sample", str(run), "--guide", str(run), "--guidance", "1", "-n", "2",
+                              "--steps", "6", "-o", str(tmp_path / "g.npy")])
+    assert res.exit_code == 0, res.output
+    assert f"autoguidance by {guide}, w=1" in res.output
+    res = runner.invoke(app, ["sample", str(run), "--guide", str(tmp_path), "--guidance", "1", "-n", "2",
+                              "-o", str(tmp_path / "h.npy")])
+    assert res.exit_code == 1 and "a folder without guide.safetensors" in res.output, res.output
+
+
 def test_autoguidance_by_a_weaker_checkpoint(trained, runner, tmp_path):
     _, run, _ = trained
     weak = tmp_path / "weak"
@@ -187,3 +201,34 @@ def test_resume_needs_the_same_labels(trained, runner, tmp_path):
     shutil.copytree(run, copy)
     res = runner.invoke(app, ["train", "--resume", "-o", str(copy), str(moved), "--max-steps", "170"])
     assert res.exit_code == 1 and "not the images the run" in res.output, res.output
+
+
+def test_export_and_import_keep_the_classes(trained, runner, tmp_path):
+    from diffusers import UNet2DModel
+
+    _, run, _ = trained
+    pipe = tmp_path / "pipe"
+    res = runner.invoke(app, ["export", str(run), "-o", str(pipe)])
+    assert res.exit_code == 0, res.output
+    unet = json.loads((pipe / "unet/config.json").read_text())
+    assert unet["num_class_embeds"] == 4 and unet["dtools_null_class"] == 3
+    assert UNet2DModel.from_pretrained(pipe / "unet").class_embedding.weight.shape[0] == 4
+    back = tmp_path / "back.safetensors"
+    res = runner.invoke(app, ["import", str(pipe), "-o", str(back)])
+    assert res.exit_code == 0, res.output
+    assert read_info(back)["condition"] == {"kind": "class", "classes": ["red", "green", "blue"]}
+    a = runner.invoke(app, ["sample", str(run), "--class", "green", "-n", "2", "--steps", "5", "--precision",
+                            "fp32", "-o", str(tmp_path / "a.npy")])
+    b = runner.invoke(app, ["sample", str(back), "--class", "green", "-n", "2", "--steps", "5", "--precision",
+                            "fp32", "-o", str(tmp_path / "b.npy")])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    # a folder whose embedded header went missing still imports, its classes named by index
+    edited = tmp_path / "edited"
+    shutil.copytree(pipe, edited)
+    from safetensors.torch import load_file, save_file
+    weights = edited / "unet/diffusion_pytorch_model.safetensors"
+    save_file(load_file(weights), weights)  # without dtools' metadata
+    res = runner.invoke(app, ["import", str(edited), "-o", str(tmp_path / "e.safetensors")])
+    assert res.exit_code == 0, res.output
+    assert read_info(tmp_path / "e.safetensors")["condition"]["classes"] == ["0", "1", "2"]

@@ -78,3 +78,22 @@ def test_sweep_errors_before_any_work(tmp_path):
     r = _invoke("sweep", tmp_path / "nope.safetensors", DATA, "-s", "ddim:5", "-o", tmp_path / "sw")
     assert r.exit_code == 1 and r.stderr.startswith("Error: ")
     assert not (tmp_path / "sw").exists()
+
+
+def test_sweep_guides_every_setting_and_counts_the_guides_calls(tmp_path):
+    import shutil
+
+    from dtools.checkpoint import read_model, save_model
+
+    sets, info = read_model(CKPT)  # a weaker guide: the raw weights of the same run
+    guide = tmp_path / "guide.safetensors"
+    meta = {k: v for k, v in info.items() if k not in ("model", "model_type", "weights")}
+    save_model(guide, {"ema": sets["raw"]}, config=info["model"], model_type=info["model_type"], meta=meta)
+    r = _invoke("sweep", CKPT, DATA, "-s", "ddim:5", "-n", "8", "--subsets", "10", "--guide", guide,
+                "--guidance", "1", "-o", tmp_path / "sw")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[2].startswith("| ddim:5 | 10 | ")  # 5 calls of the model, 5 of the guide
+    r = _invoke("sweep", CKPT, DATA, "-s", "ddim:5", "--guidance", "1", "-o", tmp_path / "sw2")
+    assert r.exit_code == 1 and "no null class" in r.stderr
+    assert not (tmp_path / "sw2").exists()
+    shutil.rmtree(tmp_path / "sw")
