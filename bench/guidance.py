@@ -64,13 +64,13 @@ class Snapshots(threading.Thread):
 
     def __init__(self, run: Path, out: Path):
         super().__init__(daemon=True)
-        self.run, self.out, self.done = run, out, threading.Event()
+        self.folder, self.out, self.done = run, out, threading.Event()
         out.mkdir(parents=True, exist_ok=True)
 
     def run_once(self) -> None:
-        model = self.run / "model.safetensors"
+        model = self.folder / "model.safetensors"
         try:
-            step = _step(self.run)
+            step = _step(self.folder)
         except (OSError, ValueError, KeyError):
             return
         target = self.out / f"step_{step:06d}.safetensors"

@@ -19,7 +19,15 @@ from dtools.errors import DtoolsError
 from dtools.models import DEFAULT_MODEL, MODEL_TYPES
 from dtools.progress import fmt_time
 from dtools.tensorfile import read_header, tensor_shapes
-from dtools.train.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SAMPLES_DIR, STATE_FILE, read_metrics
+from dtools.train.run import (
+    CONFIG_FILE,
+    GUIDE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    SAMPLES_DIR,
+    STATE_FILE,
+    read_metrics,
+)
 from dtools.train.state import STATE_FORMAT
 
 STATS_FORMAT = "dtools.fid-stats"  # dtools.fid.stats's (not imported: it loads torch-fidelity)
@@ -240,6 +248,10 @@ def _run(run: Path) -> Info:
     grids = sorted((run / SAMPLES_DIR).glob("step_*.png")) if SAMPLES_DIR in files else []
     facts["last_samples"] = str(grids[-1]) if grids else None
     rows.append(("samples", f"{grids[-1]} ({len(grids)} grids)" if grids else "none"))
+    if GUIDE_FILE in files:
+        step = read_info(run / GUIDE_FILE).get("step")
+        facts["guide"] = {"path": str(run / GUIDE_FILE), "step": step}
+        rows.append(("guide", f"{run / GUIDE_FILE} (step {step}; sample --guide {run} --guidance W)"))
     if facts.get("state_step") is not None:
         rows.append(("resume", f"dtools train --resume -o {run}  (state at step {facts['state_step']})"))
     return Info(str(run), "training run", facts, rows)

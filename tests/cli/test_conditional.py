@@ -67,6 +67,8 @@ def test_info_shows_the_classes(trained, runner):
     res = runner.invoke(app, ["info", str(run / "model.safetensors")])
     assert res.exit_code == 0, res.output
     assert "3: 0=red, 1=green, 2=blue" in res.output
+    res = runner.invoke(app, ["info", str(run)])
+    assert f"guide     {run / 'guide.safetensors'} (step 40" in res.output, res.output
 
 
 def test_the_model_follows_its_class(trained, runner, tmp_path):
