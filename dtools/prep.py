@@ -581,6 +581,7 @@ def run(
         skipped.append(path)
 
     skipped: list[Path] = []
+    t0 = time.perf_counter()
     with open_source(src, labels) as source:
         files = source.files
         with progress_bar("prep", min(len(files), limit) if limit else len(files)) as bar:
@@ -589,6 +590,7 @@ def run(
                 keep_batch=npy is not None, labels=source.labels, classes=source.classes,
                 on_skip=warn, on_progress=bar.advance,
             )
+        report.seconds = time.perf_counter() - t0  # listing SRC and writing a built-in's folder too
     if out is None and report.labels is not None:
         log(f"note: the .npy holds the images only; their {len(report.classes)} classes are lost "
             f"(give a folder OUT too to keep them in OUT/{LABELS_FILE})")
