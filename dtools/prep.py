@@ -199,7 +199,7 @@ def labelled(src: Path, files: list[Path], how: str = "auto", name: str | None =
                 raise DtoolsError(f"{name or src}: --labels folders needs one sub-folder per class, "
                                   f"but {found}")
             return Source(files)
-        index = {name: i for i, name in enumerate(found)}
+        index = {cls: i for i, cls in enumerate(found)}
         labels = np.array([index[f.relative_to(src).parts[0]] for f in files], dtype=np.int64)
         classes = found
     order = round_robin(labels)
