@@ -234,3 +234,20 @@ def test_export_and_import_keep_the_classes(trained, runner, tmp_path):
     res = runner.invoke(app, ["import", str(edited), "-o", str(tmp_path / "e.safetensors")])
     assert res.exit_code == 0, res.output
     assert read_info(tmp_path / "e.safetensors")["condition"]["classes"] == ["0", "1", "2"]
+
+
+def test_a_fine_tune_keeps_the_classes_and_needs_them_in_the_data(trained, runner, tmp_path):
+    data, run, _ = trained
+    res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "ft"), "--init-from", str(run),
+                              "--max-steps", "2", "--sample-every", "0", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert read_info(tmp_path / "ft")["condition"]["classes"] == ["red", "green", "blue"]
+    plain = tmp_path / "plain"
+    shutil.copytree(data, plain)
+    (plain / LABELS_FILE).unlink()
+    res = runner.invoke(app, ["train", str(plain), "-o", str(tmp_path / "ft2"), "--init-from", str(run),
+                              "--max-steps", "2"])
+    assert res.exit_code == 1 and "has no labels, but" in res.output and "is conditioned on red" in res.output
+    res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "ft3"), "--init-from", str(run),
+                              "--max-steps", "2", "--cond", "none"])
+    assert res.exit_code == 1 and "is class-conditional; --init-from keeps its network" in res.output

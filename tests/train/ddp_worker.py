@@ -22,7 +22,7 @@ from dtools import train as training
 from dtools.errors import DtoolsError
 from dtools.schedules import make_schedule
 from dtools.train import distributed
-from dtools.train.data import peek
+from dtools.train.data import data_classes, peek
 
 
 class Recording(training.Trainer):
@@ -46,7 +46,7 @@ def config(run: dict) -> training.TrainConfig:
     shape = peek(run["data"])
     if options.get("model_type", "unet") == "unet":
         return training.new_config(run["data"], run["out"], "cosine", make_schedule("cosine", 100), shape,
-                                   options)
+                                   options, data_classes(run["data"]))
     return training.new_config(run["data"], run["out"], None, np.zeros(0), shape, options)
 
 

@@ -58,6 +58,7 @@ def spec(path: Path, runs: list[dict]) -> str:
 def ddp(data8, tmp_path_factory):
     """The runs on 2 processes (folders unet, vae, dcgan) and the U-Net in one process (single)."""
     root = tmp_path_factory.mktemp("ddp")
+    labelled = labelled_copy(data8, root / "labelled")
     runs = [
         {"data": str(data8), "out": str(root / "unet"), "options": UNET},
         {"data": str(data8), "out": str(root / "vae"), "options": {**SMALL, "model_type": "vae",
@@ -67,11 +68,27 @@ def ddp(data8, tmp_path_factory):
         # a time budget that each process finds used up at its own moment
         {"data": str(data8), "out": str(root / "budget"), "options": {**UNET, "max_steps": 500,
                                                                       "max_minutes": 0.002}},
+        # class-conditional: each process's slice of the labels and of the label-dropout draws
+        {"data": str(labelled), "out": str(root / "cond"), "options": {**UNET, "cond_drop": 0.5}},
     ]
     done = torchrun(str(Path(ddp_worker.__file__)), spec(root / "spec.json", runs))
     assert done.returncode == 0, done.stderr[-3000:]
     single = ddp_worker.train({"data": str(data8), "out": str(root / "single"), "options": UNET})
+    ddp_worker.train({"data": str(labelled), "out": str(root / "cond-single"),
+                      "options": {**UNET, "cond_drop": 0.5}})
     return root, single
+
+
+def labelled_copy(data: Path, out: Path) -> Path:
+    """`data`'s images with two classes (i % 2) in a dataset.json."""
+    import shutil
+
+    from dtools.labels import write_labels
+
+    shutil.copytree(data, out)
+    names = sorted(p.name for p in out.glob("*.png"))
+    write_labels(out, names, [i % 2 for i in range(len(names))], ["even", "odd"])
+    return out
 
 
 def ranks(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -134,6 +151,17 @@ def test_the_loss_trajectory_is_that_of_one_process(ddp):
         assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-4), key
     a, _ = ranks(root / "unet")
     assert apart({k[len("weights."):]: v for k, v in a.items()}, single.method.model.state_dict()) < 1e-3
+
+
+def test_a_class_conditional_run_follows_the_trajectory_of_one_process(ddp):
+    root, _ = ddp
+    two, one = metrics(root / "cond"), metrics(root / "cond-single")
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    a, _ = ranks(root / "cond")
+    assert "weights.class_embed.weight" in a
+    (w1, h1) = read_model(root / "cond-single" / training.MODEL_FILE)
+    assert h1["condition"] == {"kind": "class", "classes": ["even", "odd"]}
+    assert apart({k[len("weights."):]: v for k, v in a.items()}, w1["raw"]) < 1e-3
 
 
 def test_the_comparison_tells_a_different_batch_apart(ddp, data8, tmp_path):
