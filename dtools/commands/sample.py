@@ -7,10 +7,12 @@ from pathlib import Path
 import typer
 
 from dtools.commands import options as opt
-from dtools.commands.options import SPACINGS, VARIANCES, default_steps, sampler_help, steps_help
 from dtools.sampler_specs import DEFAULT_SAMPLER, SAMPLERS
 
-__all__ = ["SPACINGS", "VARIANCES", "default_steps", "sample", "sampler_help", "steps_help"]
+# the sampling vocabulary lives in commands/options.py (edit, invert and interpolate share it); these
+# names stay here for the tests and scripts that read them from `dtools.commands.sample`
+VARIANCES, SPACINGS = opt.VARIANCES, opt.SPACINGS
+sampler_help, steps_help, default_steps = opt.sampler_help, opt.steps_help, opt.default_steps
 
 
 def sample(
