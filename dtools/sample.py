@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from dtools import samplers
 from dtools.checkpoint import LoadedModel, class_names, guide_file, load_model, model_file, read_info
 from dtools.errors import DtoolsError, OptionError
-from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, refuse_terminal, write_npy
+from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, read_npy, refuse_terminal, write_npy
 from dtools.grid import make_grid
 from dtools.images import IMAGE_EXTS, numbered_index, numbered_png, png_bytes, to_uint8, write_png_folder
 from dtools.labels import LABELS_FILE, labels_path, parse_class, write_labels
@@ -31,8 +31,13 @@ from dtools.models import MODEL_TYPES
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar
 from dtools.runtime import Runtime, resolve
-from dtools.sampler_specs import DEFAULT_SAMPLER, check_applies, lookup
+from dtools.sampler_specs import DEFAULT_SAMPLER, check_applies, deterministic_samplers, lookup
 from dtools.samplers.guidance import check_weight, parse_interval
+
+# `dtools invert`'s chain, and how `sample --from-latents` and `dtools interpolate` decode by default: DDIM
+# (η = 0) on 50 trailing steps, whose run forward the inversion is (docs/edit.md measures the round trip)
+LATENT_SAMPLER = "ddim"
+LATENT_STEPS = 50
 
 TERMINAL_HINT = (
     "refusing to write binary .npy images to a terminal; pipe them (`| dtools grid -o out.png`), "
@@ -67,6 +72,9 @@ class SampleConfig:
     guidance: float | None = None  # w of D + w (D - D_weak); None: 0 (no guidance)
     guidance_interval: str | None = None  # "LO,HI": guide only where σ_t lies in (LO, HI]
     guide: Path | None = None  # autoguidance: the weaker model's checkpoint (or run folder)
+    # decode these x_T (a .npy of float latents [N, C, H, W], `dtools invert`'s; '-' = stdin) instead of
+    # drawing them: one image each (n is their number), by a deterministic sampler (ddim by default)
+    from_latents: str | None = None
 
     def check(self) -> None:
         """The checks that need no more than the checkpoint's header; run before the output is even
@@ -80,7 +88,12 @@ class SampleConfig:
                                   "makes each image in one network call from z ~ N(0, I), with no sampler; "
                                   "drop it")
             return
-        check_applies(self.sampler_name, eta=self.eta, variance=self.variance)
+        spec = check_applies(self.sampler_name, eta=self.eta, variance=self.variance)
+        if self.from_latents is not None and not spec.is_deterministic(self.eta):
+            how = f"--eta {self.eta:g}" if self.eta else f"--sampler {spec.name}"
+            raise DtoolsError(f"--from-latents: {how} draws fresh noise at every step, so the image would "
+                              f"not be the one the latents stand for; use a deterministic sampler: "
+                              f"{deterministic_samplers()}")
         classes = class_names(info)
         if classes is None and (self.classes is not None or self.per_class is not None):
             given = "--class" if self.classes is not None else "--per-class"
@@ -109,7 +122,7 @@ class SampleConfig:
         return {"--sampler": self.sampler, "--steps": self.steps, "--eta": self.eta,
                 "--variance": self.variance, "--spacing": self.spacing,
                 "--clip" if self.clip else "--no-clip": self.clip,
-                "--trajectory": self.trajectory}
+                "--trajectory": self.trajectory, "--from-latents": self.from_latents}
 
     def guide_options(self) -> dict[str, object]:
         """The options of conditioning and guidance, by flag."""
@@ -138,7 +151,18 @@ class SampleConfig:
 
     @property
     def sampler_name(self) -> str:
-        return self.sampler if self.sampler is not None else DEFAULT_SAMPLER
+        if self.sampler is not None:
+            return self.sampler
+        return LATENT_SAMPLER if self.from_latents is not None else DEFAULT_SAMPLER
+
+    def steps_for(self, T: int) -> int:
+        """--steps, or its default: the sampler's on a schedule of T steps; LATENT_STEPS for given
+        latents (the chain `dtools invert` made them on)."""
+        if self.steps is not None:
+            return self.steps
+        if self.from_latents is not None:
+            return min(LATENT_STEPS, T)
+        return lookup(self.sampler_name).steps_for(T)
 
     @property
     def count(self) -> int:
@@ -263,6 +287,42 @@ class Sink:
             self.log(f"removed {len(stale)} higher-numbered PNGs of an earlier run (--force)")
 
 
+def image_shape_of(checkpoint: Path) -> tuple[int, int, int]:
+    """(C, H, W) of the images a checkpoint's network makes, from its header alone."""
+    info = read_info(checkpoint)
+    return tuple(MODEL_TYPES[info["model_type"]].network_config(info["model"]).image_shape())
+
+
+def read_latents(source: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """--from-latents: the x_T to decode, float [N, C, H, W] for a model of (C, H, W) images, checked;
+    from a .npy file or '-' (stdin)."""
+    name = "--from-latents " + ("stdin" if is_stdio(source) else str(source))
+    arr = read_npy(source)
+    if arr.dtype.kind != "f":
+        hint = " (an image batch: `dtools invert` makes latents of it)" if arr.dtype == np.uint8 else ""
+        raise DtoolsError(f"{name}: latents are floats x_T [N, C, H, W], got dtype {arr.dtype}{hint}")
+    want = "[N, {}, {}, {}]".format(*shape)
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(shape) or arr.shape[0] == 0:
+        raise DtoolsError(f"{name}: latents of shape {list(arr.shape)}, but this model's x_T is {want} "
+                          "(N >= 1); invert images with this model's `dtools invert`")
+    bad = int(np.size(arr) - np.isfinite(arr).sum())
+    if bad:
+        raise DtoolsError(f"{name}: {bad} of its {arr.size} values are NaN or infinite")
+    return arr
+
+
+def with_latents(cfg: SampleConfig) -> tuple[SampleConfig, np.ndarray | None]:
+    """The config with n set to the number of --from-latents latents, and the latents (read and checked
+    before any output is looked at); (cfg, None) without --from-latents."""
+    if cfg.from_latents is None:
+        return cfg, None
+    if cfg.per_class is not None:
+        raise DtoolsError("--per-class does not apply to --from-latents (the latents say how many images); "
+                          "give --class for their classes")
+    latents = read_latents(cfg.from_latents, image_shape_of(cfg.checkpoint))
+    return replace(cfg, n=latents.shape[0]), latents
+
+
 def load(cfg: SampleConfig) -> tuple[LoadedModel, Runtime]:
     """The checkpoint's network on the chosen device, compiled if asked."""
     rt = resolve(cfg.device, cfg.precision, cfg.compile)
@@ -343,14 +403,16 @@ def load_guide(cfg: SampleConfig, main: LoadedModel, rt: Runtime) -> Guide | Non
                  f"autoguidance by {path}, w={cfg.guidance:g}")
 
 
-def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) -> float:
-    """Sample `cfg.images` images (or trajectories) into `sink`; returns the seconds spent sampling."""
+def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line,
+        latents: np.ndarray | None = None) -> float:
+    """Sample `cfg.images` images (or trajectories) into `sink`; returns the seconds spent sampling.
+    `latents` (`with_latents`): the x_T [n, C, H, W] of --from-latents, decoded instead of drawn."""
     loaded, rt = load(cfg)
     if loaded.schedule is None:
         return run_prior(cfg, loaded, rt, sink, log)
     model, schedule, param, info = loaded
     spec, spacing = lookup(cfg.sampler_name), cfg.spacing or "trailing"
-    steps = cfg.steps if cfg.steps is not None else spec.steps_for(schedule.T)
+    steps = cfg.steps_for(schedule.T)
     if cfg.trajectory is not None and cfg.trajectory > steps + 1:
         raise OptionError("--trajectory", f"{cfg.trajectory}: the chain has only {steps + 1} states to show")
     samplers.check_options(spec.name, param, spacing, eta=cfg.eta, variance=cfg.variance)
@@ -369,7 +431,8 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
     calls, weak = samplers.network_calls(spec.name, steps, schedule.betas.numpy(), spacing, probe)
     guided = f"; {guide.what}, {weak} of them the guide's" if guide is not None else ""
     drawn = f", {_class_text(plan, classes)}" if plan is not None else ""
-    log(f"sampling {cfg.images} {what} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
+    source = f" from the latents of {cfg.from_latents}" if latents is not None else ""
+    log(f"sampling {cfg.images} {what}{source} of {shape[1]}x{shape[2]}x{shape[0]} from {cfg.checkpoint} "
         f"(step {info.get('step', '?')}, {param}, {cfg.weights} weights){drawn}: {spec.name}, {steps} steps "
         f"({calls} network calls/image{guided}), {rt.describe()}")
     if plan is not None:
@@ -389,9 +452,10 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line) ->
 
             y = None if plan is None else torch.tensor(plan[done:done + len(batch)], device=rt.device)
             guidance = guide.guidance(cfg, y, null) if guide is not None else None
+            x_T = None if latents is None else torch.from_numpy(latents[done:done + len(batch)])
             x = samplers.generate(model_fn, schedule, param, shape, batch, device=rt.device,
                                   clip_x0=cfg.clip is not False, cond=y, guidance=guidance, callback=on_step,
-                                  **opts)
+                                  x_T=x_T, **opts)
             done += len(batch)
             images = to_uint8(x)  # (B, H, W, C)
             sink.add(snaps.finish(images) if snaps is not None else images)

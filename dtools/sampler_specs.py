@@ -38,6 +38,9 @@ class SamplerSpec:
     default_steps: int | Literal["T"] = 20  # "T": every timestep of the schedule
     # the options it takes (its function's keyword arguments, the flags of `dtools sample`) and defaults
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # whether it draws no noise after x_T (a given x_T, `dtools invert`'s, then decodes to one image);
+    # a sampler with an `eta` option is deterministic only at eta = 0
+    deterministic: bool = True
 
     def nfe(self, steps: int) -> int:
         """Network calls per image for a chain of `steps` timesteps."""
@@ -57,6 +60,11 @@ class SamplerSpec:
         default; options it does not take are left out."""
         return {k: given[k] if given.get(k) is not None else default for k, default in self.options.items()}
 
+    def is_deterministic(self, eta: float | None = None) -> bool:
+        """Whether this sampler with this --eta (None: its default) draws no noise after x_T."""
+        eta = self.options.get("eta") if eta is None else eta
+        return self.deterministic and not eta
+
     def load(self) -> Callable[..., Any]:
         """The sampler function itself (imported on first use)."""
         module, _, name = self.function.partition(":")
@@ -65,7 +73,7 @@ class SamplerSpec:
 
 SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("ddpm", "ancestral, 1 call/step, the seed's sampler (default --steps T)",
-                "dtools.samplers.ddpm:ddpm", default_steps="T",
+                "dtools.samplers.ddpm:ddpm", default_steps="T", deterministic=False,
                 options=MappingProxyType({"variance": "posterior"})),
     SamplerSpec("ddim", "DDIM with --eta, 1 call/step", "dtools.samplers.ddim:ddim",
                 options=MappingProxyType({"eta": 0.0})),
@@ -101,6 +109,13 @@ def option_default(option: str) -> Any:
     defaults = {s.options[option] for s in SAMPLERS.values() if option in s.options}
     assert len(defaults) == 1, (option, defaults)
     return defaults.pop()
+
+
+def deterministic_samplers() -> str:
+    """The samplers that decode a given x_T deterministically, as errors name them."""
+    names = [s.name + (" (--eta 0)" if "eta" in s.options else "") for s in SAMPLERS.values()
+             if s.is_deterministic(0.0)]
+    return ", ".join(names)
 
 
 def check_applies(sampler: str, **given: Any) -> SamplerSpec:

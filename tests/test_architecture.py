@@ -18,8 +18,8 @@ LAYERS = {
     "io": ["dtools.fileio", "dtools.tensorfile", "dtools.checkpoint", "dtools.images", "dtools.runtime",
            "dtools.progress", "dtools.plots", "dtools.diffusers_format", "dtools.diffusers_folder",
            "dtools.schedule_io", "dtools.labels"],
-    "jobs": ["dtools.train", "dtools.sample", "dtools.fid", "dtools.prep", "dtools.noise", "dtools.grid",
-             "dtools.info"],
+    "jobs": ["dtools.train", "dtools.sample", "dtools.edit", "dtools.fid", "dtools.prep", "dtools.noise",
+             "dtools.grid", "dtools.info"],
     "commands": ["dtools.commands", "dtools.cli", "dtools.docgen", "dtools.__main__"],
 }
 ORDER = list(LAYERS)

@@ -4,11 +4,14 @@ Command modules parse options and do I/O only, and import heavy libraries (torch
 function so that `dtools --help` stays fast.
 """
 
+from dtools.commands.edit import edit
 from dtools.commands.export import export
 from dtools.commands.fid import fid
 from dtools.commands.grid import grid
 from dtools.commands.import_ import import_
 from dtools.commands.info import info
+from dtools.commands.interpolate import interpolate
+from dtools.commands.invert import invert
 from dtools.commands.nn import nn
 from dtools.commands.noise import noise
 from dtools.commands.prep import prep
@@ -24,6 +27,9 @@ COMMANDS = {
     "noise": noise,
     "train": train,
     "sample": sample,
+    "edit": edit,
+    "invert": invert,
+    "interpolate": interpolate,
     "grid": grid,
     "fid": fid,
     "sweep": sweep,

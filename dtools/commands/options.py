@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import re
 import typing
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import typer
 from typer.core import TyperCommand
+
+from dtools.sampler_specs import SAMPLERS, option_default, takers
 
 # The choices of the runtime (dtools.runtime.DEVICES, PRECISIONS; a test keeps them in step), listed
 # here so that `--help` does not import torch.
@@ -132,6 +135,97 @@ def steps(help: str, default=None, show_default: str | None = None):
 
 def weights(help: str = "ema: the EMA weights; raw: the online weights, without EMA."):
     return choice("ema", "--weights", choices=("ema", "raw"), help=help)
+
+
+# ------------------------------------------------------------- a diffusion model's sampling options
+# (sample, edit, invert, interpolate). Kept in step with dtools.diffusion (tests/cli/test_options.py
+# checks); listed here so that `dtools --help` does not import torch. The samplers' facts come from
+# their specs (no torch either).
+VARIANCES = ("beta", "posterior")  # dtools.diffusion.VARIANCE_FIELDS
+SPACINGS = ("trailing", "linspace", "leading")  # dtools.diffusion.SPACING
+
+
+def sampler_help() -> str:
+    """--sampler's help: each sampler's help line."""
+    return "; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()) + "."
+
+
+def steps_help() -> str:
+    """--steps' help, naming the samplers whose network calls are not one per step."""
+    odd = [f"{s.name}: {s.nfe_formula()}" for s in SAMPLERS.values() if s.nfe_formula() != "steps"]
+    return "Timesteps visited, 2..T: network calls per image" + (f" ({'; '.join(odd)})" if odd else "") + "."
+
+
+def default_steps() -> str:
+    """--steps' default as help shows it: 'T for ddpm, 20 otherwise'."""
+    usual = Counter(s.default_steps for s in SAMPLERS.values()).most_common(1)[0][0]
+    others = [f"{s.default_steps} for {s.name}" for s in SAMPLERS.values() if s.default_steps != usual]
+    return ", ".join([*others, f"{usual} otherwise"]) if others else str(usual)
+
+
+def eta():
+    return option(None, "--eta", show_default=f"{option_default('eta'):g}",
+                  help=f"{takers('eta')} only: noise scale, 0 = deterministic, 1 = ddpm's posterior "
+                  "variance.")
+
+
+def variance():
+    return choice(None, "--variance", choices=VARIANCES, show_default=option_default("variance"),
+                  help=f"{takers('variance')} only: reverse variance beta (β_t) or posterior (β̃_t).")
+
+
+def spacing():
+    return choice(None, "--spacing", choices=SPACINGS, show_default="trailing",
+                  help="Which timesteps a --steps < T chain keeps: trailing (starts at T-1), linspace (both "
+                  "ends), leading (DDIM's original).")
+
+
+def clip():
+    return option(None, "--clip/--no-clip", help="Clip each predicted x0 to [-1, 1].", show_default="clip")
+
+
+def classes(help: str, show_default: str = "every class in turn"):
+    return option(None, "--class", metavar="C", show_default=show_default, help=help)
+
+
+def guidance():
+    return option(None, "--guidance", min=0.0, metavar="W", show_default="0: none",
+                  help="Guidance weight: D + W (D - D_weak), from the null class (classifier-free) or from "
+                  "--guide (autoguidance); network calls grow where it applies (docs/guidance.md).")
+
+
+def guidance_interval():
+    return option(None, "--guidance-interval", metavar="LO,HI", show_default="every step",
+                  help="Guide only where the noise level σ_t = √((1-ᾱ)/ᾱ) lies in (LO, HI], e.g. 0.28,5.42; "
+                  "HI may be inf.")
+
+
+def guide():
+    return option(None, "--guide", metavar="CKPT", show_default="the model's null class",
+                  help="Autoguidance: a weaker model of the same data and schedule (e.g. "
+                  "RUN/guide.safetensors, the early snapshot every run keeps) to guide with.")
+
+
+def compile_model():
+    return option(None, "--compile/--no-compile", help="torch.compile the network.",
+                  show_default="on for CUDA, off on the CPU")
+
+
+def resize(what: str = "images"):
+    return option(False, "--resize", help=f"Fit {what} of another size or channel count to the model's "
+                  "(centre crop, Lanczos, as `dtools prep`); without it they are refused.")
+
+
+def refine():
+    return option(0, "--refine", min=0, metavar="N",
+                  help="Fixed-point iterations per inversion step (N more network calls each): a closer "
+                  "round trip (docs/edit.md).")
+
+
+SAMPLING_PRECISION_HELP = ("auto: bf16 on a CUDA GPU (fp16 on older ones) and on a CPU with AMX, else fp32 "
+                           "(docs/performance.md).")
+CHECKPOINT_HELP = ("Model checkpoint written by `dtools train` (RUN/model.safetensors), or the run folder "
+                   "RUN itself.")
 
 
 # ---------------------------------------------------------------------------- how commands show them

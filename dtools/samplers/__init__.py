@@ -20,7 +20,9 @@ The rest of the package: `chain.py` (the `Chain` of timesteps and the `Denoiser`
 its optional condition and guidance), `guidance.py` (classifier-free guidance and autoguidance,
 D + w (D − D_weak), with its σ interval), `seeds.py` (one noise generator per image), `generation.py`
 (`sample`, `generate`, `generate_from_prior` for a model without a chain, `network_calls`, and the
-option checks).
+option checks), `editing.py` (SDEdit and inpainting: a chain entered part-way, and `Inpaint`, the
+Denoiser's constraint that every sampler applies at the top of its step), `inversion.py` (DDIM run
+forward from an image to its x_T, and `slerp` between two x_T).
 
 Schedule math is float64 (the sampler state too); the network sees float32. A zero-terminal-SNR
 schedule (ᾱ = 0 at t = T-1, so λ = -∞, σ̂ = ∞) is handled by taking the first step in closed form.
@@ -31,13 +33,13 @@ its seed, never on the batch it was drawn in or on the device.
 """
 
 from dtools.sampler_specs import DEFAULT_SAMPLER, SAMPLERS, SamplerSpec
-from dtools.samplers.chain import Callback, Chain, Denoiser, ModelFn
+from dtools.samplers.chain import Callback, Chain, Constraint, Denoiser, ModelFn
 from dtools.samplers.generation import check_options, generate, generate_from_prior, network_calls, sample
 from dtools.samplers.guidance import Guidance, parse_interval
 from dtools.samplers.seeds import ImageNoise, NoiseFn, image_seed
 
 __all__ = [
-    "DEFAULT_SAMPLER", "SAMPLERS", "Callback", "Chain", "Denoiser", "Guidance", "ImageNoise", "ModelFn",
-    "NoiseFn", "SamplerSpec", "check_options", "generate", "generate_from_prior", "image_seed",
+    "DEFAULT_SAMPLER", "SAMPLERS", "Callback", "Chain", "Constraint", "Denoiser", "Guidance", "ImageNoise",
+    "ModelFn", "NoiseFn", "SamplerSpec", "check_options", "generate", "generate_from_prior", "image_seed",
     "network_calls", "parse_interval", "sample",
 ]

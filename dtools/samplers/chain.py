@@ -23,6 +23,8 @@ from dtools.samplers.guidance import Guidance
 # (x_t (B,C,H,W) f32, t (B,) int64[, cond]) -> out (B,C,H,W); cond only when the batch has a condition
 ModelFn = Callable[..., torch.Tensor]
 Callback = Callable[[dict], None]
+# (denoise, x_t (B,C,H,W) float64, chain, k) -> x_t: what a step starts from (inpainting's known region)
+Constraint = Callable[["Denoiser", torch.Tensor, "Chain", int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Denoiser:
     `cond` (e.g. class labels (B,)) goes to every network call as `model_fn(x_t, t, cond)`; without
     one the network is called as `model_fn(x_t, t)`. With `guidance` (dtools.samplers.guidance), where
     it applies, x0_hat and eps_hat are pushed away from the weak denoiser's: D + w (D − D_weak).
+    A `constraint` (dtools.samplers.editing.Inpaint) rewrites the x_t each step starts from: every
+    sampler calls `constrain` at the top of its step, which without one returns x_t as it is.
     """
 
     model_fn: ModelFn
@@ -42,6 +46,11 @@ class Denoiser:
     clip_x0: bool = True
     cond: torch.Tensor | None = None
     guidance: Guidance | None = None
+    constraint: Constraint | None = None
+
+    def constrain(self, x: torch.Tensor, chain: Chain, k: int) -> torch.Tensor:
+        """The x_t that step k of `chain` starts from: x itself, or what the constraint makes of it."""
+        return x if self.constraint is None else self.constraint(self, x, chain, k)
 
     def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         tt = torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)  # (B,)
@@ -85,6 +94,11 @@ class Chain:
             raise OptionError("--steps", f"must lie in [2, {T}] for this {T}-step schedule, got {steps}")
         ts = spaced_timesteps(T, steps, spacing)
         return cls(ts, alphas_cumprod(betas)[ts], respace(betas, ts))
+
+    def truncate(self, k: int) -> Chain:
+        """The sub-chain t_k > ... > t_0 (then x0) of a chain that starts at t_k (SDEdit's start)."""
+        assert 0 <= k < len(self), (k, len(self))
+        return Chain(self.timesteps[:k + 1], self.alphas_cumprod[:k + 1], self.betas[:k + 1])
 
     def __len__(self) -> int:
         return int(self.timesteps.shape[0])

@@ -15,6 +15,7 @@ def ddim(denoise: Denoiser, x: torch.Tensor, chain: Chain, noise: NoiseFn, callb
     """DDIM (Song et al. 2021, eq. 12): x_prev = sqrt(ᾱ_prev) x0_hat + sqrt(1-ᾱ_prev-σ²) ε̂ + σ z,
     σ = η sqrt((1-ᾱ_prev)/(1-ᾱ_t)) sqrt(1-ᾱ_t/ᾱ_prev)."""
     for i, k in enumerate(reversed(range(len(chain)))):
+        x = denoise.constrain(x, chain, k)
         x0, eps = denoise(x, int(chain.timesteps[k]))
         chain.report(callback, i, k, x, x0)
         ab, ab_prev = float(chain.alphas_cumprod[k]), chain.alpha_cumprod_prev(k)

@@ -16,6 +16,7 @@ def ddpm(denoise: Denoiser, x: torch.Tensor, chain: Chain, noise: NoiseFn, callb
     (`variance` "beta" or "posterior")."""
     respaced = Schedule.from_betas(chain.betas).to(x.device)  # index k here is original t_k
     for i, k in enumerate(reversed(range(len(chain)))):
+        x = denoise.constrain(x, chain, k)
         x0, _ = denoise(x, int(chain.timesteps[k]))
         chain.report(callback, i, k, x, x0)
         kk = torch.full((x.shape[0],), k, dtype=torch.int64, device=x.device)

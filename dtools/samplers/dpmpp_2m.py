@@ -20,6 +20,7 @@ def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, chain: Chain, noise: NoiseFn,
     lands on x0 (λ = ∞)."""
     x0_prev, h_prev = None, math.inf
     for i, k in enumerate(reversed(range(len(chain)))):
+        x = denoise.constrain(x, chain, k)
         x0, _ = denoise(x, int(chain.timesteps[k]))
         chain.report(callback, i, k, x, x0)
         if k == 0:

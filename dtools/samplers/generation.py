@@ -15,7 +15,7 @@ import torch
 from dtools.diffusion import SPACINGS, VARIANCES, Schedule, lookup_parameterization
 from dtools.errors import DtoolsError, OptionError
 from dtools.sampler_specs import DEFAULT_SAMPLER, SamplerSpec, lookup
-from dtools.samplers.chain import Callback, Chain, Denoiser, ModelFn
+from dtools.samplers.chain import Callback, Chain, Constraint, Denoiser, ModelFn
 from dtools.samplers.guidance import Guidance
 from dtools.samplers.seeds import ImageNoise, NoiseFn
 
@@ -52,17 +52,24 @@ def sample(
     cond: torch.Tensor | None = None,
     guidance: Guidance | None = None,
     callback: Callback | None = None,
+    start: int | None = None,
+    constraint: Constraint | None = None,
 ) -> torch.Tensor:
     """Run one sampler from a given x_T (B, C, H, W); returns x0 as float64, not clamped.
 
     `steps` None: the sampler's default; `eta`, `variance` None: its defaults (an option it does not
     take is checked, then left out). The building block under `generate`; tests call it to see the
-    raw output of the math.
+    raw output of the math. `start` k: run only the sub-chain from its k-th timestep t_k down
+    (`Chain.truncate`; x_T is then x at t_k, as SDEdit starts); `constraint`: the Denoiser's
+    (inpainting's known region).
     """
     spec = check_options(sampler, parameterization, spacing, eta=eta, variance=variance)
     betas = schedule.betas.cpu().numpy()
     chain = Chain.make(betas, spec.steps_for(len(betas)) if steps is None else steps, spacing)
-    denoise = Denoiser(model_fn, schedule.to(x_T.device), parameterization, clip_x0, cond, guidance)
+    if start is not None:
+        chain = chain.truncate(start)
+    denoise = Denoiser(model_fn, schedule.to(x_T.device), parameterization, clip_x0, cond, guidance,
+                       constraint)
     options = spec.arguments({"eta": None if eta is None else float(eta), "variance": variance})
     with torch.no_grad():
         return spec.load()(denoise, x_T.to(torch.float64), chain, noise, callback, **options)
@@ -85,6 +92,7 @@ def generate(
     cond: torch.Tensor | None = None,
     guidance: Guidance | None = None,
     callback: Callback | None = None,
+    x_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw len(seeds) images of `shape` (C, H, W): (N, C, H, W) float32 in [-1, 1].
 
@@ -93,23 +101,34 @@ def generate(
     x_t (B, C, H, W) float32 and t (B,) int64, the original timestep index; with a condition `cond`
     (e.g. the batch's class labels (B,), on the network's device) every call is
     `model_fn(x_t, t, cond)`. `guidance` (dtools.samplers.guidance) guides every sampler's calls.
+    A given `x_T` (N, C, H, W) (`dtools invert`'s latents) is the start instead of the seeds' first
+    draws; the seeds still give any later noise.
     """
     if len(seeds) == 0:
         raise DtoolsError("no images to generate (an empty list of seeds)")
     if len(shape) != 3 or any(int(n) < 1 for n in shape):
         raise DtoolsError(f"image shape must be (C, H, W) with positive sizes, got {tuple(shape)}")
+    device, model_fn, guidance = placed(device, model_fn, guidance)
+    noise = ImageNoise(seeds, tuple(int(n) for n in shape), device)
+    start = noise() if x_T is None else x_T.to(device, torch.float64)
+    x = sample(
+        model_fn, schedule, parameterization, start, noise, sampler=sampler, steps=steps, spacing=spacing,
+        eta=eta, variance=variance, clip_x0=clip_x0, cond=cond, guidance=guidance, callback=callback,
+    )
+    return finite_images(x)
+
+
+def placed(device: torch.device | str, model_fn: ModelFn,
+           guidance: Guidance | None) -> tuple[torch.device, ModelFn, Guidance | None]:
+    """Where the sampler's math runs and the network calls it makes there: on an Apple GPU (no
+    float64) the math stays on the CPU and the networks are called on the GPU."""
     device = torch.device(device)
-    if device.type == "mps":  # no float64 on Apple GPUs: the sampler's math stays on the CPU
+    if device.type == "mps":
         model_fn = _on(device, model_fn)
         if guidance is not None:
             guidance = dataclasses.replace(guidance, weak_fn=_on(device, guidance.weak_fn))
         device = torch.device("cpu")
-    noise = ImageNoise(seeds, tuple(int(n) for n in shape), device)
-    x = sample(
-        model_fn, schedule, parameterization, noise(), noise, sampler=sampler, steps=steps, spacing=spacing,
-        eta=eta, variance=variance, clip_x0=clip_x0, cond=cond, guidance=guidance, callback=callback,
-    )
-    return finite_images(x)
+    return device, model_fn, guidance
 
 
 def _on(device: torch.device, net: ModelFn) -> ModelFn:
@@ -118,11 +137,15 @@ def _on(device: torch.device, net: ModelFn) -> ModelFn:
 
 
 def network_calls(sampler: str, steps: int, betas, spacing: str = "trailing",
-                  guidance: Guidance | None = None) -> tuple[int, int]:
+                  guidance: Guidance | None = None, *, start: int | None = None,
+                  resample: int = 0) -> tuple[int, int]:
     """(network calls per image, of them the weak denoiser's) of a sampler's chain with `guidance`:
-    the sampler run once on a 1-pixel stand-in that records the timestep of each call."""
+    the sampler run once on a 1-pixel stand-in that records the timestep of each call. `start`: the
+    sub-chain from t_start down (SDEdit); `resample`: the extra calls of RePaint's resampling at each
+    step (dtools.samplers.editing.Inpaint)."""
     spec = lookup(sampler)
     chain = Chain.make(betas, steps, spacing)
+    chain = chain if start is None else chain.truncate(start)
     ab = {int(t): float(a) for t, a in zip(chain.timesteps, chain.alphas_cumprod, strict=True)}
     calls: list[int] = []
 
@@ -130,6 +153,10 @@ def network_calls(sampler: str, steps: int, betas, spacing: str = "trailing",
         def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
             calls.append(int(t))
             return torch.zeros_like(x), torch.zeros_like(x)
+
+        def constrain(self, x: torch.Tensor, chain: Chain, k: int) -> torch.Tensor:
+            calls.extend([int(chain.timesteps[k])] * resample)
+            return x
 
     options = spec.arguments({"eta": None, "variance": None})
     zeros = lambda: torch.zeros((1, 1, 1, 1), dtype=torch.float64)  # noqa: E731

@@ -18,6 +18,7 @@ def heun(denoise: Denoiser, x: torch.Tensor, chain: Chain, noise: NoiseFn,
     at its end. The first step, from σ̂ = 10²..10⁴ (∞ at zero terminal SNR), stays Euler: there
     ε̂ ≈ x_T is nearly constant, while the trapezoid rule over that huge interval is unstable."""
     for i, k in enumerate(reversed(range(len(chain)))):
+        x = denoise.constrain(x, chain, k)
         x0, eps = denoise(x, int(chain.timesteps[k]))
         chain.report(callback, i, k, x, x0)
         if k == 0:
