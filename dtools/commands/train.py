@@ -162,7 +162,7 @@ def train(
         "also predicts unconditionally (classifier-free guidance).",
     ),
     guide_at: float = typer.Option(
-        None, "--guide-at", min=0.0, max=0.99, show_default="0.25",
+        None, "--guide-at", min=0.0, max=0.99, show_default="0.125",
         help="unet: keep RUN/guide.safetensors, the model at this fraction of the run, as a weaker model to "
         "guide the final one with (sample --guide RUN; autoguidance); 0 = none.",
     ),

@@ -68,7 +68,7 @@ def test_info_shows_the_classes(trained, runner):
     assert res.exit_code == 0, res.output
     assert "3: 0=red, 1=green, 2=blue" in res.output
     res = runner.invoke(app, ["info", str(run)])
-    assert f"guide     {run / 'guide.safetensors'} (step 40" in res.output, res.output
+    assert f"guide     {run / 'guide.safetensors'} (step 20" in res.output, res.output
 
 
 def test_the_model_follows_its_class(trained, runner, tmp_path):
@@ -111,8 +111,8 @@ def test_a_class_by_name_or_index_and_guidance(trained, runner, tmp_path):
 def test_every_run_keeps_an_early_snapshot_to_guide_with(trained, runner, tmp_path):
     _, run, output = trained
     guide = run / "guide.safetensors"
-    assert read_info(guide)["step"] == 40  # --guide-at 0.25 of 160 steps
-    assert "step 40: kept" in output
+    assert read_info(guide)["step"] == 20  # --guide-at 0.125 of 160 steps
+    assert "step 20: kept" in output
     res = runner.invoke(app, ["sample", str(run), "--guide", str(run), "--guidance", "1", "-n", "2",
                               "--steps", "6", "-o", str(tmp_path / "g.npy")])
     assert res.exit_code == 0, res.output
