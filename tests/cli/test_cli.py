@@ -17,7 +17,8 @@ from dtools.cli import app
 from dtools.errors import DtoolsError
 
 PIPELINE = [
-    "prep", "schedule", "noise", "train", "sample", "grid", "fid", "sweep", "nn", "export", "import", "info",
+    "prep", "schedule", "noise", "train", "sample", "edit", "invert", "interpolate", "grid", "fid", "sweep",
+    "nn", "export", "import", "info",
 ]
 
 
