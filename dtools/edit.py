@@ -198,10 +198,8 @@ def run_edit(cfg: EditConfig, inputs: EditInputs, sink: Sink, log: Log = log_lin
     plan = class_plan(scfg, classes, default_null=True)
     guide = load_guide(scfg, loaded, rt)
     null = len(classes) if classes is not None else 0
-    probe = guide.guidance(scfg, None if plan is None else torch.zeros(1, dtype=torch.int64), null) \
-        if guide is not None else None
-    calls, weak = samplers.network_calls(spec.name, steps, schedule.betas.numpy(), spacing, probe, start=k,
-                                         resample=cfg.resample)
+    calls, weak = scfg.network_calls(spec.name, steps, schedule.betas.numpy(), spacing, start=k,
+                                     resample=cfg.resample)
     guided = f"; {guide.what}, {weak} of them the guide's" if guide is not None else ""
     log(f"{what} of {w}x{h}x{c} with {scfg.checkpoint} (step {info.get('step', '?')}, {param}, "
         f"{scfg.weights} weights): strength {strength:g}, from t = {int(chain.timesteps[k])} of "

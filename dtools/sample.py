@@ -12,6 +12,7 @@ on the batch it was drawn in.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -141,13 +142,28 @@ class SampleConfig:
         chosen = [null if c == "none" else parse_class(c, classes) for c in self.classes]
         return [chosen[i % len(chosen)] for i in range(self.n)]
 
-    @property
+    @functools.cached_property
     def images(self) -> int:
-        """Images drawn: --per-class N for every class of the model, else -n."""
+        """Images drawn: --per-class N for every class of the model, else -n (the header is read once)."""
         if self.per_class is not None:
             info = read_info(self.checkpoint)
             return self.per_class * len(class_names(info) or ())
         return self.n
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """--guidance-interval as (lo, hi) in σ; None: guidance at every step."""
+        return None if self.guidance_interval is None else parse_interval(self.guidance_interval)
+
+    def network_calls(self, sampler: str, steps: int, betas: np.ndarray, spacing: str = "trailing",
+                      **chain: int) -> tuple[int, int]:
+        """(network calls per image, of them the guide's) of a chain sampled with these options: the
+        guidance weight and interval decide which calls are guided, whichever model guides;
+        `chain` passes `start` and `resample` of an edit on to samplers.network_calls."""
+        probe = None
+        if self.guidance:
+            probe = samplers.Guidance(float(self.guidance), _not_called, "eps", interval=self.interval)
+        return samplers.network_calls(sampler, steps, betas, spacing, probe, **chain)
 
     @property
     def sampler_name(self) -> str:
@@ -334,6 +350,10 @@ def load(cfg: SampleConfig) -> tuple[LoadedModel, Runtime]:
     return loaded, rt
 
 
+def _not_called(*args: object) -> torch.Tensor:
+    raise AssertionError("counting network calls calls no network")
+
+
 def image_seeds(cfg: SampleConfig) -> list[int]:
     """The per-image seeds: image i's depends only on --seed and i; with --per-class N, image j of every
     class takes the seed of image j, so each row of classes starts from the same N noises."""
@@ -367,8 +387,8 @@ class Guide:
         elif self.cond == "null":
             assert y is not None
             weak = torch.full_like(y, null)
-        interval = None if cfg.guidance_interval is None else samplers.parse_interval(cfg.guidance_interval)
-        return samplers.Guidance(float(cfg.guidance or 0.0), self.fn, self.parameterization, weak, interval)
+        w = float(cfg.guidance or 0.0)
+        return samplers.Guidance(w, self.fn, self.parameterization, weak, cfg.interval)
 
 
 def load_guide(cfg: SampleConfig, main: LoadedModel, rt: Runtime) -> Guide | None:
@@ -426,9 +446,7 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line,
 
     model_fn = rt.model_fn(model)  # precision and memory format as in train's grids
     what = "trajectories" if cfg.trajectory else "images"
-    probe = guide.guidance(cfg, None if plan is None else torch.zeros(1, dtype=torch.int64), null) \
-        if guide is not None else None
-    calls, weak = samplers.network_calls(spec.name, steps, schedule.betas.numpy(), spacing, probe)
+    calls, weak = cfg.network_calls(spec.name, steps, schedule.betas.numpy(), spacing)
     guided = f"; {guide.what}, {weak} of them the guide's" if guide is not None else ""
     drawn = f", {_class_text(plan, classes)}" if plan is not None else ""
     source = f" from the latents of {cfg.from_latents}" if latents is not None else ""

@@ -107,13 +107,8 @@ class SweepConfig:
 
     def network_calls(self, s: Setting) -> int:
         """Network calls per image of a setting, the guide's included."""
-        probe = None
-        if self.guidance:
-            text = self.guidance_interval
-            interval = None if text is None else samplers.parse_interval(text)
-            probe = samplers.Guidance(self.guidance, lambda *a: None, "eps", interval=interval)
         betas = np.asarray(read_info(self.checkpoint)["betas"], dtype=np.float64)
-        return samplers.network_calls(s.sampler, s.steps, betas, "trailing", probe)[0]
+        return self.sample_config(s).network_calls(s.sampler, s.steps, betas)[0]
 
 
 def resolve_settings(cfg: SweepConfig) -> list[Setting]:

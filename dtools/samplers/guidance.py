@@ -21,7 +21,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from dtools.errors import OptionError
@@ -83,9 +82,3 @@ def parse_interval(text: str) -> tuple[float, float]:
                           f"expects LO,HI noise levels σ like 0.28,5.42, got {text!r}") from None
     return check_interval((lo, hi))
 
-
-def guided_steps(alphas_cumprod: np.ndarray, guidance: Guidance | None) -> np.ndarray:
-    """Which of these timesteps (their ᾱ) guidance acts at: bool, one per entry."""
-    if guidance is None:
-        return np.zeros(len(alphas_cumprod), dtype=bool)
-    return np.array([guidance.applies(float(ab)) for ab in alphas_cumprod], dtype=bool)
