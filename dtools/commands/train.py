@@ -109,7 +109,11 @@ def train(
         None, "--grad-clip", min=0.0, help="Clip the gradient norm at this value; 0 = off.",
         show_default="preset",
     ),
-    flip: bool = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips.", show_default="flip"),
+    flip: bool = typer.Option(
+        None, "--flip/--no-flip", show_default="flip for colour images, no-flip for grey ones",
+        help="Random horizontal flips. Off by default for grey (1-channel) data: digits, letters and "
+             "glyphs have a handedness, and mirrored ones are other shapes.",
+    ),
     max_steps: int = typer.Option(
         None, "--max-steps", min=1, show_default="preset",
         help="Stop at this TOTAL step (a resumed run stops where a straight one would)."

@@ -145,6 +145,7 @@ class Ddpm(Method):
     def describe(self) -> str:
         cfg = self.cfg
         text = f"preset {cfg.preset}, {count_parameters(self.model) / 1e6:.2f}M parameters"
+        text += "" if cfg.flip else ", no flips"
         if cfg.classes:
             return text + (f", conditioned on {cfg.num_classes} classes (label dropout {cfg.cond_drop:g}: "
                            "the null class for guidance)")

@@ -81,6 +81,8 @@ def new_config(
             raise DtoolsError(f"give {flag('ema_decay')} (a fixed decay) or {flag('ema_length')} (a "
                               "fraction of the run), not both")
         defaults["ema_length"] = None  # a decay given: the fixed-decay EMA
+    if c == 1:  # grey data: digits, letters and glyphs have a handedness, and a mirrored 2 is no digit
+        defaults["flip"] = False
     if "max_steps" not in opts and "epochs" not in opts and "max_minutes" not in opts:
         defaults["max_steps"] = preset.max_steps
     unknown = set(opts) - set(_FIELDS)

@@ -161,3 +161,15 @@ def test_an_ema_length_no_power_ema_can_have_is_refused_in_one_line(data8, tmp_p
         assert "\n" not in str(e.value)
     result = fit(config(data8, tmp_path / "run", max_steps=2, ema_length=0.3002))
     assert result.step == 2
+
+
+def test_grey_data_is_not_flipped_unless_asked():
+    """Digits and glyphs have a handedness: grey data trains without flips by default, colour data with."""
+    from dtools.train.resolve import new_config
+
+    betas = np.linspace(1e-4, 0.02, 10)
+    grey = new_config("d", "r", None, betas, (8, 8, 8, 1), {})
+    colour = new_config("d", "r", None, betas, (8, 8, 8, 3), {})
+    forced = new_config("d", "r", None, betas, (8, 8, 8, 1), {"flip": True})
+    off = new_config("d", "r", None, betas, (8, 8, 8, 3), {"flip": False})
+    assert (grey.flip, colour.flip, forced.flip, off.flip) == (False, True, True, False)
