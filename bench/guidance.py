@@ -2,6 +2,8 @@
 
     python bench/guidance.py auto --minutes 15 --samples 1000 --fractions 0.125,0.25,0.5 --weights 0.5,1,2
     python bench/guidance.py classes --minutes 15 --samples 1000 --weights 0,1,2,4
+    python bench/guidance.py auto --minutes 15 --row "unguided=" --row "ddim eta 1=--sampler ddim --eta 1" \
+        --row "guided, eta 1=--guide GUIDE@0.125 --guidance 1 --sampler ddim --eta 1"
 
 auto (autoguidance, Karras et al. 2024): the default recipe trains on the twemoji split of
 bench/quality.py (every 4th image held out) for --minutes, while its checkpoint is copied at every save
@@ -9,7 +11,9 @@ bench/quality.py (every 4th image held out) for --minutes, while its checkpoint 
 Each guide (the snapshot nearest each fraction of the run's steps) and each weight w samples --samples
 images with `dtools sample`'s default sampler (20 steps) and `--guide SNAPSHOT --guidance W`; the table
 gives FID and KID against the held-out images, with the unguided model at 20 steps and at the network
-calls of a guided run (40 steps) beside them.
+calls of a guided run (40 steps) beside them. With --row NAME=OPTIONS (repeatable) it samples those rows
+instead: OPTIONS are `dtools sample` options, in which GUIDE@F names the snapshot nearest fraction F of
+the run (and GUIDE@run the run's own RUN/guide.safetensors).
 
 classes (classifier-free guidance): the built-in labelled digits (`dtools prep mnist`, 32x32 grey), every
 4th held out, train a class-conditional model with the defaults for --minutes; it samples --samples
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import threading
@@ -44,11 +49,14 @@ def fid_json(reference: Path, samples: Path, log: Path) -> dict:
 
 def sample_and_score(model: Path, reference: Path, n: int, samples: Path, log: Path, *options: str) -> dict:
     shutil.rmtree(samples, ignore_errors=True)
+    start = log.stat().st_size if log.exists() else 0
     t0 = time.perf_counter()
-    text = sh("dtools", "sample", str(model), "-n", str(n), "-o", str(samples), *options, log=log)
+    sh("dtools", "sample", str(model), "-n", str(n), "-o", str(samples), *options, log=log)
     sample_s = round(time.perf_counter() - t0, 1)
-    calls = next((int(w) for line in text.splitlines() if "network calls/image" in line
-                  for w in [line.split("(")[-1].split(" network")[0]] if w.isdigit()), None)
+    with open(log, encoding="utf-8", errors="replace") as f:  # the sample's log line names its calls
+        f.seek(start)
+        found = re.search(r"\((\d+) network calls/image", f.read())
+    calls = int(found.group(1)) if found else None
     scores = fid_json(reference, samples, log)
     row = {"fid": scores["fid"], "kid": scores.get("kid_mean"), "sample_s": sample_s, "calls": calls}
     if "conditioning_accuracy" in scores:
@@ -109,6 +117,11 @@ def auto(args: argparse.Namespace) -> list[dict]:
                      **sample_and_score(model, stats, args.samples, out / "samples", log, *options)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
+    if args.row:
+        for name, options in args.row:
+            words = [guide_path(w, taken, last, run) for w in options.split()]
+            add(name, *words)
+        return rows
     add("unguided, 20 steps")
     add("unguided, 40 steps", "--steps", "40")
     for fraction in args.fractions:
@@ -117,6 +130,24 @@ def auto(args: argparse.Namespace) -> list[dict]:
             add(f"guide at {fraction:g} of the run (step {step}), w={w:g}", "--guide", str(taken[step]),
                 "--guidance", str(w), guide_step=step)
     return rows
+
+
+def guide_path(word: str, taken: dict[int, Path], last: int, run: Path) -> str:
+    """GUIDE@F: the snapshot nearest fraction F of the run's `last` steps; GUIDE@run: the run's own guide."""
+    if not word.startswith("GUIDE@"):
+        return word
+    at = word.removeprefix("GUIDE@")
+    if at == "run":
+        return str(run / "guide.safetensors")
+    step = min(taken, key=lambda s: abs(s - float(at) * last))
+    return str(taken[step])
+
+
+def named_row(text: str) -> tuple[str, str]:
+    name, sep, options = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--row NAME=OPTIONS, got {text!r}")
+    return name.strip(), options
 
 
 def digits(out: Path, log: Path) -> tuple[Path, Path]:
@@ -134,8 +165,11 @@ def digits(out: Path, log: Path) -> tuple[Path, Path]:
     parts: dict[Path, tuple[list[str], list[int]]] = {train: ([], []), held: ([], [])}
     for folder in parts:
         folder.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(sorted(allimg.glob("*.png"))):
-        folder = held if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else train
+    seen: dict[int, int] = {}  # every 4th image *of each class* is held out: prep mnist interleaves
+    for f in sorted(allimg.glob("*.png")):  # the classes, so every 4th image overall is odd digits only
+        c = labels.of[f.name]
+        seen[c] = seen.get(c, -1) + 1
+        folder = held if seen[c] % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else train
         names, classes = parts[folder]
         name = f"{len(names):06d}.png"
         shutil.copyfile(f, folder / name)
@@ -155,6 +189,13 @@ def classes(args: argparse.Namespace) -> list[dict]:
            str(args.seed), log=log)
     model, last = run / "model.safetensors", _step(run)
     rows = []
+    for name, options in args.row:  # e.g. autoguidance by the run's own guide: --guide GUIDE@run
+        words = [guide_path(w, {}, last, run) for w in options.split()]
+        rows.append({"variant": name, "steps": last,
+                     **sample_and_score(model, held, args.samples, out / "samples", log, *words)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if args.row:
+        return rows
     for w in args.weights:
         for interval in ([None] if w == 0 else [None, INTERVAL]):
             options = ["--guidance", str(w)] + (["--guidance-interval", interval] if interval else [])
@@ -187,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fractions", type=floats, default=[0.125, 0.25, 0.5])
     p.add_argument("--weights", type=floats, default=None)
     p.add_argument("--out", type=Path, default=Path("bench-out/guidance"))
+    p.add_argument("--row", type=named_row, action="append", default=[],
+                   help="auto: sample only these rows, NAME=OPTIONS (GUIDE@F: the snapshot at fraction F)")
     args = p.parse_args(argv)
     if args.weights is None:
         args.weights = [0.5, 1.0, 2.0] if args.what == "auto" else [0.0, 1.0, 2.0, 4.0]

@@ -9,7 +9,9 @@ The data are the built-in twemoji at 32x32 (`dtools prep twemoji`), split once b
 (1,002) is held out and never trained on; the other 3,007 are the training set. For each budget M:
 
 - dtools: `dtools train TRAIN -o RUN --max-minutes M` with no other option (the defaults are what is
-  measured), `dtools sample RUN -n N` (the default sampler), `dtools fid HELDOUT.stats SAMPLES --kid`.
+  measured), `dtools sample RUN -n N` (the default sampler, autoguided by the run's own guide), `dtools
+  fid HELDOUT.stats SAMPLES --kid`; with --before also `dtools sample RUN -n N --guidance 0`, the same
+  model sampled as before autoguidance was the default.
 - the reference, when diffusers is installed: diffusers' `UNet2DModel` with block_out_channels (32, 64, 128),
   two layers per block and attention at 8x8 (3.94 M parameters), `DDPMScheduler` with the cosine schedule
   (squaredcos_cap_v2) and ε-prediction, trained with the recipe of diffusers' `train_unconditional.py`
@@ -88,26 +90,37 @@ def fid(stats: Path, samples: Path, log: Path) -> dict:
     return json.loads(line)
 
 
-def run_dtools(train: Path, stats: Path, minutes: float, n: int, out: Path) -> dict:
-    run, samples = out / f"dtools-{minutes:g}min", out / f"samples-dtools-{minutes:g}min"
+# `--before`: the same model sampled as dtools sampled before autoguidance became the default
+BEFORE = ("dtools unguided", ("--guidance", "0"))
+
+
+def run_dtools(
+    train: Path, stats: Path, minutes: float, n: int, out: Path, before: bool = False
+) -> list[dict]:
+    run = out / f"dtools-{minutes:g}min"
     log = out / "log.txt"
     shutil.rmtree(run, ignore_errors=True)
-    shutil.rmtree(samples, ignore_errors=True)
     t0 = time.perf_counter()
     sh("dtools", "train", str(train), "-o", str(run), "--max-minutes", str(minutes), log=log)
     train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sh("dtools", "sample", str(run / "model.safetensors"), "-n", str(n), "-o", str(samples), log=log)
-    sample_s = time.perf_counter() - t0
     with open(run / "model.safetensors", "rb") as f:  # the step, from the checkpoint's JSON header
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     info = json.loads(header["__metadata__"]["dtools"])
     steps = int(info["step"])
     batch = int(info.get("train", {}).get("batch_size", 0))
-    scores = fid(stats, samples, log)
-    return {"side": "dtools", "minutes": minutes, "steps": steps, "images_seen": steps * batch,
-            "train_s": round(train_s, 1), "sample_s": round(sample_s, 1), "fid": scores["fid"],
-            "kid": scores.get("kid_mean"), "kid_std": scores.get("kid_std"), "samples": n}
+    rows = []
+    for side, options in [("dtools", ())] + ([BEFORE] if before else []):
+        samples = out / f"samples-{side.replace(' ', '-')}-{minutes:g}min"
+        shutil.rmtree(samples, ignore_errors=True)
+        t0 = time.perf_counter()
+        sh("dtools", "sample", str(run / "model.safetensors"), "-n", str(n), "-o", str(samples), *options,
+           log=log)
+        sample_s = time.perf_counter() - t0
+        scores = fid(stats, samples, log)
+        rows.append({"side": side, "minutes": minutes, "steps": steps, "images_seen": steps * batch,
+                     "train_s": round(train_s, 1), "sample_s": round(sample_s, 1), "fid": scores["fid"],
+                     "kid": scores.get("kid_mean"), "kid_std": scores.get("kid_std"), "samples": n})
+    return rows
 
 
 def run_reference(train: Path, stats: Path, minutes: float, n: int, out: Path) -> dict:
@@ -197,7 +210,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for side, style in (("dtools", "o-"), ("diffusers", "s--")):
+    for side, style in (("dtools", "o-"), (BEFORE[0], "o:"), ("diffusers", "s--")):
         pts = sorted((r["minutes"], r["fid"]) for r in rows if r["side"] == side)
         if pts:
             ax.plot(*zip(*pts, strict=True), style, label=side)
@@ -221,6 +234,9 @@ def table(rows: list[dict]) -> str:
         if (m, "dtools") in by and (m, "diffusers") in by:
             ratio = by[(m, "dtools")] / by[(m, "diffusers")]
             lines.append(f"\n{m:g} min: dtools FID / reference FID = {ratio:.2f}")
+        if (m, "dtools") in by and (m, BEFORE[0]) in by:
+            ratio = by[(m, "dtools")] / by[(m, BEFORE[0])]
+            lines.append(f"\n{m:g} min: dtools FID / the same model unguided = {ratio:.2f}")
     return "\n".join(lines)
 
 
@@ -241,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reference-minutes", default=None,
                    help="budgets at which to train the reference too (default: all of --minutes)")
     p.add_argument("--no-reference", action="store_true", help="skip the diffusers reference")
+    p.add_argument("--before", action="store_true",
+                   help="also sample each dtools model unguided (--guidance 0: the sampling default before "
+                   "autoguidance)")
     args = p.parse_args(argv)
     if args.cmd == "reference":
         print(json.dumps(reference(args.data, args.samples, args.minutes, args.n)))
@@ -266,8 +285,9 @@ def main(argv: list[str] | None = None) -> None:
         float(x) for x in args.reference_minutes.split(",")]
     for m in sorted(set(budgets) | set(ref_budgets)):
         if m in budgets:
-            rows.append(run_dtools(train, stats, m, args.samples, out))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for row in run_dtools(train, stats, m, args.samples, out, args.before):
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
         if with_ref and m in ref_budgets:
             rows.append(run_reference(train, stats, m, args.samples, out))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

@@ -65,23 +65,25 @@ step "4. train for $MINUTES minutes (cosine schedule, EMA, sample grids along th
 seconds train dtools train data --beta cosine.npy -o run --max-minutes "$MINUTES"
 CKPT=run/model.safetensors
 
-step "5. EMA against raw weights (the seed's colour-shift finding)"
-dtools sample $CKPT -n 64 --seed 1 --weights ema | dtools grid --scale 2 -o samples_ema.png
-dtools sample $CKPT -n 64 --seed 1 --weights raw | dtools grid --scale 2 -o samples_raw.png
+step "5. samples (the default: autoguided by the run's early snapshot), then EMA against raw weights"
+dtools sample run -n 64 --seed 1 | dtools grid --scale 2 -o samples.png
+dtools sample $CKPT -n 64 --seed 1 --weights ema --guidance 0 | dtools grid --scale 2 -o samples_ema.png
+dtools sample $CKPT -n 64 --seed 1 --weights raw --guidance 0 | dtools grid --scale 2 -o samples_raw.png
 
-step "6. samplers: 1000-step ancestral DDPM against fast ones"
-seconds ddpm1000 dtools sample $CKPT -n "$NDDPM" --seed 2 --sampler ddpm --steps $T -o s_ddpm1000
-seconds ddim50 dtools sample $CKPT -n "$NSAMPLES" --seed 2 --sampler ddim --steps 50 -o s_ddim50
-seconds dpm20 dtools sample $CKPT -n "$NSAMPLES" --seed 2 --sampler dpm++2m --steps 20 -o s_dpm20
-seconds dpm10 dtools sample $CKPT -n "$NSAMPLES" --seed 2 --sampler dpm++2m --steps 10 -o s_dpm10
-for s in ddpm1000 ddim50 dpm20 dpm10; do
+step "6. samplers: 1000-step ancestral DDPM against fast ones, unguided and autoguided"
+seconds ddpm1000 dtools sample $CKPT -n "$NDDPM" --seed 2 --sampler ddpm --steps $T --guidance 0 -o s_ddpm1000
+seconds ddim50 dtools sample $CKPT -n "$NSAMPLES" --seed 2 --sampler ddim --steps 50 --guidance 0 -o s_ddim50
+seconds dpm20 dtools sample $CKPT -n "$NSAMPLES" --seed 2 --sampler dpm++2m --steps 20 --guidance 0 -o s_dpm20
+seconds dpm10 dtools sample $CKPT -n "$NSAMPLES" --seed 2 --sampler dpm++2m --steps 10 --guidance 0 -o s_dpm10
+seconds auto20 dtools sample $CKPT -n "$NSAMPLES" --seed 2 -o s_auto20
+for s in ddpm1000 ddim50 dpm20 dpm10 auto20; do
     dtools grid "s_$s" --nrow 8 --limit 64 --scale 2 -o "grid_$s.png"
 done
 
 step "7. FID against $NREF real images (reference statistics computed once)"
 dtools prep data ref --size "$SIZE" --limit "$NREF" >/dev/null 2>&1
 dtools fid ref --save-stats ref_stats.safetensors --kid
-for s in ddim50 dpm20 dpm10; do
+for s in ddim50 dpm20 dpm10 auto20; do
     dtools fid ref_stats.safetensors "s_$s" --kid --json >"fid_$s.json"
 done
 
@@ -130,8 +132,15 @@ MD
 for g in run/samples/*.png; do echo "![$(basename "$g" .png)]($g)"; done
 cat <<MD
 
-## 4. EMA against raw weights
-Same seeds, same sampler (DPM-Solver++, 20 steps). The seed report found that sampling from the raw
+## 4. Samples
+\`dtools sample run -n 64 | dtools grid -o samples.png\`: the defaults, DPM-Solver++(2M) on 20 steps
+with autoguidance by the run's own checkpoint at an eighth of its length (\`run/guide.safetensors\`,
+w = 1; 40 network calls per image).
+
+![samples](samples.png)
+
+## 5. EMA against raw weights
+Same seeds, same sampler (DPM-Solver++, 20 steps, unguided so that only the weights differ). The seed report found that sampling from the raw
 weights gives colour shift (too light, too red early in training) and artifacts, and that an EMA of
 the weights (decay 0.999) cures them: compare the colour balance of the two grids.
 
@@ -139,21 +148,22 @@ the weights (decay 0.999) cures them: compare the colour balance of the two grid
 |---|---|
 | ![ema](samples_ema.png) | ![raw](samples_raw.png) |
 
-## 5. Samplers
+## 6. Samplers
 | sampler | network calls | images | wall time (s) | FID | KID |
 |---|---|---|---|---|---|
 | DDPM ancestral | $T | $(nimg ddpm1000) | $(t_of ddpm1000) | $(fidval ddpm1000) | $(kidval ddpm1000) |
 | DDIM (η = 0) | 50 | $(nimg ddim50) | $(t_of ddim50) | $(fidval ddim50) | $(kidval ddim50) |
 | DPM-Solver++ 2M | 20 | $(nimg dpm20) | $(t_of dpm20) | $(fidval dpm20) | $(kidval dpm20) |
 | DPM-Solver++ 2M | 10 | $(nimg dpm10) | $(t_of dpm10) | $(fidval dpm10) | $(kidval dpm10) |
+| DPM-Solver++ 2M, autoguided (the default) | $( [ -f run/guide.safetensors ] && echo 40 || echo 20 ) | $(nimg auto20) | $(t_of auto20) | $(fidval auto20) | $(kidval auto20) |
 
 FID and KID against $NREF real images (the 1000-step sampler is too slow on a CPU to draw enough
 images for a score; its row shows the cost). With a few hundred samples FID is biased upwards (it
 needs thousands for absolute values): compare rows with each other, and trust KID more at this size.
 
-| DDPM, 1000 steps | DDIM, 50 | DPM-Solver++, 20 | DPM-Solver++, 10 |
-|---|---|---|---|
-| ![](grid_ddpm1000.png) | ![](grid_ddim50.png) | ![](grid_dpm20.png) | ![](grid_dpm10.png) |
+| DDPM, 1000 steps | DDIM, 50 | DPM-Solver++, 20 | DPM-Solver++, 10 | autoguided, 20 |
+|---|---|---|---|---|
+| ![](grid_ddpm1000.png) | ![](grid_ddim50.png) | ![](grid_dpm20.png) | ![](grid_dpm10.png) | ![](grid_auto20.png) |
 MD
 } >REPORT.md
 echo "wrote $OUT/REPORT.md" >&2

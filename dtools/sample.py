@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from dtools import samplers
-from dtools.checkpoint import LoadedModel, class_names, guide_file, load_model, model_file, read_info
+from dtools.checkpoint import (
+    RUN_GUIDE_FILE,
+    LoadedModel,
+    class_names,
+    guide_file,
+    load_model,
+    model_file,
+    read_info,
+)
 from dtools.errors import DtoolsError, OptionError
 from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, read_npy, refuse_terminal, write_npy
 from dtools.grid import make_grid
@@ -33,7 +41,7 @@ from dtools.progress import log as log_line
 from dtools.progress import progress_bar
 from dtools.runtime import Runtime, resolve
 from dtools.sampler_specs import DEFAULT_SAMPLER, check_applies, deterministic_samplers, lookup
-from dtools.samplers.guidance import check_weight, parse_interval
+from dtools.samplers.guidance import RUN_GUIDANCE, check_weight, parse_interval
 
 # `dtools invert`'s chain, and how `sample --from-latents` and `dtools interpolate` decode by default: DDIM
 # (η = 0) on 50 trailing steps, whose run forward the inversion is (docs/edit.md measures the round trip)
@@ -117,6 +125,27 @@ class SampleConfig:
         if (self.guide is not None or self.guidance_interval is not None) and not self.guidance:
             given = "--guide" if self.guide is not None else "--guidance-interval"
             raise DtoolsError(f"{given} needs --guidance W > 0 (how strongly to guide)")
+
+    def with_run_guide(self, beside: bool = True) -> SampleConfig:
+        """`dtools sample`'s default guidance: an unconditional model in the run folder of `dtools train`,
+        beside the early snapshot the run kept (RUN/guide.safetensors), is autoguided by it at RUN_GUIDANCE; a
+        --guide given without --guidance guides at that weight too. --guidance 0 turns it off; decoding
+        --from-latents is never guided unless asked (the inversion was not). `beside` False: only the
+        weight of a given --guide (`dtools edit`)."""
+        if self.guidance is not None:
+            return self
+        if self.guide is not None:
+            return replace(self, guidance=RUN_GUIDANCE)
+        if self.from_latents is not None or not beside:
+            return self
+        path = model_file(self.checkpoint)
+        guide = path.parent / RUN_GUIDE_FILE
+        if not guide.is_file() or guide.resolve() == path.resolve():
+            return self
+        info = read_info(path)
+        if not MODEL_TYPES[info["model_type"]].schedule or class_names(info) is not None:
+            return self  # conditional digits: the snapshot's guidance raised FID (docs/guidance.md)
+        return replace(self, guide=guide, guidance=RUN_GUIDANCE)
 
     def chain_options(self) -> dict[str, object]:
         """The options that only a diffusion model's sampling chain uses, by flag."""

@@ -46,9 +46,11 @@ def test_demo_runs_end_to_end_and_its_report_is_complete(tmp_path):
     assert len(list((out / "data").glob("*.png"))) == int(TINY["DEMO_IMAGES"])
 
     # The sampler table: every row has its image count and wall time; the fast rows have FID and KID.
-    heads = ("| DDPM ancestral |", "| DDIM (η = 0) |", "| DPM-Solver++ 2M |")
+    heads = ("| DDPM ancestral |", "| DDIM (η = 0) |", "| DPM-Solver++ 2M |",
+             "| DPM-Solver++ 2M, autoguided (the default) |")
     rows = [line for line in report.splitlines() if line.startswith(heads)]
-    assert len(rows) == 4, rows
+    assert len(rows) == 5, rows
+    assert rows[-1].split("|")[2].strip() == "40", rows[-1]  # the run kept its guide: guided calls counted
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert re.fullmatch(r"\d+", cells[2]) and re.fullmatch(r"\d+\.\d", cells[3]), row

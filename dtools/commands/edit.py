@@ -81,7 +81,7 @@ def edit(
         spacing=spacing, batch_size=batch_size, weights=weights, clip=clip, device=device,
         precision=precision, compile=compile_model, classes=tuple(classes) if classes else None,
         guidance=guidance, guidance_interval=guidance_interval, guide=guide,
-    )
+    ).with_run_guide(beside=False)
     cfg = EditConfig(sampling, tuple(sources or ()), strength=strength, mask=mask, resample=resample,
                      resize=resize, limit=limit)
     cfg.check()

@@ -188,8 +188,8 @@ def classes(help: str, show_default: str = "every class in turn"):
     return option(None, "--class", metavar="C", show_default=show_default, help=help)
 
 
-def guidance():
-    return option(None, "--guidance", min=0.0, metavar="W", show_default="0: none",
+def guidance(show_default: str = "1 with --guide, else 0: none"):
+    return option(None, "--guidance", min=0.0, metavar="W", show_default=show_default,
                   help="Guidance weight: D + W (D - D_weak), from the null class (classifier-free) or from "
                   "--guide (autoguidance); network calls grow where it applies (docs/guidance.md).")
 

@@ -46,7 +46,8 @@ def sample(
         help="Class-conditional models: N images of every class, one row per class (sets -n); image j of "
         "each class starts from the same noise.",
     ),
-    guidance: float = opt.guidance(),
+    guidance: float = opt.guidance(
+        "1 with a guide (--guide, or an unconditional model's run guide.safetensors beside CKPT), else 0"),
     guidance_interval: str = opt.guidance_interval(),
     guide: Path = opt.guide(),
     from_latents: str = typer.Option(
@@ -62,7 +63,9 @@ def sample(
     """Draw images from a trained checkpoint: a uint8 .npy on stdout, PNGs in -o DIR, or a grid -o X.png.
 
     The model, its schedule and parameterization come from the checkpoint alone. Defaults: the
-    EMA weights, dpm++2m with 20 network calls per image. `--sampler ddpm` is the seed's exact
+    EMA weights, dpm++2m with 20 steps, and for an unconditional model in a run folder of `dtools
+    train` autoguidance by the run's early snapshot RUN/guide.safetensors (w=1, 2 network calls per
+    step then; --guidance 0 turns it off). `--sampler ddpm` is the seed's exact
     T-step ancestral sampler. A DCGAN or VAE checkpoint (`dtools train --model dcgan|vae`) makes
     each image in one network call from z ~ N(0, I) and refuses the sampler options. Image i is
     the same for a given --seed whatever --batch-size or -n.
@@ -89,6 +92,7 @@ def sample(
         classes=tuple(classes) if classes else None, per_class=per_class, guidance=guidance,
         guidance_interval=guidance_interval, guide=guide, from_latents=from_latents,
     )
+    cfg = cfg.with_run_guide()
     cfg.check()
     cfg, latents = with_latents(cfg)
     nrow = trajectory or per_class

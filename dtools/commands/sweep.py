@@ -48,8 +48,9 @@ def sweep(
         show_default="on for CUDA, off on the CPU",
     ),
     guidance: float = typer.Option(
-        None, "--guidance", min=0.0, metavar="W", show_default="0: none",
-        help="Guide every setting as `dtools sample --guidance W` does; network calls count the guide's.",
+        None, "--guidance", min=0.0, metavar="W", show_default="as dtools sample: 1 with a guide, else 0",
+        help="Guide every setting as `dtools sample --guidance W` does (its default too: the run's "
+        "guide.safetensors beside CKPT); network calls count the guide's.",
     ),
     guidance_interval: str = typer.Option(
         None, "--guidance-interval", metavar="LO,HI", show_default="every step",

@@ -103,7 +103,7 @@ class SweepConfig:
                             seed=self.seed, batch_size=self.batch_size, weights=self.weights,
                             device=self.device, precision=self.precision, compile=self.compile,
                             guidance=self.guidance, guidance_interval=self.guidance_interval,
-                            guide=self.guide)
+                            guide=self.guide).with_run_guide()  # sample's default guidance
 
     def network_calls(self, s: Setting) -> int:
         """Network calls per image of a setting, the guide's included."""

@@ -27,6 +27,11 @@ from dtools.errors import OptionError
 
 ModelFn = Callable[..., torch.Tensor]  # as dtools.samplers.chain.ModelFn: (x_t, t[, cond]) -> output
 
+# `dtools sample`'s weight for autoguidance by the run's own early snapshot (RUN/guide.safetensors), which
+# it applies by default to a run folder's model, and for a --guide given without --guidance
+# (docs/quality.md, "Autoguidance by default")
+RUN_GUIDANCE = 1.0
+
 
 @dataclass(frozen=True)
 class Guidance:

@@ -122,6 +122,42 @@ def test_every_run_keeps_an_early_snapshot_to_guide_with(trained, runner, tmp_pa
     assert res.exit_code == 1 and "a folder without guide.safetensors" in res.output, res.output
 
 
+def test_an_unconditional_run_folders_model_is_autoguided_by_the_runs_snapshot_by_default(trained, runner,
+                                                                                          tmp_path):
+    """`dtools sample RUN` of an unconditional model guides with RUN/guide.safetensors at w=1 unless told
+    otherwise; the same model outside its run folder, or with --guidance 0, samples unguided; a
+    conditional model samples unguided unless asked (guidance by the snapshot raised its FID)."""
+    data, cond_run, _ = trained
+    run = tmp_path / "uncond"
+    res = runner.invoke(app, ["train", str(data), "-o", str(run), "--cond", "none", *TRAIN])
+    assert res.exit_code == 0, res.output
+    guide = run / "guide.safetensors"
+    assert guide.is_file()
+
+    def draw(name, *args, model=run):
+        res = runner.invoke(app, ["sample", str(model), "-n", "3", "--steps", "6", *args,
+                                  "-o", str(tmp_path / f"{name}.npy")])
+        assert res.exit_code == 0, res.output
+        return np.load(tmp_path / f"{name}.npy"), res.output
+
+    default, output = draw("default")
+    assert f"autoguidance by {guide}, w=1" in output and "12 network calls/image" in output, output
+    explicit, _ = draw("explicit", "--guide", str(guide), "--guidance", "1")
+    weight_only, output = draw("weight-only", "--guide", str(run))
+    assert f"autoguidance by {guide}, w=1" in output
+    off, output = draw("off", "--guidance", "0")
+    assert "autoguidance" not in output and "6 network calls/image" in output
+    solo = tmp_path / "solo.safetensors"
+    shutil.copyfile(run / "model.safetensors", solo)
+    alone, output = draw("alone", model=solo)
+    assert "autoguidance" not in output
+    assert np.array_equal(default, explicit) and np.array_equal(default, weight_only)
+    assert np.array_equal(off, alone) and not np.array_equal(default, off)
+    _, output = draw("conditional", "--class", "green", model=cond_run)
+    assert "autoguidance" not in output and "classifier-free" not in output
+    assert "6 network calls/image" in output
+
+
 def test_autoguidance_by_a_weaker_checkpoint(trained, runner, tmp_path):
     _, run, _ = trained
     weak = tmp_path / "weak"
