@@ -35,7 +35,7 @@ MEASURE = textwrap.dedent("""
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
 
-    options = dict(base_channels=16, channel_mult="1,2", num_res_blocks=1, attention_resolutions="8",
+    options = dict(base_channels=16, channel_mult="1,2", num_res_blocks=1, attention_resolutions="16",
                    num_heads=2, batch_size=int(sys.argv[3]), sample_every=0, precision="fp32", device="cpu")
     cfg = configure(sys.argv[2], sys.argv[1], "cosine", options)
     rt = resolve("cpu", "fp32", False)
