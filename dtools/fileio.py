@@ -6,7 +6,9 @@ Contracts (docs/formats.md):
 - `.npy` is read with ``allow_pickle=False`` after the whole stream is in memory (np.load seeks).
 - Binary data is never written to a terminal.
 - Every file is written to a temporary name beside its target, flushed, fsynced, then renamed
-  over it, so a crash or a full disk never leaves a half-written file under the real name.
+  over it, so a crash or a full disk never leaves a half-written file under the real name. Temp
+  names carry the writer's pid (`.model.4242.k3j9x1ab.tmp.safetensors`): a temp of a process that
+  died (SIGKILL) is hidden, and `sweep_temps` removes it once that pid is gone.
 - An existing file is replaced only with ``force=True``.
 - Written files get the usual permissions (0o666 minus the umask; a replaced file keeps its mode),
   not the private 0o600 of the temp file.
@@ -18,6 +20,7 @@ import contextlib
 import functools
 import io
 import os
+import re
 import shutil
 import stat
 import sys
@@ -81,7 +84,7 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
     safetensors) write the right one.
     """
     p = check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p.stem), suffix=f".tmp{p.suffix}", dir=p.parent)
     os.close(fd)
     try:
         yield tmp
@@ -114,12 +117,54 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[str], None], force: b
         writer(tmp)
 
 
+def temp_prefix(name: str) -> str:
+    """The start of a temp file or folder name beside `name`: hidden, and tagged with this process's pid
+    (`sweep_temps` reads it back); tempfile adds 8 random characters, then comes the `.tmp` suffix."""
+    return f".{name}.{os.getpid()}."
+
+
+_TEMP = re.compile(r"^\..*\.(\d+)\.[a-z0-9_]{8}\.(tmp|old)")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_temps(folder: str | os.PathLike) -> int:
+    """Remove the temp files and folders in `folder` (`temp_prefix`) of processes that are gone (killed
+    mid-write); a live writer's are left alone. Returns how many went."""
+    gone = 0
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return 0
+    for e in entries:
+        m = _TEMP.match(e.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e)
+            else:
+                e.unlink()
+            gone += 1
+    return gone
+
+
 def replace_folder(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Move the finished folder `tmp` to `path` (beside it): `path` is either the old folder or the whole
     new one, never a mix. An old non-empty folder is first moved aside, then deleted."""
     tmp, p = Path(tmp), Path(path)
     if p.exists() and any(p.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".old", dir=p.parent))
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(p.name), suffix=".old", dir=p.parent))
         os.replace(p, old / "x")
         os.replace(tmp, p)
         shutil.rmtree(old, ignore_errors=True)
@@ -158,7 +203,7 @@ def atomic_folder(
     `check_folder_writable` run before and again just before the swap."""
     p = check_folder_writable(path, force, ours, what)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(p.name), suffix=".tmp", dir=p.parent))
     os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folder is private (0o700)
     try:
         yield tmp

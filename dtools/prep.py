@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
 from dtools.errors import DtoolsError, OptionError, first_line
-from dtools.fileio import check_output, default_mode, replace_folder, write_npy
+from dtools.fileio import check_output, default_mode, replace_folder, temp_prefix, write_npy
 from dtools.images import NUMBERED_PNG, list_image_files, numbered_png, png_bytes, to_array
 from dtools.labels import LABELS_FILE, read_labels, write_labels
 from dtools.progress import log as log_line
@@ -394,7 +394,8 @@ class StagedFolder:
 
     def __enter__(self) -> StagedFolder:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.out.name), suffix=".tmp",
+                                            dir=self.out.parent))
         os.chmod(self.tmp, default_mode(directory=True))  # mkdtemp's folder is private (0o700)
         return self
 

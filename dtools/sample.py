@@ -12,7 +12,10 @@ on the batch it was drawn in.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,10 +35,19 @@ from dtools.checkpoint import (
     read_info,
 )
 from dtools.errors import DtoolsError, OptionError
-from dtools.fileio import atomic_write_bytes, check_writable, is_stdio, read_npy, refuse_terminal, write_npy
+from dtools.fileio import (
+    atomic_write_bytes,
+    check_writable,
+    is_stdio,
+    read_npy,
+    refuse_terminal,
+    sweep_temps,
+    write_npy,
+)
 from dtools.grid import make_grid
 from dtools.images import IMAGE_EXTS, numbered_index, numbered_png, png_bytes, to_uint8, write_png_folder
 from dtools.labels import LABELS_FILE, labels_path, parse_class, write_labels
+from dtools.locks import FolderLock, acquire
 from dtools.models import MODEL_TYPES
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar
@@ -47,6 +59,10 @@ from dtools.samplers.guidance import RUN_GUIDANCE, check_weight, parse_interval
 # (η = 0) on 50 trailing steps, whose run forward the inversion is (docs/edit.md measures the round trip)
 LATENT_SAMPLER = "ddim"
 LATENT_STEPS = 50
+
+# Beside the PNGs of an unfinished `sample -o DIR`: its options, so that the same command continues it
+RECORD_FILE = ".dtools-sample.json"
+RECORD_FORMAT = "dtools.sample-run"
 
 TERMINAL_HINT = (
     "refusing to write binary .npy images to a terminal; pipe them (`| dtools grid -o out.png`), "
@@ -250,10 +266,15 @@ class Sink:
     images per row, default √N), or a PNG folder (any other name, or one ending in '/'); checked when made."""
 
     def __init__(self, output: str | None, count: int, force: bool, log: Callable[[str], None] = log_line,
-                 nrow: int | None = None):
+                 nrow: int | None = None, record: dict | None = None):
+        """`record` (`sample_record`, `dtools sample`'s): the options of the run, kept in a PNG folder
+        while it is unfinished, so that the same command continues it after a kill."""
         self.output, self.count, self.force, self.log, self.nrow = output, count, force, log, nrow
         self.parts: list[np.ndarray] = []
         self.written = 0
+        self.lock: FolderLock | None = None  # a PNG folder's, held until close (or the `with` block's end)
+        self.continuing = False
+        self.record: Path | None = None
         self.labels: tuple[list[int], tuple[str, ...]] | None = None
         suffix = "" if is_stdio(output) or output.endswith(("/", "\\")) else Path(output).suffix.lower()
         if is_stdio(output):
@@ -273,11 +294,61 @@ class Sink:
             folder = Path(output)
             if folder.exists() and not folder.is_dir():
                 raise DtoolsError(f"{folder} exists and is not a folder")
-            clash = next((p for i in range(count) if (p := folder / numbered_png(i, count)).exists()), None)
+            self.lock = acquire(folder)  # one writer per folder; created when missing
+            try:
+                self._open_folder(folder, record)
+            except BaseException:
+                self.lock.release()
+                raise
+
+    def _open_folder(self, folder: Path, record: dict | None) -> None:
+        """Check the PNG folder (locked): an unfinished run of the same `record` is continued, anything
+        else in the way needs --force; then write the record, before any image."""
+        sweep_temps(folder)  # the temp files of a process killed while writing
+        path = folder / RECORD_FILE
+        have = sum((folder / numbered_png(i, self.count)).is_file() for i in range(self.count))
+        saved = _read_record(path) if record is not None and path.is_file() and not self.force else None
+        if saved is not None and saved != record and have:  # (no images yet: a run that failed early)
+            raise DtoolsError(f"{folder} holds an unfinished `dtools sample` run with other options "
+                              f"({_differences(saved, record)}); run that command again to finish it, "
+                              "or pass --force to replace it")
+        if saved is not None and saved == record:
+            self.continuing = True
+            self.log(f"continuing the unfinished run in {folder}: {have} of its {self.count} images are "
+                     "there already")
+        else:
+            names = (folder / numbered_png(i, self.count) for i in range(self.count))
+            clash = next((p for p in names if p.exists()), None)
             clash = clash or (labels_path(folder) if labels_path(folder).exists() else None)
-            if clash is not None and not force:
+            if clash is not None and not self.force:
                 raise DtoolsError(f"{clash} already exists; pass --force to overwrite, or choose another "
                                   "folder")
+        if record is not None:
+            atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode(), force=True)
+            self.record = path
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None and self.record is not None and not self.written:
+            self.record.unlink(missing_ok=True)  # failed before its first image: nothing to continue
+        self._release()
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def has(self, start: int, k: int) -> bool:
+        """Whether images start .. start+k-1 are in the folder already, from an interrupted run of the same
+        options (their seeds make them the very images this run would draw): the caller skips them."""
+        return self.continuing and all((Path(self.output) / numbered_png(i, self.count)).is_file()
+                                       for i in range(start, start + k))
+
+    def skip(self, k: int) -> None:
+        """The next `k` images are there already (`has`)."""
+        self.written += k
 
     def label(self, plan: list[int], classes: tuple[str, ...]) -> None:
         """The class each image was drawn for (the null class: "none"), written beside a PNG folder as
@@ -297,6 +368,9 @@ class Sink:
             self.log(f"wrote {self.written} PNGs to {self.output.rstrip('/')}/")
             if self.force:
                 self._remove_stale()
+            if self.record is not None:  # finished: nothing to continue
+                self.record.unlink(missing_ok=True)
+            self._release()
             return
         batch = np.concatenate(self.parts)
         if self.kind == "grid":
@@ -330,6 +404,52 @@ class Sink:
             p.unlink()
         if stale:
             self.log(f"removed {len(stale)} higher-numbered PNGs of an earlier run (--force)")
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _differences(saved: dict | None, record: dict) -> str:
+    """Which recorded options differ, for the refusal: 'steps 50, now 20'."""
+    if saved is None or saved.get("format") != RECORD_FORMAT:
+        return f"its {RECORD_FILE} is unreadable"
+    if saved.get("checkpoint") != record.get("checkpoint"):
+        return "another checkpoint, or the same one since retrained"
+    old, new = saved.get("options", {}), record["options"]
+    diff = [f"{k} {old.get(k)}, now {new.get(k)}" for k in new if old.get(k) != new.get(k)]
+    return "; ".join(diff[:3]) or "another count of images"
+
+
+def _file_fingerprint(path: Path) -> dict:
+    """A checkpoint's size and the SHA-256 of its header (tensor offsets, step, config): cheap, and it
+    changes whenever the file is rewritten by a later checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        digest = hashlib.sha256(head + f.read(min(n, 100_000_000))).hexdigest()
+    return {"size": path.stat().st_size, "header_sha256": digest}
+
+
+def sample_record(cfg: SampleConfig, latents: np.ndarray | None = None) -> dict:
+    """What `dtools sample -o DIR` keeps in DIR/.dtools-sample.json until it finishes: every option and
+    what the checkpoint (and guide, and --from-latents) hold. The same command finds the same record and
+    continues; any difference is refused without --force."""
+    options = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        options[f.name] = str(value) if isinstance(value, Path) else value
+    record = {"format": RECORD_FORMAT, "count": cfg.count, "options": options,
+              "checkpoint": _file_fingerprint(model_file(cfg.checkpoint))}
+    if cfg.guide is not None:
+        record["guide"] = _file_fingerprint(guide_file(cfg.guide))
+    if latents is not None:
+        record["latents_sha256"] = hashlib.sha256(np.ascontiguousarray(latents).tobytes()).hexdigest()
+    return json.loads(json.dumps(record))  # as it reads back: tuples as lists
 
 
 def image_shape_of(checkpoint: Path) -> tuple[int, int, int]:
@@ -489,7 +609,13 @@ def run(cfg: SampleConfig, sink: Sink, log: Callable[[str], None] = log_line,
     snaps = None
     done = 0
     with progress_bar("sampling", len(batches) * steps) as bar:
+        per = 2 * cfg.trajectory if cfg.trajectory else 1  # files per image
         for batch in batches:
+            if sink.has(done * per, len(batch) * per):  # an interrupted run of these options drew them
+                sink.skip(len(batch) * per)
+                done += len(batch)
+                bar.advance(steps)
+                continue
             snaps = Snapshots(cfg.trajectory, steps) if cfg.trajectory else None
 
             def on_step(event: dict, snaps=snaps) -> None:
@@ -543,9 +669,14 @@ def run_prior(
     batches = seed_batches(cfg)
     start = time.perf_counter()
     with progress_bar("sampling", len(batches)) as bar:
+        done = 0
         for batch in batches:
-            x = samplers.generate_from_prior(decode, network.latent_dim, batch, device=rt.device)
-            sink.add(to_uint8(x))
+            if sink.has(done, len(batch)):  # an interrupted run of these options drew them
+                sink.skip(len(batch))
+            else:
+                x = samplers.generate_from_prior(decode, network.latent_dim, batch, device=rt.device)
+                sink.add(to_uint8(x))
+            done += len(batch)
             bar.advance()
     elapsed = time.perf_counter() - start
     log(f"sampled {cfg.images} images in {elapsed:.2f} s ({1000 * elapsed / cfg.images:.3f} ms/image)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,21 @@ def save_tensors(
     """Write tensors + JSON header atomically (temp file, fsync, rename)."""
     header = {"format_version": FORMAT_VERSION, "dtools_version": __version__, **meta}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_save(path, lambda tmp: save_file(flat, tmp, metadata={HEADER_KEY: json.dumps(header)}), force)
+    atomic_save(path, lambda tmp: _save_file(flat, tmp, {HEADER_KEY: json.dumps(header)}), force)
+
+
+def _save_file(flat: dict[str, torch.Tensor], tmp: str, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, its own error type for a failed write (e.g. `IoError(Os { code: 28,
+    kind: StorageFull, ... })`) raised as the OSError it stands for, so that a full disk reads as ENOSPC
+    everywhere (the `train` checkpoint, the command line's one line)."""
+    try:
+        save_file(flat, tmp, metadata=metadata)
+    except SafetensorsError as e:
+        code = re.search(r"code: (\d+)", str(e))
+        if code is None:
+            raise OSError(f"{tmp}: {first_line(e)}") from None
+        errno_ = int(code.group(1))
+        raise OSError(errno_, os.strerror(errno_), tmp) from None
 
 
 def read_header(path: str | os.PathLike, expected_format: str | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ LAYERS = {
              "dtools.ema", "dtools.dcgan", "dtools.vae"],
     "io": ["dtools.fileio", "dtools.tensorfile", "dtools.checkpoint", "dtools.images", "dtools.runtime",
            "dtools.progress", "dtools.plots", "dtools.diffusers_format", "dtools.diffusers_folder",
-           "dtools.schedule_io", "dtools.labels"],
+           "dtools.schedule_io", "dtools.labels", "dtools.locks"],
     "jobs": ["dtools.train", "dtools.sample", "dtools.edit", "dtools.fid", "dtools.prep", "dtools.noise",
              "dtools.grid", "dtools.info"],
     "commands": ["dtools.commands", "dtools.cli", "dtools.docgen", "dtools.__main__"],

@@ -86,6 +86,7 @@ def edit(
                      resize=resize, limit=limit)
     cfg.check()
     inputs = read_edit_inputs(cfg)
-    sink = Sink(output, inputs.images.shape[0], force)  # refuse a bad target before any network call
-    run_edit(cfg, inputs, sink)
-    sink.close()
+    # refuse a bad target before any network call; -o DIR is locked while it is written
+    with Sink(output, inputs.images.shape[0], force) as sink:
+        run_edit(cfg, inputs, sink)
+        sink.close()

@@ -71,6 +71,7 @@ def interpolate(
                             resize=resize, refine=refine)
     cfg.check()
     ends = read_ends(cfg)
-    sink = Sink(output, n, force, nrow=n)  # refuse a bad target before any network call
-    run_interpolate(cfg, ends, sink)
-    sink.close()
+    # refuse a bad target before any network call; -o DIR is locked while it is written
+    with Sink(output, n, force, nrow=n) as sink:
+        run_interpolate(cfg, ends, sink)
+        sink.close()

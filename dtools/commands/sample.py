@@ -68,7 +68,8 @@ def sample(
     step then; --guidance 0 turns it off). `--sampler ddpm` is the seed's exact
     T-step ancestral sampler. A DCGAN or VAE checkpoint (`dtools train --model dcgan|vae`) makes
     each image in one network call from z ~ N(0, I) and refuses the sampler options. Image i is
-    the same for a given --seed whatever --batch-size or -n.
+    the same for a given --seed whatever --batch-size or -n, so a killed `-o DIR` run continues
+    where it stopped when the same command is run again.
 
     \b
     Examples:
@@ -83,7 +84,7 @@ def sample(
       dtools sample runs/emoji --guide runs/emoji/guide.safetensors --guidance 1 -o guided/
       dtools invert runs/emoji face.png | dtools sample runs/emoji --from-latents - -o again.png
     """
-    from dtools.sample import SampleConfig, Sink, run, with_latents
+    from dtools.sample import SampleConfig, Sink, run, sample_record, with_latents
 
     cfg = SampleConfig(
         checkpoint=checkpoint, n=n, sampler=sampler, steps=steps, seed=seed, eta=eta, variance=variance,
@@ -96,6 +97,7 @@ def sample(
     cfg.check()
     cfg, latents = with_latents(cfg)
     nrow = trajectory or per_class
-    sink = Sink(output, cfg.count, force, nrow=nrow)  # refuse a bad target before any work
-    run(cfg, sink, latents=latents)
-    sink.close()
+    # refuse a bad target before any work; -o DIR: locked, and continued when killed (same options)
+    with Sink(output, cfg.count, force, nrow=nrow, record=sample_record(cfg, latents)) as sink:
+        run(cfg, sink, latents=latents)
+        sink.close()

@@ -175,7 +175,9 @@ def train(
         "torchrun: one per GPU, or CPU processes); --batch-size stays the global batch. Several machines: "
         "docs/distributed.md."
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in RUN from its last checkpoint; with none yet, start it "
+        "(so a preemptible job can always pass --resume)."),
     force: bool = opt.force("Start over in an existing RUN (deletes its files)."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the resolved configuration as JSON and exit."),

@@ -214,9 +214,9 @@ def _run_setting(cfg: SweepConfig, s: Setting, net, device, ref: Stats, scorer: 
                  sha: str, kid: bool, log: Callable[[str], None]) -> tuple[dict, Interval]:
     """Sample one setting into its .npy, time it, and score it."""
     path = Path(cfg.out) / npy_name(s)
-    sink = Sink(str(path), cfg.n, cfg.force, log=log)
-    seconds = sample_run(cfg.sample_config(s), sink, log=log)
-    sink.close()
+    with Sink(str(path), cfg.n, cfg.force, log=log) as sink:
+        seconds = sample_run(cfg.sample_config(s), sink, log=log)
+        sink.close()
     feats = _features(net, open_images(str(path)), cfg, device, s.label())
     with status(f"scoring {s.label()} (FID on {cfg.subsets} half-subsets)"):
         iv = fid_interval(scorer, feats["2048"].numpy(), cfg.subsets)

@@ -22,7 +22,8 @@ size), resolve (a new or resumed run's configuration from defaults and options),
 command's job), run (the run folder and its text files), loop (Trainer: one session of a run, the
 same for every model), method (what a model brings to the Trainer), ddpm (the DDPM's method), gan and
 vae (the baselines' methods), state (train-state.safetensors), data (the images in memory and the
-seeded batch stream), estimate (the time a run takes, and --dry-run), distributed (several
+seeded batch stream), estimate (the time a run takes, and --dry-run), memory (the memory a step
+needs, and the refusal of a run that cannot fit), distributed (several
 processes), signals (Ctrl-C), lr (the learning-rate schedule), summary (the last line).
 """
 

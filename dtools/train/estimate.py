@@ -29,6 +29,7 @@ from dtools.models import lookup_model
 from dtools.progress import DAY, duration
 from dtools.progress import log as log_line
 from dtools.runtime import Runtime, resolve
+from dtools.train import memory
 from dtools.train.config import TrainConfig, resolved
 from dtools.train.data import Batch
 from dtools.unet import count_parameters
@@ -218,6 +219,12 @@ def dry_run(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None
     if len(counts) > 1:
         facts["parameters_by_network"] = counts
     out = {"config": cfg.to_dict(), "resolved": facts, "resume": resume}
+    mem = memory.estimate(cfg, rt)
+    free = memory.available(rt.device)
+    out["memory"] = mem.to_dict(free)
+    free_text = f"; {free / memory.GIB:.1f} GiB available" if free is not None else ""
+    log(f"memory: about {mem.total / memory.GIB:.2f} GiB (batch {mem.micro_batch} at {cfg.image_size} px, "
+        f"a floor){free_text}")
     if estimate:
         timed = time_steps(cfg, rt)
         out["estimate"] = timed

@@ -13,6 +13,7 @@ DDPM's in ddpm.py, the baselines' in gan.py and vae.py; the --model's spec (dtoo
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import sys
 import threading
@@ -30,7 +31,7 @@ from dtools.models import lookup_model
 from dtools.progress import Bar, fmt_time, progress_bar
 from dtools.progress import log as log_line
 from dtools.runtime import ThreadGuard, resolve
-from dtools.train import distributed
+from dtools.train import distributed, memory
 from dtools.train.config import TrainConfig, applies, resolved
 from dtools.train.data import Batch, BatchStream, augment, fingerprint, load_images, load_labels
 from dtools.train.estimate import StepClock, data_warning
@@ -101,6 +102,8 @@ class Trainer:
         # nothing is written before the checks (e.g. no GPU: RUN is not created)
         restart = self.group.on_main(lambda: check_run_dir(self.run_dir, self.resume, self.force))
         self.device = self.rt.device
+        # a batch that cannot fit is refused now, not killed by the OOM killer mid-run
+        memory.check(memory.estimate(cfg, self.rt, self.group.world), memory.available(self.device))
         if self.resume:  # check the state file before spending time on data
             self.step = int(read_state_header(self.run_dir / STATE_FILE)["step"])
             if self.total is not None and self.step >= self.total:
@@ -199,7 +202,12 @@ class Trainer:
             for name, module in self.method.networks().items():
                 if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
                     raise NonFiniteLoss(f"the {name} are not finite")
-            self.group.on_main(self._save_checkpoint)
+            try:
+                self.group.on_main(self._save_checkpoint)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise self._disk_full() from None
             self.checkpoint_step = self.step  # before a second Ctrl-C may name it
 
     def _guide_due(self, end: bool) -> bool:
@@ -392,6 +400,17 @@ class Trainer:
                 self.log(f"{self._step_text()}  {self._losses_text(last, '{:.4g}')}  "
                          f"{window.rate(self.method.images_per_step):.0f} img/s  "
                          f"elapsed {fmt_time(self.elapsed())}  saved {self.run_dir / MODEL_FILE}")
+
+    def _disk_full(self) -> DtoolsError:
+        """A checkpoint that did not fit on the disk: each file is written to a temp file that is removed
+        on the error, and train-state.safetensors, what --resume continues, is written last, so the
+        last checkpoint that was written whole is still there."""
+        kept = (f"the checkpoint of step {self.checkpoint_step} in {self.run_dir} is intact; free some "
+                "space, then run the same command with --resume to continue from it"
+                if self.checkpoint_step >= 0 else
+                "no checkpoint had been written yet; free some space, then run the command again")
+        return DtoolsError(f"no space left on the disk ({self.run_dir}) for the checkpoint of step "
+                           f"{self.step}; stopped, {kept}")
 
     def _diverged(self, what: str, step: int) -> DtoolsError:
         kept = (f"the last good checkpoint (step {self.checkpoint_step}) in {self.run_dir} is intact"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dtools.errors import DtoolsError, OptionError
+from dtools.locks import acquire
 from dtools.models import DEFAULT_MODEL, MODEL_TYPES, lookup_model
 from dtools.progress import log as log_line
 from dtools.schedule_io import load_schedule
@@ -24,7 +25,7 @@ from dtools.train.estimate import dry_run
 from dtools.train.finetune import init_config
 from dtools.train.loop import train
 from dtools.train.resolve import DEFAULT_SCHEDULE, new_config, resume_config, schedule_of
-from dtools.train.run import resumable_state
+from dtools.train.run import fresh_start, has_checkpoint, resumable_state
 from dtools.train.signals import ABORT_EXIT
 from dtools.train.state import read_state_header
 from dtools.train.summary import summary
@@ -38,9 +39,18 @@ def main(
     the command line, which --nproc runs again in each process. Returns the exit code (130: stopped
     by a signal); a DtoolsError goes up to the command line's one-line report (under torchrun, from
     one process only: distributed.speaks)."""
+    lock = None
     try:
-        processes = max(nproc, distributed.env_rank()[1])
+        rank, world = distributed.env_rank()
+        processes = max(nproc, world)
         distributed.check(processes, beta=beta)
+        if not dry and nproc == 1 and rank == 0:  # the process that writes RUN (not --nproc's launcher)
+            lock = acquire(out)
+        if resume and not has_checkpoint(Path(out)):
+            line = fresh_start(Path(out), data)
+            resume = False
+            if rank == 0:
+                log_line(line)
         cfg = configure(out, data, beta, options, resume=resume)
         distributed.check(processes, cfg=cfg)
         if dry:
@@ -53,6 +63,9 @@ def main(
         if not distributed.speaks(e):
             return 2 if isinstance(e, OptionError) else 1
         raise
+    finally:
+        if lock is not None:
+            lock.release()
     code = ABORT_EXIT if result.stopped == "interrupted" else 0
     if not result.rank:  # one process of several: rank 0 reports
         log_line(summary(result))

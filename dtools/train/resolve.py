@@ -116,7 +116,32 @@ def _resume_config(saved: dict[str, Any], betas: np.ndarray, options: dict[str, 
             continue
         if resumable(key):
             setattr(cfg, key, value)
-        elif key in MODEL_OPTIONS or key == "preset" or getattr(cfg, key) != value:
-            raise DtoolsError(f"{flag(key)} cannot change when resuming a run; drop it, or start a new run "
-                              "(another -o, or --force)")
+            continue
+        was = _saved_value(cfg, key)
+        if _given_value(cfg, key, value) != was:  # the same value again (a requeued command line) is fine
+            raise DtoolsError(f"{flag(key)} cannot change when resuming a run (it is {_text(was)}, given "
+                              f"{_text(value)}); drop it, or start a new run (another -o, or --force)")
     return cfg.validate()
+
+
+def _saved_value(cfg: TrainConfig, key: str) -> Any:
+    """What the resumed run holds for option `key`: a network option in its network config."""
+    if key in MODEL_OPTIONS:
+        value = cfg.model.get(key)
+        return list(value) if MODEL_OPTIONS[key].ints and value is not None else value
+    return getattr(cfg, key)
+
+
+def _given_value(cfg: TrainConfig, key: str, value: Any) -> Any:
+    """An option's value as the run would hold it: lists as lists, --preset auto as the preset it picks."""
+    if key in MODEL_OPTIONS and MODEL_OPTIONS[key].ints:
+        return list(value)
+    if key == "preset" and cfg.preset is not None:
+        return resolve_preset(value, cfg.image_size)
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)

@@ -9,7 +9,8 @@ from typing import Any
 
 from dtools.checkpoint import RUN_GUIDE_FILE, RUN_MODEL_FILE
 from dtools.errors import DtoolsError
-from dtools.fileio import atomic_write_bytes
+from dtools.fileio import atomic_write_bytes, sweep_temps
+from dtools.locks import LOCK_FILE
 
 MODEL_FILE = RUN_MODEL_FILE
 GUIDE_FILE = RUN_GUIDE_FILE  # the EMA model at --guide-at of the run: autoguidance's weaker model
@@ -32,12 +33,17 @@ def _leftover(p: Path) -> bool:
                                           for f in RUN_FILES)
 
 
+def entries(run: Path) -> list[Path]:
+    """What RUN holds, but the lock file of the process writing it (dtools.locks), which is no run's file."""
+    return [p for p in run.iterdir() if p.name != LOCK_FILE]
+
+
 def unfinished(run: Path) -> bool:
     """Whether RUN holds a run that stopped before its first checkpoint: its config.json, perhaps the
     first metrics and sample grids, but no training state, and nothing else."""
     if not (run / CONFIG_FILE).is_file() or (run / STATE_FILE).exists():
         return False
-    for p in run.iterdir():
+    for p in entries(run):
         grids = p.name == SAMPLES_DIR and p.is_dir() and all(q.name.startswith("step_") for q in p.iterdir())
         if not (grids or (p.is_file() and _leftover(p))):
             return False
@@ -54,6 +60,27 @@ def resumable_state(run: Path) -> Path:
     return run / STATE_FILE
 
 
+def has_checkpoint(run: Path) -> bool:
+    """Whether RUN holds a training state that --resume continues."""
+    return (run / STATE_FILE).is_file()
+
+
+def fresh_start(run: Path, data: str | None) -> str:
+    """`--resume` on a RUN without a checkpoint (missing, empty, or a run killed before its first one):
+    the run starts at step 0 with the options given, so a preempted job's fixed command line (always
+    --resume) is safe from its first launch. Returns the line that says so; refuses a RUN that holds
+    other files, or a missing DATA."""
+    if run.exists() and not run.is_dir():
+        raise DtoolsError(f"{run} exists and is not a folder; -o names the run folder")
+    if run.is_dir() and entries(run) and not unfinished(run):
+        raise DtoolsError(f"{run}: nothing to resume (no {STATE_FILE}), and it holds files that are not a "
+                          "run's; give -o a new or empty folder")
+    if data is None:
+        raise DtoolsError(f"{run}: no checkpoint to resume yet (--resume), and no DATA to start the run "
+                          "from; give the DATA folder too")
+    return f"{run}: no checkpoint to resume yet (--resume); starting the run at step 0"
+
+
 def check_run_dir(run: Path, resume: bool, force: bool) -> bool:
     """Refuse RUN unless it suits a new run (missing or empty), a --resume (a state to continue) or a
     --force; touches nothing. True when RUN holds a run that stopped before its first checkpoint,
@@ -63,7 +90,7 @@ def check_run_dir(run: Path, resume: bool, force: bool) -> bool:
     if resume:
         resumable_state(run)
         return False
-    if run.exists() and any(run.iterdir()) and not force:
+    if run.exists() and entries(run) and not force:
         if unfinished(run):
             return True
         raise DtoolsError(
@@ -77,6 +104,8 @@ def prepare_run_dir(run: Path, resume: bool, force: bool) -> None:
     """Check RUN (check_run_dir), then for a new run delete the files of an earlier one (other files
     stay) and create RUN when missing."""
     restart = check_run_dir(run, resume, force)
+    if run.is_dir():
+        sweep_temps(run)  # the temp files of a process killed while writing
     if resume:
         return
     if run.exists() and (force or restart):

@@ -187,7 +187,7 @@ def test_bad_inputs_end_in_one_line_errors(data, beta, tmp_path):
     empty.mkdir()
     assert "no images" in one_error_line(invoke(empty, "--beta", beta, "-o", tmp_path / "r1"))
     assert "no such" in one_error_line(invoke(tmp_path / "missing", "--beta", beta, "-o", tmp_path / "r2"))
-    assert "nothing to resume" in one_error_line(invoke("--resume", "-o", tmp_path / "r3"))
+    assert "no checkpoint to resume yet" in one_error_line(invoke("--resume", "-o", tmp_path / "r3"))
     z = tmp_path / "z.npy"
     made = CliRunner().invoke(app, ["schedule", "cosine", "-T", "50", "--zero-terminal-snr", "-o", str(z)])
     assert made.exit_code == 0
