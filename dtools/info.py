@@ -58,7 +58,7 @@ def inspect(path: str | os.PathLike) -> Info:
     header = read_header(p, None)
     fmt = header.get("format")
     if fmt == MODEL_FORMAT:
-        return _model(p, read_info(p))
+        return _model(p, read_info(p, fit=True))
     if fmt == STATE_FORMAT:
         return _state(p, header)
     if fmt == STATS_FORMAT:
@@ -76,7 +76,7 @@ def _images_per_step(train: dict[str, Any]) -> int | None:
         return None
     if train.get("model_type") == "dcgan":
         d = str(train.get("d_steps") or "1:1").split(":")[0]
-        return batch * int(d) if d.isdigit() else None
+        return batch * int(d) if d.isascii() and d.isdigit() else None
     return batch
 
 
@@ -237,7 +237,7 @@ def _run(run: Path) -> Info:
     facts: dict[str, Any] = {"checkpoint": None}
     rows: list[tuple[str, str]] = []
     if MODEL_FILE in files:
-        facts["checkpoint"] = model_facts(run / MODEL_FILE, read_info(run / MODEL_FILE))
+        facts["checkpoint"] = model_facts(run / MODEL_FILE, read_info(run / MODEL_FILE, fit=True))
     if STATE_FILE in files:
         state = read_header(run / STATE_FILE, STATE_FORMAT)
         facts["state_step"] = state.get("step")
