@@ -76,11 +76,12 @@ def probe_image(path: str | os.PathLike) -> str | None:
         with open_image(path) as img:
             fmt = img.format
             img.verify()
-        if fmt == "JPEG":
+        if fmt == "JPEG":  # its last scan (after the last SOS marker) must be followed by EOI
             with open(path, "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-                if b"\xff\xd9" not in f.read():
-                    return "truncated JPEG (no end-of-image marker)"
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+                tail = f.read()
+            if b"\xff\xd9" not in tail[tail.rfind(b"\xff\xda") + 1:]:
+                return "truncated JPEG (no end-of-image marker)"
     except DtoolsError as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 (Pillow raises OSError, ValueError, SyntaxError, struct.error, ...)
