@@ -28,7 +28,7 @@ from dtools.train.run import (
     STATE_FILE,
     read_metrics,
 )
-from dtools.train.state import STATE_FORMAT
+from dtools.train.state import STATE_FORMAT, read_state_header
 
 STATS_FORMAT = "dtools.fid-stats"  # dtools.fid.stats's (not imported: it loads torch-fidelity)
 LOSS_KEYS = tuple(dict.fromkeys(k for m in MODEL_TYPES.values() for k in m.losses))  # metrics.jsonl's losses
@@ -60,7 +60,7 @@ def inspect(path: str | os.PathLike) -> Info:
     if fmt == MODEL_FORMAT:
         return _model(p, read_info(p, fit=True))
     if fmt == STATE_FORMAT:
-        return _state(p, header)
+        return _state(p, read_state_header(p))  # its fields checked as --resume checks them
     if fmt == STATS_FORMAT:
         return _stats(p, header)
     raise DtoolsError(f"{p}: a {fmt!r} file, which dtools info does not describe")
@@ -239,7 +239,7 @@ def _run(run: Path) -> Info:
     if MODEL_FILE in files:
         facts["checkpoint"] = model_facts(run / MODEL_FILE, read_info(run / MODEL_FILE, fit=True))
     if STATE_FILE in files:
-        state = read_header(run / STATE_FILE, STATE_FORMAT)
+        state = read_state_header(run / STATE_FILE)
         facts["state_step"] = state.get("step")
     rows += _more_rows(facts, state if STATE_FILE in files else {})
     if METRICS_FILE in files:
