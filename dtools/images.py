@@ -212,10 +212,10 @@ def open_source(
     name = "stdin" if is_stdio(source) else source
     p = Path(source)
     if not is_stdio(source) and p.is_dir():  # a folder, even one named like a .npy file
-        files = list_image_files(p)
+        files = list_image_files(p, check=False)
         if not files:
             raise DtoolsError(f"{p}: no images found{empty_hint}")
-        files = files[:limit]
+        files = usable_files(p, files[:limit])  # only the files a --limit reads are opened
         return ImageSource(name, len(files), files=files, channels=channels)
     if is_stdio(source) or source.lower().endswith(".npy"):
         arr = match_channels(validate_batch(read_npy(source), name)[:limit], channels)

@@ -96,9 +96,9 @@ def read_state_header(path: str | os.PathLike) -> dict[str, Any]:
         if key not in info:
             raise DtoolsError(f"{path}: training state lacks {key!r}; it cannot be resumed")
     kinds = {"step": int, "train": dict, "model": dict, "betas": list, "data": dict, "ema_updates": int}
-    for key, kind in kinds.items():
-        if key in info and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
-            raise DtoolsError(f"{path}: damaged training state ({key!r} is not a {kind.__name__})")
+    for key, want in kinds.items():
+        if key in info and (not isinstance(info[key], want) or isinstance(info[key], bool)):
+            raise DtoolsError(f"{path}: damaged training state ({key!r} is not a {want.__name__})")
     if diffusion and not all(isinstance(b, int | float) and not isinstance(b, bool) for b in info["betas"]):
         raise DtoolsError(f"{path}: damaged training state (betas are not all numbers)")
     if diffusion:
