@@ -24,6 +24,7 @@ on it.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,9 +34,10 @@ import torch
 from torch import nn
 
 from dtools.diffusion import PARAMETERIZATIONS, Schedule
-from dtools.errors import DtoolsError, mismatch_detail
+from dtools.errors import DtoolsError, brief, mismatch_detail
 from dtools.models import DEFAULT_MODEL, MODEL_TYPES
-from dtools.tensorfile import load_tensors, read_header, save_tensors
+from dtools.schedules import validate_betas
+from dtools.tensorfile import load_tensors, read_header, save_tensors, tensor_shapes
 
 MODEL_FORMAT = "dtools.model"
 RUN_MODEL_FILE = "model.safetensors"  # the checkpoint in a `dtools train` run folder
@@ -45,6 +47,21 @@ WEIGHTS = ("ema", "raw")  # the sets of weights `dtools train` writes, the sampl
 
 LEGACY_MODEL_TYPE = DEFAULT_MODEL  # what a header without "model_type" (dtools 0.1.0) holds
 CONDITION_KINDS: tuple[str, ...] = ("class",)  # what a model may be conditioned on ("condition")
+MAX_TIMESTEPS = 100_000  # a header's schedule longer than this is a crafted one, not a model's
+
+# The JSON type of every header field that dtools reads back (absent or null: not recorded); float
+# accepts integers too, never booleans. A header that is valid JSON but not what dtools writes (a list
+# for "model_type", a string for "step") is refused in one line before anything is built.
+HEADER_FIELDS: dict[str, type] = {
+    "model_type": str, "model": dict, "parameterization": str, "betas": list, "weights": list, "step": int,
+    "images_seen": int, "elapsed": float, "ema_decay": float, "ema_length": float, "image_size": int,
+    "channels": int, "train": dict, "source": dict, "dtools_version": str}
+# and of the fields of its "train" (the run's resolved config) that `info` and `--init-from` read
+TRAIN_FIELDS: dict[str, type] = {
+    "lr": float, "batch_size": int, "beta": str, "preset": str, "d_steps": str, "data": str,
+    "num_images": int, "data_fingerprint": str, "min_snr_gamma": float, "min_snr_floor": float,
+    "t_dist": str, "cond_drop": float, "ema_warmup": bool, "init_from": str, "init_weights": str,
+    "model_type": str}
 
 
 class LoadedModel(NamedTuple):
@@ -118,34 +135,84 @@ def guide_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def read_info(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint's header alone (cheap), with its model type checked (and set for dtools 0.1.0's);
-    `path` may be a run folder (model_file)."""
+def read_info(path: str | os.PathLike, fit: bool = False) -> dict[str, Any]:
+    """A checkpoint's header alone (cheap), checked field by field (`_checked`; the model type set for
+    dtools 0.1.0's); with `fit`, also every set of weights the header lists against the network its config
+    builds, on the meta device (no tensor data is read). `path` may be a run folder (model_file)."""
     path = model_file(path)
-    return _checked(path, read_header(path, MODEL_FORMAT))
+    info = _checked(path, read_header(path, MODEL_FORMAT))
+    if fit:
+        expected = _state_shapes(info)
+        for name, shapes in _split(info.get("weights") or list(WEIGHTS), tensor_shapes(path)).items():
+            _check_fit(path, name, shapes, expected)
+    return info
+
+
+def check_fields(path: str | os.PathLike, fields: dict[str, Any], types: dict[str, type], where: str) -> None:
+    """Each of `types` that `fields` holds (not null) has that JSON type; else a one-line DtoolsError."""
+    for key, want in types.items():
+        v = fields.get(key)
+        if v is None:
+            continue
+        ok = (isinstance(v, int | float) if want is float else isinstance(v, want)) and (
+            want is bool or not isinstance(v, bool))
+        if not ok or (want is float and not math.isfinite(v)):
+            name = {float: "number", int: "integer", str: "string", dict: "JSON object", list: "list",
+                    bool: "boolean"}[want]
+            raise DtoolsError(f"{path}: damaged header ({where}{key!r} is {brief(v)}, not a {name})")
+
+
+def header_betas(path: str | os.PathLike, betas: Any) -> np.ndarray:
+    """A header's "betas" as a checked float64 schedule: a list of 2 .. MAX_TIMESTEPS numbers, each β in
+    (0, 1) (the last may be 1), ᾱ falling strictly (dtools.schedules.validate_betas)."""
+    if not isinstance(betas, list) or not all(isinstance(b, int | float) and not isinstance(b, bool)
+                                              for b in betas):
+        raise DtoolsError(f"{path}: 'betas' in the header is not a list of numbers")
+    if len(betas) > MAX_TIMESTEPS:
+        raise DtoolsError(f"{path}: bad schedule in the header ({len(betas)} steps; at most {MAX_TIMESTEPS})")
+    try:
+        return validate_betas(np.asarray(betas, dtype=np.float64), "betas")
+    except DtoolsError as e:
+        raise DtoolsError(f"{path}: bad schedule in the header ({e})") from None
 
 
 def _checked(path: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:
+    """A model header checked field by field before anything is built from it (see HEADER_FIELDS): its
+    model type, its network config against the config class's bounds, its schedule and condition."""
     info.setdefault("model_type", LEGACY_MODEL_TYPE)
+    check_fields(path, info, HEADER_FIELDS, "")
+    check_fields(path, info.get("train") or {}, TRAIN_FIELDS, "train.")
     kind = MODEL_TYPES.get(info["model_type"])
     if kind is None:
-        raise DtoolsError(f"{path}: holds a {info['model_type']!r} model, which this dtools cannot use "
+        raise DtoolsError(f"{path}: holds a {brief(info['model_type'])} model, which this dtools cannot use "
                           f"(it knows {', '.join(MODEL_TYPES)})")
     for key in ("model", "parameterization", "betas") if kind.schedule else ("model",):
-        if key not in info:
+        if info.get(key) is None:
             raise DtoolsError(f"{path}: checkpoint header lacks {key!r}")
+    try:
+        kind.network_config(info["model"])
+    except DtoolsError as e:
+        raise DtoolsError(f"{path}: {e}") from None
+    if kind.schedule:
+        if info["parameterization"] not in PARAMETERIZATIONS:
+            raise DtoolsError(f"{path}: unknown parameterization {brief(info['parameterization'])}")
+        header_betas(path, info["betas"])
+    names = info.get("weights")
+    if names is not None and (not names or len(names) > 8 or not all(isinstance(n, str) for n in names)
+                              or len(set(names)) != len(names)):
+        raise DtoolsError(f"{path}: damaged header ('weights' is {brief(names)}, not a few distinct names)")
     condition = info.get("condition")
     if condition is not None:
         what = condition.get("kind") if isinstance(condition, dict) else None
         if what not in CONDITION_KINDS:
-            raise DtoolsError(f"{path}: its model is conditioned on {what or condition!r}, which this dtools "
-                              "cannot use")
+            raise DtoolsError(f"{path}: its model is conditioned on {brief(what or condition)}, which this "
+                              "dtools cannot use")
         classes = condition.get("classes")
         n = info["model"].get("num_classes") if isinstance(info["model"], dict) else None
         if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes)
                 or len(set(classes)) != len(classes) or n != len(classes)):
             want = f"the {n} distinct class names of its network" if n else "an unconditional network's"
-            raise DtoolsError(f"{path}: its class condition names {classes!r}, not {want}")
+            raise DtoolsError(f"{path}: its class condition names {brief(classes)}, not {want}")
     elif isinstance(info["model"], dict) and info["model"].get("num_classes"):
         raise DtoolsError(f"{path}: its network is class-conditional but the header names no classes")
     return info
@@ -161,20 +228,51 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tenso
     """A checkpoint's sets of weights by name ({"ema": state dict, "raw": ...}) and its checked header;
     `path` may be a run folder (model_file)."""
     path = model_file(path)
-    tensors, info = load_tensors(path, MODEL_FORMAT)
-    info = _checked(path, info)
-    names = info.get("weights")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        names = list(WEIGHTS)
-    others = names[1:]
-    weights: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
+    info = read_info(path, fit=True)  # nothing is loaded before the shapes are known to fit
+    tensors, _ = load_tensors(path, MODEL_FORMAT)
+    sets = _split(info.get("weights") or list(WEIGHTS), tensors)
+    return {name: sd for name, sd in sets.items() if sd}, info
+
+
+def _split(names: list[str], tensors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A file's tensors (or their shapes) by set: plain keys are the first set's, "NAME.key" set NAME's."""
+    sets: dict[str, dict[str, Any]] = {name: {} for name in names}
     for key, value in tensors.items():
-        prefix = next((n for n in others if key.startswith(f"{n}.")), None)
+        prefix = next((n for n in names[1:] if key.startswith(f"{n}.")), None)
         if prefix is None:
-            weights[names[0]][key] = value
+            sets[names[0]][key] = value
         else:
-            weights[prefix][key[len(prefix) + 1:]] = value
-    return {name: sd for name, sd in weights.items() if sd}, info
+            sets[prefix][key[len(prefix) + 1:]] = value
+    return sets
+
+
+def _state_shapes(info: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of the network a checked header describes, built on the meta device (no
+    memory, no time for the weights): a crafted config is compared with the file before a real build."""
+    config = MODEL_TYPES[info["model_type"]].network_config(info["model"])
+    with torch.device("meta"):
+        network = config.build()
+    return {k: tuple(v.shape) for k, v in network.state_dict().items()}
+
+
+def _check_fit(path: Path, name: str, shapes: dict[str, tuple[int, ...]],
+               expected: dict[str, tuple[int, ...]]) -> None:
+    """A set of weights (its tensor shapes) fits the network of the header; else a one-line DtoolsError."""
+    if not shapes:
+        return
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    odd = next((k for k in expected if k in shapes and tuple(shapes[k]) != expected[k]), None)
+    more = lambda keys: f" and {len(keys) - 1} more" if len(keys) > 1 else ""  # noqa: E731
+    if missing:
+        detail = f"missing {brief(missing[0])}{more(missing)}"
+    elif extra:
+        detail = f"unexpected {brief(extra[0])}{more(extra)}"
+    elif odd is not None:
+        detail = f"{odd} has shape {list(shapes[odd])}, the config makes {list(expected[odd])}"
+    else:
+        return
+    raise DtoolsError(f"{path}: the {name} weights do not fit its model config ({detail})")
 
 
 def load_model(
@@ -206,13 +304,5 @@ def load_model(
 
 
 def _schedule(path: str | os.PathLike, info: dict[str, Any]) -> Schedule:
-    if info["parameterization"] not in PARAMETERIZATIONS:
-        raise DtoolsError(f"{path}: unknown parameterization {info['parameterization']!r}")
-    betas = info["betas"]
-    if not isinstance(betas, list) or not all(isinstance(b, int | float) for b in betas):
-        raise DtoolsError(f"{path}: 'betas' in the header is not a list of numbers")
-    try:
-        return Schedule.from_betas(np.asarray(betas, dtype=np.float64))
-    except DtoolsError as e:
-        raise DtoolsError(f"{path}: bad schedule in the header ({e})") from None
+    return Schedule.from_betas(header_betas(path, info["betas"]))  # checked by _checked already
 

@@ -26,6 +26,7 @@ from dtools.errors import DtoolsError, OptionError
 
 
 def _error(message: str, code: int = 1) -> None:
+    message = " ".join(message.split("\n"))  # one line, even when a file's text found its way into it
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
 

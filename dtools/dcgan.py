@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, brief
+
+# Bounds far above any real DCGAN, so that a crafted checkpoint header cannot make dtools build an absurd
+# network (docs/formats.md, "Hostile and corrupt files"): image side, z's size, channels at 4x4
+MAX_IMAGE_SIZE = 8192
+MAX_LATENT = 65536
+MAX_CHANNELS = 16384
 
 
 @dataclass
@@ -55,12 +61,17 @@ class DCGANConfig:
         for name in ("image_size", "channels", "latent_dim", "base_channels"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DtoolsError(f"model config: {name} must be a positive integer, got {v!r}")
+                raise DtoolsError(f"model config: {name} must be a positive integer, got {brief(v)}")
         if self.channels not in (1, 3):
             raise DtoolsError(f"model config: channels must be 1 or 3, got {self.channels}")
-        if self.image_size < 8 or self.image_size & (self.image_size - 1):
-            raise DtoolsError(f"image size {self.image_size}: a DCGAN needs a power of two from 8 up "
-                              "(8, 16, 32, 64, ...); resize with dtools prep --size")
+        if self.image_size < 8 or self.image_size & (self.image_size - 1) or self.image_size > MAX_IMAGE_SIZE:
+            raise DtoolsError(f"image size {self.image_size}: a DCGAN needs a power of two from 8 up to "
+                              f"{MAX_IMAGE_SIZE} (8, 16, 32, 64, ...); resize with dtools prep --size")
+        widest = max(self.widths(), default=self.base_channels)  # at 4x4
+        if self.latent_dim > MAX_LATENT or widest > MAX_CHANNELS:
+            raise DtoolsError(f"model config: latent_dim {self.latent_dim} (at most {MAX_LATENT}) or "
+                              f"base_channels {self.base_channels} ({widest} at 4x4, at most {MAX_CHANNELS}) "
+                              "is out of bounds")
         return self
 
     @classmethod

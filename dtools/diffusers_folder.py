@@ -38,7 +38,7 @@ from dtools.diffusers_format import (
 from dtools.errors import DtoolsError, OptionError, first_line, mismatch_detail
 from dtools.fileio import atomic_folder, check_folder_writable, check_writable
 from dtools.models import DEFAULT_MODEL, MODEL_TYPES
-from dtools.tensorfile import HEADER_KEY
+from dtools.tensorfile import HEADER_KEY, check_layout
 from dtools.unet import UNet, UNetConfig, count_parameters
 
 UNET_CONFIG = "unet/config.json"
@@ -151,6 +151,7 @@ def _read_weights(unet: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             raise DtoolsError(f"{unet}: holds pickled weights only ({pickled[0]}); dtools reads safetensors, "
                               "never pickle (save_pretrained(..., safe_serialization=True) converts them)")
         raise DtoolsError(f"{path}: no such file")
+    check_layout(path)  # a crafted header is refused before safetensors maps any of it
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
@@ -169,7 +170,7 @@ def _embedded(metadata: dict[str, str], header: dict[str, Any], cfg: UNetConfig)
             return None
         same = (to_unet2d_config(UNetConfig.from_dict(old["model"])) == to_unet2d_config(cfg)
                 and old["parameterization"] == header["parameterization"] and old["betas"] == header["betas"])
-    except (ValueError, KeyError, TypeError, AttributeError, DtoolsError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, DtoolsError):
         return None
     return (old, str(meta.get("weights"))) if same else None
 

@@ -35,3 +35,10 @@ def mismatch_detail(e: BaseException, limit: int = 160) -> str:
     if not lines:
         return type(e).__name__
     return (lines[1] if len(lines) > 1 else lines[0])[:limit]
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters: a crafted file's values can be megabytes long, and an error
+    message quotes them."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

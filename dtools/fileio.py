@@ -227,6 +227,10 @@ def parse_npy(data: bytes, name: str) -> np.ndarray:
         raise DtoolsError(f"{name}: an .npz archive; dtools reads single .npy arrays")
     if not data.startswith(b"\x93NUMPY"):
         raise DtoolsError(f"{name}: not a .npy file (no NUMPY magic bytes)")
+    declared = _declared_bytes(data)
+    if declared is not None and declared[0] > declared[1]:
+        raise DtoolsError(f"{name}: not a valid .npy array (truncated: its header declares {declared[2]}, "
+                          f"{declared[0]} bytes; {declared[1]} follow it)")
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:
@@ -239,6 +243,21 @@ def parse_npy(data: bytes, name: str) -> np.ndarray:
     if not isinstance(arr, np.ndarray):
         raise DtoolsError(f"{name}: expected a single .npy array, got an .npz archive")
     return arr
+
+
+def _declared_bytes(data: bytes) -> tuple[int, int, str] | None:
+    """(bytes the .npy header declares, bytes after the header, "shape dtype") from the header alone, so
+    that a crafted header declaring a huge array is refused before numpy allocates it; None when the
+    header cannot be read here (np.load then says why)."""
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, _, dtype = reader[version](f)
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        return declared, len(data) - f.tell(), f"{list(shape)} {dtype}"
+    except Exception:  # noqa: BLE001 (numpy raises a zoo of types for garbage headers)
+        return None
 
 
 def read_npy(path: str | os.PathLike | None) -> np.ndarray:

@@ -11,6 +11,7 @@ import io
 import itertools
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, first_line
 from dtools.fileio import atomic_write_bytes, is_stdio, read_npy
 
 # Extensions Pillow can open; anything else in a folder is ignored (not an error).
@@ -27,17 +28,72 @@ IMAGE_EXTS = frozenset(
 ) | {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files under `folder`, recursively, sorted; hidden files and folders are skipped."""
+# The most pixels dtools decodes from one image file: a larger header (a PNG declaring 100000x100000) is a
+# decompression bomb, refused from its header before any pixel is decoded
+MAX_SIDE = 8192
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+_warned: set[str] = set()  # folders whose skipped files were reported (train lists its data three times)
+
+
+def list_image_files(folder: str | os.PathLike, check: bool = True) -> list[Path]:
+    """Image files under `folder`, recursively, sorted; hidden files and folders are skipped, and so are
+    symlinked folders (never followed: a link loop cannot trap the walk). With `check`, files that cannot
+    be read (`probe_image`) are left out with one warning that counts them; none readable is an error."""
     root = Path(folder)
-    files = [
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
-    return sorted(files)
+    files = []
+    for here, dirs, names in os.walk(root, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(here) / n for n in names
+                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTS]
+    files = sorted(f for f in files if f.is_file())  # a link to a file counts; a dangling or looping one not
+    return usable_files(root, files) if check else files
+
+
+def usable_files(root: Path, files: list[Path]) -> list[Path]:
+    """`files` without those `probe_image` refuses; one warning line names the count and the first
+    (once per folder), and an error says so when none is left."""
+    bad = [(f, why) for f in files if (why := probe_image(f)) is not None]
+    if not bad:
+        return files
+    first = f"{bad[0][0].relative_to(root) if bad[0][0].is_relative_to(root) else bad[0][0]}: {bad[0][1]}"
+    if len(bad) == len(files):
+        raise DtoolsError(f"{root}: none of its {len(files)} image files can be read (first: {first})")
+    if str(root) not in _warned:
+        _warned.add(str(root))
+        from dtools.progress import log
+
+        log(f"warning: {root}: skipped {len(bad)} of {len(files)} image files (first: {first})")
+    skipped = {f for f, _ in bad}
+    return [f for f in files if f not in skipped]
+
+
+def probe_image(path: str | os.PathLike) -> str | None:
+    """Why an image file cannot be used, or None. Checked without decoding its pixels: that Pillow can
+    open it and read it (a file you may not read, a symlink loop), its size from the header (at most
+    MAX_PIXELS), a PNG's chunks and their CRCs to the end (a truncated or corrupt PNG), a JPEG's end
+    marker (a truncated JPEG). What slips through still fails when decoded, as a one-line error."""
+    try:
+        with open_image(path) as img:
+            fmt = img.format
+            img.verify()
+        if fmt == "JPEG":  # its last scan (after the last SOS marker) must be followed by EOI
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+                tail = f.read()
+            if b"\xff\xd9" not in tail[tail.rfind(b"\xff\xda") + 1:]:
+                return "truncated JPEG (no end-of-image marker)"
+    except DtoolsError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 (Pillow raises OSError, ValueError, SyntaxError, struct.error, ...)
+        return f"{type(e).__name__}: {first_line(e)[:120]}" if str(e).strip() else type(e).__name__
+    return None
+
+
+def too_big(img: Image.Image) -> None:
+    """Refuse an image whose header declares more than MAX_PIXELS, before anything is decoded."""
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise DtoolsError(f"{w}x{h} pixels, more than {MAX_SIDE}x{MAX_SIDE} (a decompression bomb)")
 
 
 def to_array(
@@ -67,12 +123,31 @@ def to_array(
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Image.open with the size from its header checked (`too_big`): a decompression bomb is a DtoolsError
+    (with Pillow's own warning or error about one turned into it, so no stray warning line appears)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise DtoolsError(f"more than {MAX_SIDE}x{MAX_SIDE} pixels (a decompression bomb)") from None
+    try:
+        too_big(img)
+    except DtoolsError:
+        img.close()
+        raise
+    return img
+
+
 def load_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return to_array(img, channels)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DtoolsError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+    except DtoolsError as e:
+        raise DtoolsError(f"{path}: cannot read image ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DtoolsError(f"{path}: cannot read image ({type(e).__name__}: {first_line(e)[:120]})") from None
 
 
 def validate_batch(arr: np.ndarray, name: str) -> np.ndarray:
@@ -137,10 +212,10 @@ def open_source(
     name = "stdin" if is_stdio(source) else source
     p = Path(source)
     if not is_stdio(source) and p.is_dir():  # a folder, even one named like a .npy file
-        files = list_image_files(p)
+        files = list_image_files(p, check=False)
         if not files:
             raise DtoolsError(f"{p}: no images found{empty_hint}")
-        files = files[:limit]
+        files = usable_files(p, files[:limit])  # only the files a --limit reads are opened
         return ImageSource(name, len(files), files=files, channels=channels)
     if is_stdio(source) or source.lower().endswith(".npy"):
         arr = match_channels(validate_batch(read_npy(source), name)[:limit], channels)

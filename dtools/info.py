@@ -28,7 +28,7 @@ from dtools.train.run import (
     STATE_FILE,
     read_metrics,
 )
-from dtools.train.state import STATE_FORMAT
+from dtools.train.state import STATE_FORMAT, read_state_header
 
 STATS_FORMAT = "dtools.fid-stats"  # dtools.fid.stats's (not imported: it loads torch-fidelity)
 LOSS_KEYS = tuple(dict.fromkeys(k for m in MODEL_TYPES.values() for k in m.losses))  # metrics.jsonl's losses
@@ -58,9 +58,9 @@ def inspect(path: str | os.PathLike) -> Info:
     header = read_header(p, None)
     fmt = header.get("format")
     if fmt == MODEL_FORMAT:
-        return _model(p, read_info(p))
+        return _model(p, read_info(p, fit=True))
     if fmt == STATE_FORMAT:
-        return _state(p, header)
+        return _state(p, read_state_header(p))  # its fields checked as --resume checks them
     if fmt == STATS_FORMAT:
         return _stats(p, header)
     raise DtoolsError(f"{p}: a {fmt!r} file, which dtools info does not describe")
@@ -76,7 +76,7 @@ def _images_per_step(train: dict[str, Any]) -> int | None:
         return None
     if train.get("model_type") == "dcgan":
         d = str(train.get("d_steps") or "1:1").split(":")[0]
-        return batch * int(d) if d.isdigit() else None
+        return batch * int(d) if d.isascii() and d.isdigit() else None
     return batch
 
 
@@ -237,9 +237,9 @@ def _run(run: Path) -> Info:
     facts: dict[str, Any] = {"checkpoint": None}
     rows: list[tuple[str, str]] = []
     if MODEL_FILE in files:
-        facts["checkpoint"] = model_facts(run / MODEL_FILE, read_info(run / MODEL_FILE))
+        facts["checkpoint"] = model_facts(run / MODEL_FILE, read_info(run / MODEL_FILE, fit=True))
     if STATE_FILE in files:
-        state = read_header(run / STATE_FILE, STATE_FORMAT)
+        state = read_state_header(run / STATE_FILE)
         facts["state_step"] = state.get("step")
     rows += _more_rows(facts, state if STATE_FILE in files else {})
     if METRICS_FILE in files:

@@ -32,7 +32,15 @@ from PIL import Image, ImageColor, ImageOps
 
 from dtools.errors import DtoolsError, OptionError, first_line
 from dtools.fileio import check_output, default_mode, replace_folder, temp_prefix, write_npy
-from dtools.images import NUMBERED_PNG, list_image_files, numbered_png, png_bytes, to_array
+from dtools.images import (
+    NUMBERED_PNG,
+    list_image_files,
+    numbered_png,
+    open_image,
+    png_bytes,
+    probe_image,
+    to_array,
+)
 from dtools.labels import LABELS_FILE, read_labels, write_labels
 from dtools.progress import log as log_line
 from dtools.progress import progress_bar
@@ -151,7 +159,7 @@ def source_files(src: str | os.PathLike) -> list[Path]:
         raise DtoolsError(f"{p}: no such file or folder (built-in sources: {names})")
     if p.is_file():
         return [p]
-    files = list_image_files(p)
+    files = list_image_files(p, check=False)  # prep decodes every file anyway, and skips what fails
     if not files:
         raise DtoolsError(f"{p}: no image files found (searched recursively for .png, .jpg, .webp, ...)")
     return files
@@ -295,8 +303,11 @@ def prepare_image(img: Image.Image, cfg: PrepConfig) -> np.ndarray:
 
 def prepare_file(path: str | os.PathLike, cfg: PrepConfig) -> np.ndarray:
     """Open and prepare one file; any failure to read it becomes a one-line DtoolsError."""
+    why = probe_image(path)  # a bomb, a truncated or corrupt file: refused before any pixel is decoded
+    if why is not None:
+        raise DtoolsError(f"{path}: cannot read image ({why})")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if img.format == "JPEG":  # decode big JPEGs at a reduced scale, still >= 2x the target
                 img.draft("RGB" if cfg.channels == 3 else "L", (2 * cfg.size, 2 * cfg.size))
             return prepare_image(img, cfg)
@@ -539,7 +550,8 @@ def run_prep(
             if limit is not None and written >= limit:
                 break
         if written == 0:
-            raise DtoolsError(f"none of the {len(files)} files could be read; nothing was written")
+            first = f" (first: {skipped[0][1]})" if skipped else ""
+            raise DtoolsError(f"none of the {len(files)} files could be read; nothing was written{first}")
         if folder is not None:
             if labels is not None:
                 write_labels(folder.staging, names, written_labels, classes)
@@ -550,7 +562,6 @@ def run_prep(
                       tuple(classes) if labels is not None else ())
 
 
-MAX_WARNINGS = 10  # skipped files named one by one; the rest are counted
 NPY_TO_TERMINAL = (
     "refusing to write binary .npy data to a terminal; pipe it (| dtools grid) or give --npy FILE"
 )
@@ -563,8 +574,8 @@ def run(
 ) -> PrepReport:
     """`dtools prep`: every output checked before the work starts (so a long run never fails at its
     last step), then the images of SRC (`open_source`, with their classes as `labels` asks) into the
-    folder `out` (and its dataset.json when labelled) and/or the .npy `npy`; skipped files are named
-    (the first MAX_WARNINGS) and counted."""
+    folder `out` (and its dataset.json when labelled) and/or the .npy `npy`; skipped files are counted
+    in one warning line that names the first."""
     if labels not in LABEL_SOURCES:
         raise OptionError("--labels", f"choose one of: {', '.join(LABEL_SOURCES)}")
     if src in BUILTIN_SOURCES and Path(src).is_dir():
@@ -577,11 +588,9 @@ def run(
         check_output(npy, force, NPY_TO_TERMINAL)
 
     def warn(path: Path, reason: str) -> None:
-        if len(skipped) < MAX_WARNINGS:
-            log(f"warning: skipped {reason}")
-        skipped.append(path)
+        skipped.append((path, reason))
 
-    skipped: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     t0 = time.perf_counter()
     with open_source(src, labels) as source:
         files = source.files
@@ -602,8 +611,9 @@ def run(
         except DtoolsError as e:
             where = f" (the PNG folder {out} was written)" if out is not None else ""
             raise DtoolsError(f"{e}{where}") from None
-    if len(report.skipped) > MAX_WARNINGS:
-        log(f"warning: ... and {len(report.skipped) - MAX_WARNINGS} more skipped files")
+    if skipped:
+        tried = report.written + len(report.skipped)
+        log(f"warning: {src}: skipped {len(skipped)} of {tried} image files (first: {skipped[0][1]})")
     return report
 
 

@@ -139,7 +139,8 @@ def validate_betas(betas: np.ndarray, name: str = "schedule") -> np.ndarray:
     """Check that an array is a usable schedule and return it as contiguous float64 [T].
 
     Rules: 1-D, at least 2 steps, a real floating or integer dtype, every β finite and in (0, 1);
-    the last β may be exactly 1 (a zero-terminal-SNR schedule).
+    the last β may be exactly 1 (a zero-terminal-SNR schedule). ᾱ_t = Π(1 - β) must fall strictly and
+    stay in (0, 1] up to the last step in float64 (its last value may be 0).
     """
     arr = np.asarray(betas)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
@@ -156,6 +157,14 @@ def validate_betas(betas: np.ndarray, name: str = "schedule") -> np.ndarray:
     if np.any(body <= 0) or np.any(body >= 1) or not 0 < last <= 1:
         bad = int(np.flatnonzero((arr <= 0) | (arr > 1) | np.r_[body >= 1, False])[0])
         raise DtoolsError(f"{name}: β must lie in (0, 1), but step {bad + 1} has β = {float(arr[bad])!r}")
+    ab = np.cumprod(1.0 - arr)
+    stuck = np.r_[ab[:-1] <= 0, False] | np.r_[False, np.diff(ab) >= 0]
+    if stuck.any():  # float64 ran out: β below 1e-16 (1 - β rounds to 1), or ᾱ underflowing to 0 early
+        i = int(np.flatnonzero(stuck)[0])
+        before = f" after {float(ab[i - 1])!r}" if i else ""
+        raise DtoolsError(f"{name}: ᾱ must fall strictly and stay above 0 before the last step, but at step "
+                          f"{i + 1} of {arr.shape[0]} it is {float(ab[i])!r}{before} (β too small, or too "
+                          "many steps for float64)")
     return arr
 
 

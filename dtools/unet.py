@@ -30,10 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtools.errors import DtoolsError
+from dtools.errors import DtoolsError, brief
 from dtools.unet_kernels import GroupNorm, attend, is_channels_last
 
 MAX_CLASSES = 100_000  # more classes than any image data set has: a crafted header, not a model
+# Bounds far above any real U-Net, so that a crafted checkpoint header cannot make dtools build an absurd
+# network (docs/formats.md, "Hostile and corrupt files"): image side, channels at any level, levels,
+# residual blocks per level, the timestep-embedding multiplier
+MAX_IMAGE_SIZE = 8192
+MAX_CHANNELS = 16384
+MAX_LEVELS = 12
+MAX_RES_BLOCKS = 64
+MAX_EMBED_MULT = 64
 
 
 @dataclass
@@ -84,12 +92,17 @@ class UNetConfig:
         for name in ints:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise DtoolsError(f"model config: {name} must be an integer, got {v!r}")
+                raise DtoolsError(f"model config: {name} must be an integer, got {brief(v)}")
         if self.in_channels not in (1, 3):
             raise DtoolsError(f"model config: in_channels must be 1 or 3, got {self.in_channels}")
         for name in ("base_channels", "num_res_blocks", "num_heads", "norm_groups", "time_embed_mult"):
             if getattr(self, name) < 1:
                 raise DtoolsError(f"model config: {name} must be at least 1, got {getattr(self, name)}")
+        bounds = (("image_size", MAX_IMAGE_SIZE), ("base_channels", MAX_CHANNELS),
+                  ("num_res_blocks", MAX_RES_BLOCKS), ("time_embed_mult", MAX_EMBED_MULT))
+        for name, most in bounds:
+            if getattr(self, name) > most:
+                raise DtoolsError(f"model config: {name} must be at most {most}, got {getattr(self, name)}")
         if not 0 <= self.num_classes <= MAX_CLASSES:
             raise DtoolsError(f"model config: num_classes must lie in [0, {MAX_CLASSES}], got "
                               f"{self.num_classes}")
@@ -97,7 +110,17 @@ class UNetConfig:
             raise DtoolsError(f"model config: head_channels must be >= 0, got {self.head_channels}")
         bad_mult = any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.channel_mult)
         if not self.channel_mult or bad_mult:
-            raise DtoolsError(f"model config: channel_mult needs positive integers, got {self.channel_mult}")
+            raise DtoolsError(f"model config: channel_mult needs positive integers, got "
+                              f"{brief(self.channel_mult)}")
+        if len(self.channel_mult) > MAX_LEVELS or self.base_channels * max(self.channel_mult) > MAX_CHANNELS:
+            raise DtoolsError(f"model config: channel_mult {brief(self.channel_mult)} makes more than "
+                              f"{MAX_LEVELS} levels or more than {MAX_CHANNELS} channels")
+        if len(self.attention_resolutions) > MAX_LEVELS or not all(
+                isinstance(r, int) and not isinstance(r, bool) for r in self.attention_resolutions):
+            raise DtoolsError(f"model config: attention_resolutions must be a few integers, got "
+                              f"{brief(self.attention_resolutions)}")
+        if self.num_heads > MAX_CHANNELS:
+            raise DtoolsError(f"model config: num_heads must be at most {MAX_CHANNELS}, got {self.num_heads}")
         if not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
             raise DtoolsError(f"model config: dropout must lie in [0, 1), got {self.dropout!r}")
         if not isinstance(self.mid_attention, bool):

@@ -170,7 +170,7 @@ def test_corrupt_files_are_one_line_errors(tmp_path, content):
 def test_decompression_bomb_is_a_one_line_error(tmp_path, monkeypatch):
     Image.new("RGB", (8, 8)).save(tmp_path / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 64 pixels > 2x the limit: Pillow refuses it
-    with pytest.raises(DtoolsError, match=r"huge\.png: cannot read image \(DecompressionBombError"):
+    with pytest.raises(DtoolsError, match=r"huge\.png: cannot read image \(more than 8192x8192 pix"):
         load_image(tmp_path / "huge.png")
 
 
@@ -228,12 +228,12 @@ def test_open_source_reads_a_folder_lazily_in_runs_of_one_size(tmp_path):
     Image.new("RGB", (10, 12), (1, 2, 3)).save(tmp_path / "b.png")
     Image.new("RGB", (20, 20), (4, 5, 6)).save(tmp_path / "c.png")
     Image.new("RGB", (10, 12), (8, 8, 8)).save(tmp_path / "d.png")
-    (tmp_path / "e.png").write_bytes(b"corrupt, sorted last: read only when a batch reaches it")
+    (tmp_path / "e.png").write_bytes(b"corrupt, sorted last: left out when the folder is opened, warned once")
     src = open_source(str(tmp_path), channels=3)
-    assert src.name == str(tmp_path) and src.count == 5 and src.array is None
+    assert src.name == str(tmp_path) and src.count == 4 and src.array is None
     batches = src.batches(4)
     assert [next(batches).shape for _ in range(3)] == [(2, 12, 10, 3), (1, 20, 20, 3), (1, 12, 10, 3)]
-    with pytest.raises(DtoolsError, match="e.png: cannot read image"):
+    with pytest.raises(StopIteration):
         next(batches)
     assert open_source(str(tmp_path), limit=2).count == 2
     (tmp_path / "e.png").rename(tmp_path / "e.txt")
@@ -271,8 +271,7 @@ def test_read_images_limit_opens_only_what_it_needs(tmp_path, tiny_pngs, tiny_ba
     expected = np.concatenate([tiny_batch[:2], tiny_batch[:3]])
     np.testing.assert_array_equal(read_images(srcs, limit=5), expected)
     assert read_images([str(tmp_path / "b.npy")], limit=10).shape[0] == 2
-    with pytest.raises(DtoolsError, match="zzz.png: cannot read image"):
-        read_images([str(tiny_pngs)])
+    assert read_images([str(tiny_pngs)]).shape[0] == 6  # without a limit it is opened, and left out
     with pytest.raises(DtoolsError, match="--limit"):
         read_images([str(tiny_pngs)], limit=0)
 

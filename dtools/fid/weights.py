@@ -30,7 +30,7 @@ import torch
 
 from dtools.errors import DtoolsError, first_line
 from dtools.fid.inception import InceptionV3, feature_difference, tf_to_fidelity, weights_sha256
-from dtools.tensorfile import load_tensors, save_tensors
+from dtools.tensorfile import check_layout, load_tensors, save_tensors
 
 WEIGHTS_ENV = "DTOOLS_FID_WEIGHTS"
 WEIGHTS_FORMAT = "dtools.fid-weights"
@@ -161,6 +161,7 @@ def read_weights_file(path: str | os.PathLike) -> Weights:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    check_layout(p)  # a crafted header is refused before safetensors maps any of it
     try:
         state = load_file(str(p), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

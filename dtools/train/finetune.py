@@ -48,7 +48,7 @@ def init_config(out: str, data: str, beta: str | None, options: dict[str, Any]) 
     """A new run's configuration on top of the checkpoint `options["init_from"]` names (a file or a run
     folder): its network, model type, schedule and parameterization, the data's facts, the options."""
     path = model_file(options["init_from"])
-    info = read_info(path)
+    info = read_info(path, fit=True)  # a crafted or misfitting checkpoint is refused before the run starts
     model_type = info["model_type"]
     if options.get("model_type") not in (None, model_type):
         raise DtoolsError(f"--model {options['model_type']}: {path} holds a {model_type} model, and "

@@ -27,14 +27,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from dtools.checkpoint import check_fields, header_betas
 from dtools.ema import EMA
-from dtools.errors import DtoolsError, first_line
+from dtools.errors import DtoolsError, brief, first_line
 from dtools.models import DEFAULT_MODEL, MODEL_TYPES
 from dtools.tensorfile import load_tensors, read_header, save_tensors
 from dtools.train.data import BatchStream
 
 STATE_FORMAT = "dtools.train-state"
 ADAM_FIELDS = ("exp_avg", "exp_avg_sq", "step")
+# The JSON types of the header fields a resume reads besides those checked below (absent or null: not
+# recorded); a list for "model_type" once ended in a traceback
+STATE_FIELDS: dict[str, type] = {"model_type": str, "parameterization": str, "elapsed": float, "scaler": dict,
+                                 "dtools_version": str}
 
 
 Modules = dict[str, nn.Module]  # tensor-name prefix -> module ({"raw": model, "ema": ema.module})
@@ -80,21 +85,28 @@ def read_state_header(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON header of a training state (cheap), checked for the fields a resume needs."""
     info = read_header(path, STATE_FORMAT)
     info.setdefault("model_type", DEFAULT_MODEL)  # dtools 0.1.0 and every DDPM run: a U-Net with a schedule
+    check_fields(path, info, STATE_FIELDS, "")
     kind = MODEL_TYPES.get(info["model_type"])
     if kind is None:
-        raise DtoolsError(f"{path}: the training state of a {info['model_type']!r} model, which this dtools "
-                          f"cannot train (it knows {', '.join(MODEL_TYPES)})")
+        raise DtoolsError(f"{path}: the training state of a {brief(info['model_type'])} model, which this "
+                          f"dtools cannot train (it knows {', '.join(MODEL_TYPES)})")
     diffusion = kind.schedule
     keys = ("step", "train", "model", "parameterization", "betas", "data", "ema_updates")
     for key in keys if diffusion else (k for k in keys if k not in ("parameterization", "betas")):
         if key not in info:
             raise DtoolsError(f"{path}: training state lacks {key!r}; it cannot be resumed")
     kinds = {"step": int, "train": dict, "model": dict, "betas": list, "data": dict, "ema_updates": int}
-    for key, kind in kinds.items():
-        if key in info and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
-            raise DtoolsError(f"{path}: damaged training state ({key!r} is not a {kind.__name__})")
+    for key, want in kinds.items():
+        if key in info and (not isinstance(info[key], want) or isinstance(info[key], bool)):
+            raise DtoolsError(f"{path}: damaged training state ({key!r} is not a {want.__name__})")
     if diffusion and not all(isinstance(b, int | float) and not isinstance(b, bool) for b in info["betas"]):
         raise DtoolsError(f"{path}: damaged training state (betas are not all numbers)")
+    if diffusion:
+        header_betas(path, info["betas"])
+    try:  # the network it would rebuild, against the config class's bounds, before anything is built
+        kind.network_config(info["model"])
+    except DtoolsError as e:
+        raise DtoolsError(f"{path}: damaged training state ({e})") from None
     return info
 
 

@@ -242,7 +242,7 @@ def test_weights_variable_pointing_nowhere(data, monkeypatch):
 def test_bad_weights_file(tmp_path, data):
     (tmp_path / "w.safetensors").write_bytes(b"garbage!")
     bad = str(tmp_path / "w.safetensors")
-    _fails(str(data["ref"]), str(data["gen"]), "--weights", bad, match="not a readable")
+    _fails(str(data["ref"]), str(data["gen"]), "--weights", bad, match="not a safetensors checkpoint")
 
 
 # ------------------------------------------------------------------------------------------------
