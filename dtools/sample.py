@@ -144,15 +144,13 @@ class SampleConfig:
 
     def with_run_guide(self, beside: bool = True) -> SampleConfig:
         """`dtools sample`'s default guidance: an unconditional model in the run folder of `dtools train`,
-        beside the early snapshot the run kept (RUN/guide.safetensors), is autoguided by it at RUN_GUIDANCE; a
-        --guide given without --guidance guides at that weight too. --guidance 0 turns it off; decoding
-        --from-latents is never guided unless asked (the inversion was not). `beside` False: only the
-        weight of a given --guide (`dtools edit`)."""
-        if self.guidance is not None:
-            return self
+        beside the early snapshot the run kept (RUN/guide.safetensors), is autoguided by it, at
+        RUN_GUIDANCE unless --guidance says otherwise (0 turns it off); a --guide given without
+        --guidance guides at RUN_GUIDANCE too. Decoding --from-latents is guided only when asked (the
+        inversion was not). `beside` False: only the weight of a given --guide (`dtools edit`)."""
         if self.guide is not None:
-            return replace(self, guidance=RUN_GUIDANCE)
-        if self.from_latents is not None or not beside:
+            return self if self.guidance is not None else replace(self, guidance=RUN_GUIDANCE)
+        if not beside or self.guidance == 0 or (self.from_latents is not None and self.guidance is None):
             return self
         path = model_file(self.checkpoint)
         guide = path.parent / RUN_GUIDE_FILE
@@ -161,7 +159,7 @@ class SampleConfig:
         info = read_info(path)
         if not MODEL_TYPES[info["model_type"]].schedule or class_names(info) is not None:
             return self  # conditional digits: the snapshot's guidance raised FID (docs/guidance.md)
-        return replace(self, guide=guide, guidance=RUN_GUIDANCE)
+        return replace(self, guide=guide, guidance=RUN_GUIDANCE if self.guidance is None else self.guidance)
 
     def chain_options(self) -> dict[str, object]:
         """The options that only a diffusion model's sampling chain uses, by flag."""

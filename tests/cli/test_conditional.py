@@ -145,6 +145,8 @@ def test_an_unconditional_run_folders_model_is_autoguided_by_the_runs_snapshot_b
     explicit, _ = draw("explicit", "--guide", str(guide), "--guidance", "1")
     weight_only, output = draw("weight-only", "--guide", str(run))
     assert f"autoguidance by {guide}, w=1" in output
+    _, output = draw("w2", "--guidance", "2")
+    assert f"autoguidance by {guide}, w=2" in output
     off, output = draw("off", "--guidance", "0")
     assert "autoguidance" not in output and "6 network calls/image" in output
     solo = tmp_path / "solo.safetensors"
