@@ -93,9 +93,11 @@ def test_bad_weight_files_are_one_line_errors(tmp_path, weights):
     from safetensors.torch import save_file
 
     garbage = tmp_path / "garbage.safetensors"
-    garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    with pytest.raises(DtoolsError, match="not a readable .safetensors"):
-        read_weights_file(garbage)
+    cases = ((16, "header length field says 16 bytes, the file holds 10"), (10, "Expecting property"))
+    for length, why in cases:  # refused by the layout check, before safetensors reads the file
+        garbage.write_bytes(length.to_bytes(8, "little") + b"{not json}")
+        with pytest.raises(DtoolsError, match=f"not a safetensors checkpoint \\(.*{why}"):
+            read_weights_file(garbage)
     partial = tmp_path / "partial.safetensors"
     save_file({k: v for k, v in weights.state_dict.items() if not k.startswith("Mixed_7c")}, str(partial))
     w = read_weights_file(partial)
