@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from dtools.cli import app
+from dtools.images import list_image_files
 from dtools.sample import RECORD_FILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,18 +51,16 @@ def kill_midway(args: list[str], out: Path) -> None:
     proc = subprocess.Popen([str(DTOOLS), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 60
-    while len(pngs(out)) < 4 and time.monotonic() < deadline and proc.poll() is None:
+    while len(list_image_files(out, check=False)) < 4 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.005)
     proc.kill()
     assert proc.wait() == -9, "the sampling finished before it could be killed"
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
-    """The folder's finished images: a kill can leave a writer's hidden temp (`.000003.<pid>.<rand>.tmp.png`),
-    which the continuing run sweeps away, and which pathlib's glob matches (unlike a shell's)."""
-    if not folder.is_dir():
-        return {}
-    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png")) if not p.name.startswith(".")}
+    """The folder's finished images, as every dtools command that reads a folder lists them: a kill can
+    leave a writer's hidden temp (`.000003.<pid>.<rand>.tmp.png`), which the continuing run sweeps away."""
+    return {p.name: p.read_bytes() for p in list_image_files(folder, check=False)}
 
 
 def test_killed_sample_continues_to_the_uninterrupted_bytes(run, tmp_path, runner):
