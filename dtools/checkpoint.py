@@ -54,7 +54,8 @@ MAX_TIMESTEPS = 100_000  # a header's schedule longer than this is a crafted one
 # for "model_type", a string for "step") is refused in one line before anything is built.
 HEADER_FIELDS: dict[str, type] = {
     "model_type": str, "model": dict, "parameterization": str, "betas": list, "weights": list, "step": int,
-    "images_seen": int, "elapsed": float, "ema_decay": float, "ema_length": float, "image_size": int,
+    "images_seen": int, "elapsed": float, "ema_decay": float, "ema_length": float, "ema_posthoc": dict,
+    "image_size": int,
     "channels": int, "train": dict, "source": dict, "dtools_version": str}
 # and of the fields of its "train" (the run's resolved config) that `info` and `--init-from` read
 TRAIN_FIELDS: dict[str, type] = {

@@ -105,6 +105,7 @@ def model_facts(path: Path, info: dict[str, Any]) -> dict[str, Any]:
              "weights": info.get("weights", ["ema", "raw"]), "step": step, "images_seen": seen,
              "training_seconds": info.get("elapsed"), "ema_decay": info.get("ema_decay"),
              "ema_warmup": train.get("ema_warmup"), "ema_length": info.get("ema_length"),
+             "ema_posthoc": info.get("ema_posthoc"),
              "data": {"path": train.get("data"), "images": train.get("num_images"),
                       "fingerprint": train.get("data_fingerprint")},
              "dtools_version": info.get("dtools_version")}
@@ -137,6 +138,16 @@ def _network(facts: dict[str, Any]) -> str:
     return f"{shape}; {facts['parameters'] / 1e6:.2f}M parameters"
 
 
+def _num(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, int | float) else "?"
+
+
+def _lengths(values: Any) -> str:
+    if not isinstance(values, list):
+        return "?"
+    return ", ".join(f"{v:g}" if isinstance(v, int | float) else "?" for v in values)
+
+
 def model_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     """The rows people read for a model checkpoint."""
     rows = [("model", f"{facts['model_type']}: {_network(facts)}")]
@@ -161,7 +172,16 @@ def model_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     trained.append(fmt_time(secs) + " of training" if secs is not None else "training time not recorded")
     rows.append(("trained", ", ".join(trained)))
     held = f"weights held: {', '.join(facts['weights'])}"
-    if facts.get("ema_length") is not None:
+    made = facts.get("ema_posthoc")
+    if facts.get("ema_length") is not None and made:
+        how = f"made after training from {made.get('snapshots')} snapshots (`dtools ema`)"
+        chosen = made.get("chosen_by")
+        if isinstance(chosen, dict):
+            how += (f", chosen of {_lengths(chosen.get('lengths'))} by FID {_num(chosen.get('fid'))} of "
+                    f"{chosen.get('samples')} samples against {chosen.get('reference')}")
+        rows.append(("EMA", f"post-hoc power EMA (EDM2), width {facts['ema_length']:g} of the run, {how}; "
+                            f"{held}"))
+    elif facts.get("ema_length") is not None:
         rows.append(("EMA", f"power EMA (EDM2), width {facts['ema_length']:g} of the run; {held}"))
     elif facts["ema_decay"] is not None:
         warm = " with warm-up" if facts["ema_warmup"] else ""

@@ -141,3 +141,27 @@ def fid_vs_cost(rows: list[dict], path: str | os.PathLike, force: bool = False, 
     fig.tight_layout()
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"), force)
     plt.close(fig)
+
+
+def fid_vs_ema_length(rows: list[dict], path: str | os.PathLike, chosen: float, force: bool = False,
+                      title: str = "") -> None:
+    """FID against the EMA's length (σ_rel), each score with its interval, the chosen one marked: the
+    `dtools ema --choose` picture. Each row needs ema_length, fid, fid_low and fid_high."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    mine = sorted(rows, key=lambda r: r["ema_length"])
+    x = np.array([r["ema_length"] for r in mine])
+    y = np.array([r["fid"] for r in mine])
+    err = np.array([[r["fid"] - r["fid_low"] for r in mine], [r["fid_high"] - r["fid"] for r in mine]])
+    line = ax.plot(x, y, marker="o")[0]
+    ax.errorbar(x, y, yerr=np.clip(err, 0, None), fmt="none", ecolor=line.get_color(), capsize=3)
+    best = next(r for r in mine if r["ema_length"] == chosen)
+    ax.plot([chosen], [best["fid"]], marker="*", markersize=14, color="tab:red", linestyle="none",
+            label=f"chosen: {chosen:g}")
+    ax.set(xlabel="EMA length σ_rel (a fraction of the run)", ylabel="FID (lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"), force)
+    plt.close(fig)

@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dtools"
 LAYERS = {
     "base": ["dtools", "dtools.errors", "dtools.models", "dtools.choices", "dtools.sampler_specs"],
     "math": ["dtools.schedules", "dtools.diffusion", "dtools.samplers", "dtools.unet", "dtools.unet_kernels",
-             "dtools.ema", "dtools.dcgan", "dtools.vae"],
+             "dtools.ema", "dtools.posthoc_ema", "dtools.dcgan", "dtools.vae"],
     "io": ["dtools.fileio", "dtools.tensorfile", "dtools.checkpoint", "dtools.images", "dtools.runtime",
            "dtools.progress", "dtools.plots", "dtools.diffusers_format", "dtools.diffusers_folder",
            "dtools.schedule_io", "dtools.labels", "dtools.locks"],
     "jobs": ["dtools.train", "dtools.sample", "dtools.edit", "dtools.fid", "dtools.prep", "dtools.noise",
-             "dtools.grid", "dtools.info"],
+             "dtools.grid", "dtools.info", "dtools.posthoc"],
     "commands": ["dtools.commands", "dtools.cli", "dtools.docgen", "dtools.__main__"],
 }
 ORDER = list(LAYERS)

@@ -5,6 +5,7 @@ function so that `dtools --help` stays fast.
 """
 
 from dtools.commands.edit import edit
+from dtools.commands.ema import ema
 from dtools.commands.export import export
 from dtools.commands.fid import fid
 from dtools.commands.grid import grid
@@ -26,6 +27,7 @@ COMMANDS = {
     "schedule": schedule,
     "noise": noise,
     "train": train,
+    "ema": ema,
     "sample": sample,
     "edit": edit,
     "invert": invert,

@@ -87,6 +87,11 @@ def train(
         None, "--ema-length", min=0.0, max=0.3003, show_default="preset",  # ema.MAX_SIGMA_REL, rounded up
         help="EDM2's power EMA: the average's width as a fraction of the run, e.g. 0.1 (at most 0.3003).",
     ),
+    posthoc_ema: int = typer.Option(
+        None, "--posthoc-ema", min=0, metavar="N", show_default="0: none",
+        help="Keep N snapshots of two power EMAs over the run (RUN/posthoc/), from which `dtools ema` "
+        "makes an EMA of any length afterwards (EDM2's post-hoc EMA), e.g. 16.",
+    ),
     ema_warmup: bool = typer.Option(
         None, "--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+n)/(10+n)).",
         show_default="preset",

@@ -47,6 +47,7 @@ from dtools.train.lr import DECAYS
 
 # --guide-at: measured by bench/guidance.py auto (docs/guidance.md, "Autoguidance")
 GUIDE_AT = 0.125  # FID 74.8 at w=1 against 79.4 (0.25), 94.2 (0.5), unguided 108.5
+MAX_SNAPSHOTS = 1000  # --posthoc-ema: EDM2 kept about 60 over a run
 
 
 def conditionable(kind: ModelType) -> bool:
@@ -115,6 +116,9 @@ class TrainConfig:
     ema_warmup: bool = _option(False, "--ema-warmup")
     # EDM2's power-function EMA: the average's width as a fraction of the run (replaces --ema's decay)
     ema_length: float | None = _option(None, "--ema-length", omit_default=True)
+    # post-hoc EMA (EDM2): this many snapshots of two power EMAs over the run, in RUN/posthoc/, from
+    # which `dtools ema` makes an EMA of any length afterwards; 0: none (absent, as before it existed)
+    posthoc_ema: int = _option(0, "--posthoc-ema", models=scheduled, omit_default=True)
     min_snr_gamma: float | None = _option(None, "--min-snr-gamma", models=scheduled)
     # the least Min-SNR weight on the noisy side (diffusion.loss_weight); absent: 0, as before it existed
     min_snr_floor: float = _option(0.0, "--min-snr-floor", models=scheduled, omit_default=True)
@@ -230,6 +234,9 @@ class TrainConfig:
             raise DtoolsError(f"{flag('ema_length')} is the average's width as a fraction of the run, in "
                               f"(0, {MAX_SIGMA_REL:.4f}]: no power-function EMA is wider (EDM2, eq. 3); "
                               f"got {self.ema_length}")
+        if not (isinstance(self.posthoc_ema, int) and 0 <= self.posthoc_ema <= MAX_SNAPSHOTS):
+            raise OptionError(flag("posthoc_ema"), f"is a number of snapshots from 0 (none) to "
+                              f"{MAX_SNAPSHOTS}, got {self.posthoc_ema}")
         if not 0 <= self.min_snr_floor <= 1:
             raise DtoolsError(f"{flag('min_snr_floor')} must lie in [0, 1], got {self.min_snr_floor}")
         for name in ("min_snr_gamma", "grad_clip", "epochs", "max_minutes", "max_steps"):

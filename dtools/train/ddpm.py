@@ -15,6 +15,7 @@ import torch
 
 from dtools.diffusion import Schedule, draw_timesteps, loss_weight, q_sample, training_target
 from dtools.ema import EMA
+from dtools.posthoc_ema import TRACKED
 from dtools.runtime import Runtime
 from dtools.sampler_specs import DEFAULT_SAMPLER
 from dtools.train import distributed
@@ -46,6 +47,8 @@ class Ddpm(Method):
         self.schedule = schedule_on(self.schedule_cpu, self.device)
         self.model = rt.prepare(UNet(UNetConfig.from_dict(cfg.model)))  # on the device, channels-last
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_length)
+        if cfg.posthoc_ema:
+            self.tracked = tuple(EMA(self.model, sigma_rel=s) for s in TRACKED)
         self.optimizer = rt.adam(self.model.parameters(), lr=cfg.lr)  # fused where supported
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
         self.net = self.model  # what a step calls (DistributedDataParallel around it: `distribute`)
@@ -135,11 +138,14 @@ class Ddpm(Method):
         return {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}, cfg.model, header
 
     def state_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
-        return {"raw": self.model, "ema": self.ema.module}, {"adam": (self.optimizer, self.model)}
+        return ({"raw": self.model, "ema": self.ema.module, **self.tracked_parts()},
+                {"adam": (self.optimizer, self.model)})
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
         self.model.load_state_dict(weights, strict=True)
         self.ema.module.load_state_dict(weights, strict=True)
+        for ema in self.tracked:
+            ema.module.load_state_dict(weights, strict=True)
         return ""
 
     def describe(self) -> str:

@@ -28,6 +28,7 @@ import torch
 from dtools.checkpoint import save_model
 from dtools.errors import DtoolsError
 from dtools.models import lookup_model
+from dtools.posthoc_ema import snapshot_due, snapshot_name
 from dtools.progress import Bar, fmt_time, progress_bar
 from dtools.progress import log as log_line
 from dtools.runtime import ThreadGuard, resolve
@@ -37,16 +38,19 @@ from dtools.train.data import Batch, BatchStream, augment, fingerprint, load_ima
 from dtools.train.estimate import StepClock, data_warning
 from dtools.train.finetune import describe_recipe, load_init
 from dtools.train.lr import factor as lr_factor
-from dtools.train.method import Method, NonFiniteLoss, Window
+from dtools.train.method import Method, NonFiniteLoss, Weights, Window
 from dtools.train.run import (
     GUIDE_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    POSTHOC_DIR,
     SAMPLES_DIR,
     STATE_FILE,
     append_metric,
     check_run_dir,
+    last_snapshot,
     prepare_run_dir,
+    prune_snapshots,
     read_metrics,
     write_config,
     write_metrics,
@@ -135,6 +139,7 @@ class Trainer:
                                                                "resolved": resolved(cfg, self.rt)}))
         self.session_start = time.monotonic()
         self.start_step = self.step
+        self.last_snapshot = last_snapshot(self.run_dir)  # (step, elapsed) of a resumed run's last one
         return True
 
     def _load_data(self) -> int:
@@ -163,6 +168,7 @@ class Trainer:
                               f"{self.stream.n}")
         self.step, self.elapsed_before = int(info["step"]), float(info.get("elapsed", 0.0))
         self.checkpoint_step = self.step
+        self.group.on_main(lambda: prune_snapshots(self.run_dir, self.step))  # taken again as the run goes on
         self.metrics = read_metrics(self.run_dir / METRICS_FILE, self.step)
         self.group.on_main(lambda: write_metrics(self.run_dir / METRICS_FILE, self.metrics))
 
@@ -226,10 +232,41 @@ class Trainer:
         self.log(f"step {self.step}: kept {self.run_dir / GUIDE_FILE} (--guide-at {self.cfg.guide_at:g}: "
                  "a weaker model to guide with)")
 
-    def _save_model(self, path: Path) -> dict[str, Any]:
-        """The model checkpoint at `path`; returns its header's fields."""
+    def _posthoc_due(self) -> bool:
+        """Whether the run owes its next --posthoc-ema snapshot (posthoc_ema.snapshot_due)."""
+        cfg = self.cfg
+        if not (applies("posthoc_ema", cfg.model_type) and cfg.posthoc_ema):
+            return False
+        last = 0.0 if self.last_snapshot is None else cfg.progress(*self.last_snapshot) or 0.0
+        return snapshot_due(self.progress(), last, cfg.posthoc_ema)
+
+    def save_snapshots(self) -> None:
+        """RUN/posthoc/step_SSSSSSS-W.WWW.safetensors: each tracked power EMA as a model checkpoint of
+        its own (its "ema_length" W), for `dtools ema`; rank 0 writes."""
+        def write() -> None:
+            (self.run_dir / POSTHOC_DIR).mkdir(exist_ok=True)
+            for sigma_rel, weights in self.method.snapshots():
+                self._save_model(self.run_dir / POSTHOC_DIR / snapshot_name(self.step, sigma_rel),
+                                 weights={"ema": weights}, ema={"ema_length": sigma_rel})
+
+        with self.writing:
+            try:
+                self.group.on_main(write)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise self._disk_full() from None
+        self.last_snapshot = (self.step, self.elapsed())
+
+    def _save_model(self, path: Path, weights: Weights | None = None,
+                    ema: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The model checkpoint at `path` (with other `weights` and EMA header fields `ema` when given:
+        a --posthoc-ema snapshot); returns its header's fields."""
         method = self.method
-        weights, config, header = method.checkpoint()
+        own, config, header = method.checkpoint()
+        weights = own if weights is None else weights
+        if ema is not None:
+            header = {k: v for k, v in header.items() if k not in ("ema_decay", "ema_length")} | ema
         meta = {**header, "step": self.step, "images_seen": self.step * method.images_per_step,
                 "elapsed": round(self.elapsed(), 3), "train": self.cfg.to_dict()}
         save_model(path, weights, config=config, model_type=method.model_type, meta=meta, force=True)
@@ -393,6 +430,8 @@ class Trainer:
             self.write_samples()
         if self._guide_due(end):
             self.save_guide()
+        if self._posthoc_due():
+            self.save_snapshots()
         if self.step % cfg.save_every == 0 or end:
             self.save_checkpoint()
             if not self.show_bar:

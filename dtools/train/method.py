@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dtools.ema import EMA
 from dtools.models import MODEL_TYPES
 from dtools.runtime import Runtime
 from dtools.train.config import TrainConfig
@@ -62,6 +63,9 @@ class Method:
         self.cfg, self.rt, self.device, self.real_batch = cfg, rt, rt.device, real_batch
         self.group = Group()  # one process, until `distribute`
         self.lr = cfg.lr  # the learning rate of the coming step (the Trainer follows train/lr.py)
+        # --posthoc-ema: the power-function EMAs whose snapshots make any EMA length afterwards
+        # (dtools.posthoc_ema), moved with the sampling EMA; none without the option
+        self.tracked: tuple[EMA, ...] = ()
 
     def distribute(self, group: Group) -> None:
         """Train as one of `group`'s processes: keep `group` (its `shard` of the whole batch's noise
@@ -99,6 +103,8 @@ class Method:
         self.scaler.step(optimizer)
         self.scaler.update()
         self.ema.update(module)
+        for ema in self.tracked:
+            ema.update(module)
         return grad_norm
 
     def record(self, means: dict[str, float]) -> dict[str, Any]:
@@ -133,7 +139,15 @@ class Method:
 
     def restore(self, path: Any, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> BatchStream:
         """Put a training state back; returns the data stream at its position."""
-        return restore(path, tensors, info, *self.state_parts(), self.scaler, (self.ema,))
+        return restore(path, tensors, info, *self.state_parts(), self.scaler, (self.ema, *self.tracked))
+
+    def snapshots(self) -> list[tuple[float, dict[str, torch.Tensor]]]:
+        """(σ_rel, weights) of each tracked power EMA (--posthoc-ema), for RUN/posthoc/."""
+        return [(ema.sigma_rel, ema.state_dict()) for ema in self.tracked]
+
+    def tracked_parts(self) -> dict[str, nn.Module]:
+        """The tracked EMAs' networks by training-state prefix ("posthoc0.<key>", ...)."""
+        return {f"posthoc{i}": ema.module for i, ema in enumerate(self.tracked)}
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
         """Start from a model checkpoint's state dict (--init-from): into the network it holds and that

@@ -11,6 +11,8 @@ from dtools.checkpoint import RUN_GUIDE_FILE, RUN_MODEL_FILE
 from dtools.errors import DtoolsError
 from dtools.fileio import atomic_write_bytes, sweep_temps
 from dtools.locks import LOCK_FILE
+from dtools.posthoc_ema import SNAPSHOT_DIR, parse_snapshot_name
+from dtools.tensorfile import read_header
 
 MODEL_FILE = RUN_MODEL_FILE
 GUIDE_FILE = RUN_GUIDE_FILE  # the EMA model at --guide-at of the run: autoguidance's weaker model
@@ -20,6 +22,7 @@ LOSS_PLOT = "loss.png"
 ACCURACY_PLOT = "accuracy.png"  # a GAN's discriminator accuracy
 CONFIG_FILE = "config.json"
 SAMPLES_DIR = "samples"
+POSTHOC_DIR = SNAPSHOT_DIR  # --posthoc-ema's snapshots (dtools.posthoc_ema)
 
 
 RUN_FILES = (MODEL_FILE, STATE_FILE, METRICS_FILE, LOSS_PLOT, ACCURACY_PLOT, CONFIG_FILE, GUIDE_FILE)
@@ -45,7 +48,9 @@ def unfinished(run: Path) -> bool:
         return False
     for p in entries(run):
         grids = p.name == SAMPLES_DIR and p.is_dir() and all(q.name.startswith("step_") for q in p.iterdir())
-        if not (grids or (p.is_file() and _leftover(p))):
+        snapshots = p.name == POSTHOC_DIR and p.is_dir() and all(snapshot_file(q) or q.name.startswith(".")
+                                                                  for q in p.iterdir())
+        if not (grids or snapshots or (p.is_file() and _leftover(p))):
             return False
     return True
 
@@ -114,7 +119,38 @@ def prepare_run_dir(run: Path, resume: bool, force: bool) -> None:
                 p.unlink()
         for p in (run / SAMPLES_DIR).glob("step_*.png"):
             p.unlink()
+        prune_snapshots(run, -1)
     run.mkdir(parents=True, exist_ok=True)
+
+
+def snapshot_file(p: Path) -> bool:
+    """A --posthoc-ema snapshot of RUN/posthoc/ by its name (step_SSSSSSS-W.WWW.safetensors)."""
+    return p.is_file() and parse_snapshot_name(p.name) is not None
+
+
+def last_snapshot(run: Path) -> tuple[int, float] | None:
+    """(step, elapsed training seconds) of RUN/posthoc/'s last snapshot; None when it holds none."""
+    folder = run / POSTHOC_DIR
+    found = sorted((parse_snapshot_name(p.name)[0], p) for p in folder.iterdir() if snapshot_file(p)) \
+        if folder.is_dir() else []
+    if not found:
+        return None
+    step, path = found[-1]
+    elapsed = read_header(path, None).get("elapsed")
+    return step, float(elapsed) if isinstance(elapsed, int | float) else 0.0
+
+
+def prune_snapshots(run: Path, after: int) -> None:
+    """Delete RUN/posthoc/'s snapshots of steps after `after` (a resumed run takes them again; -1: all),
+    and the temps of any cut off while being written."""
+    folder = run / POSTHOC_DIR
+    if not folder.is_dir():
+        return
+    sweep_temps(folder)
+    for p in folder.iterdir():
+        parsed = parse_snapshot_name(p.name)
+        if parsed is not None and parsed[0] > after:
+            p.unlink()
 
 
 def write_config(run: Path, config: dict[str, Any]) -> None:
