@@ -11,7 +11,10 @@ The data are the built-in twemoji at 32x32 (`dtools prep twemoji`), split once b
 - dtools: `dtools train TRAIN -o RUN --max-minutes M` with no other option (the defaults are what is
   measured), `dtools sample RUN -n N` (the default sampler, autoguided by the run's own guide), `dtools
   fid HELDOUT.stats SAMPLES --kid`; with --before also `dtools sample RUN -n N --guidance 0`, the same
-  model sampled as before autoguidance was the default.
+  model sampled as before autoguidance was the default; with --posthoc the run also keeps 16 post-hoc EMA
+  snapshots (`--posthoc-ema 16`), `dtools ema RUN --choose` picks the EMA length by FID against the
+  TRAINING images (500 samples per length; the held-out images stay unseen), and the chosen EMA is
+  sampled and scored like the default (the row "dtools post-hoc EMA").
 - the reference, when diffusers is installed: diffusers' `UNet2DModel` with block_out_channels (32, 64, 128),
   two layers per block and attention at 8x8 (3.94 M parameters), `DDPMScheduler` with the cosine schedule
   (squaredcos_cap_v2) and ε-prediction, trained with the recipe of diffusers' `train_unconditional.py`
@@ -92,29 +95,43 @@ def fid(stats: Path, samples: Path, log: Path) -> dict:
 
 # `--before`: the same model sampled as dtools sampled before autoguidance became the default
 BEFORE = ("dtools unguided", ("--guidance", "0"))
+POSTHOC = "dtools post-hoc EMA"  # `--posthoc`: the run's EMA length chosen after training
+POSTHOC_SNAPSHOTS, POSTHOC_SAMPLES = 16, 500
 
 
 def run_dtools(
-    train: Path, stats: Path, minutes: float, n: int, out: Path, before: bool = False
+    train: Path, stats: Path, minutes: float, n: int, out: Path, before: bool = False, posthoc: bool = False
 ) -> list[dict]:
     run = out / f"dtools-{minutes:g}min"
     log = out / "log.txt"
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
-    sh("dtools", "train", str(train), "-o", str(run), "--max-minutes", str(minutes), log=log)
+    keep = ("--posthoc-ema", str(POSTHOC_SNAPSHOTS)) if posthoc else ()
+    sh("dtools", "train", str(train), "-o", str(run), "--max-minutes", str(minutes), *keep, log=log)
     train_s = time.perf_counter() - t0
+    checkpoints = [("dtools", run / "model.safetensors", ())] + (
+        [(BEFORE[0], run / "model.safetensors", BEFORE[1])] if before else [])
+    if posthoc:
+        train_stats = out / "train.safetensors"  # what the choice may look at: the training images
+        if not train_stats.exists():
+            sh("dtools", "fid", str(train), "--save-stats", str(train_stats), "--kid", log=log)
+        chosen = run / "ema-best.safetensors"
+        report = sh("dtools", "ema", str(run), "--choose", "--reference", str(train_stats), "-n",
+                    str(POSTHOC_SAMPLES), "-o", str(chosen), "--plot", str(out / f"ema-{minutes:g}min.png"),
+                    "--json", log=log)
+        (out / f"ema-{minutes:g}min.json").write_text(report)
+        checkpoints.append((POSTHOC, chosen, ()))
     with open(run / "model.safetensors", "rb") as f:  # the step, from the checkpoint's JSON header
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     info = json.loads(header["__metadata__"]["dtools"])
     steps = int(info["step"])
     batch = int(info.get("train", {}).get("batch_size", 0))
     rows = []
-    for side, options in [("dtools", ())] + ([BEFORE] if before else []):
+    for side, checkpoint, options in checkpoints:
         samples = out / f"samples-{side.replace(' ', '-')}-{minutes:g}min"
         shutil.rmtree(samples, ignore_errors=True)
         t0 = time.perf_counter()
-        sh("dtools", "sample", str(run / "model.safetensors"), "-n", str(n), "-o", str(samples), *options,
-           log=log)
+        sh("dtools", "sample", str(checkpoint), "-n", str(n), "-o", str(samples), *options, log=log)
         sample_s = time.perf_counter() - t0
         scores = fid(stats, samples, log)
         rows.append({"side": side, "minutes": minutes, "steps": steps, "images_seen": steps * batch,
@@ -210,7 +227,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for side, style in (("dtools", "o-"), (BEFORE[0], "o:"), ("diffusers", "s--")):
+    for side, style in (("dtools", "o-"), (BEFORE[0], "o:"), (POSTHOC, "^-"), ("diffusers", "s--")):
         pts = sorted((r["minutes"], r["fid"]) for r in rows if r["side"] == side)
         if pts:
             ax.plot(*zip(*pts, strict=True), style, label=side)
@@ -237,6 +254,9 @@ def table(rows: list[dict]) -> str:
         if (m, "dtools") in by and (m, BEFORE[0]) in by:
             ratio = by[(m, "dtools")] / by[(m, BEFORE[0])]
             lines.append(f"\n{m:g} min: dtools FID / the same model unguided = {ratio:.2f}")
+        if (m, POSTHOC) in by and (m, BEFORE[0]) in by:
+            ratio = by[(m, POSTHOC)] / by[(m, BEFORE[0])]
+            lines.append(f"\n{m:g} min: post-hoc EMA FID / the same run's default EMA unguided = {ratio:.2f}")
     return "\n".join(lines)
 
 
@@ -260,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--before", action="store_true",
                    help="also sample each dtools model unguided (--guidance 0: the sampling default before "
                    "autoguidance)")
+    p.add_argument("--posthoc", action="store_true",
+                   help="also keep post-hoc EMA snapshots and score the EMA length `dtools ema --choose` "
+                   "picks")
     args = p.parse_args(argv)
     if args.cmd == "reference":
         print(json.dumps(reference(args.data, args.samples, args.minutes, args.n)))
@@ -285,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         float(x) for x in args.reference_minutes.split(",")]
     for m in sorted(set(budgets) | set(ref_budgets)):
         if m in budgets:
-            for row in run_dtools(train, stats, m, args.samples, out, args.before):
+            for row in run_dtools(train, stats, m, args.samples, out, args.before, args.posthoc):
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
         if with_ref and m in ref_budgets:
