@@ -109,7 +109,8 @@ def choose(cfg: ChoiceConfig, log: Callable[[str], None] = log_line,
                                           "samples": cfg.n, "fid": best["fid"],
                                           "lengths": list(cfg.lengths)}
     if plot is not None:
-        title = f"{cfg.run.name}: {cfg.n} samples per length against {ref.count} images of {ref.source}"
+        source = Path(ref.source).name  # no folder of this machine in the picture
+        title = f"{cfg.run.name}: {cfg.n} samples per length against {ref.count} images of {source}"
         fid_vs_ema_length(rows, plot, best["ema_length"], force=force, title=title)
     return {"run": str(cfg.run), "reference": {"source": ref.source, "images": ref.count},
             "samples_per_length": cfg.n, "seed": cfg.seed, "rows": rows, "chosen": best["ema_length"],
