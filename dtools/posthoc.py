@@ -76,7 +76,7 @@ def reconstruct(run: str | Path, sigma_rel: float, log: Callable[[str], None] = 
                 checked: tuple[list[Snapshot], dict[str, Any]] | None = None,
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The EMA of width `sigma_rel` at the run's last snapshot: (its weights, the checkpoint header)."""
-    found, last = checked if checked is not None else _checked(run)
+    found, last = checked if checked is not None else read_snapshots(run)
     t = found[-1].step
     fit = solve([(s.sigma_rel, s.step) for s in found], sigma_rel, t)
     if fit.error > POOR_FIT:
@@ -103,7 +103,8 @@ def reconstruct(run: str | Path, sigma_rel: float, log: Callable[[str], None] = 
     return ema, header
 
 
-def _checked(run: str | Path) -> tuple[list[Snapshot], dict[str, Any]]:
+def read_snapshots(run: str | Path) -> tuple[list[Snapshot], dict[str, Any]]:
+    """RUN's snapshots and the last one's header, every one checked (`check_snapshots`)."""
     found = snapshots(run)
     return found, check_snapshots(found)
 

@@ -83,8 +83,7 @@ def solve(snapshots: list[tuple[float, int]], sigma_rel: float, t: int) -> Recon
     width `sigma_rel` after `t` updates."""
     if not snapshots:
         raise ValueError("no snapshots")
-    if not MIN_SIGMA_REL <= sigma_rel <= MAX_SIGMA_REL:
-        raise ValueError(f"σ_rel must lie in [{MIN_SIGMA_REL}, {MAX_SIGMA_REL:.4f}], got {sigma_rel}")
+    check_sigma_rel(sigma_rel)
     gammas = np.array([power_gamma(s) for s, _ in snapshots])
     steps = np.array([float(step) for _, step in snapshots])
     if not (steps > 0).all() or t <= 0:

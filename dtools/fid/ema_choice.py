@@ -61,7 +61,7 @@ def choose(cfg: ChoiceConfig, log: Callable[[str], None] = log_line,
            plot: Path | None = None, force: bool = False) -> dict:
     """Score every length; returns the report ({"rows": [...], "chosen": σ_rel, ...}); the chosen
     length's weights and header are in report["weights"] and report["header"]."""
-    checked = posthoc._checked(cfg.run)
+    checked = posthoc.read_snapshots(cfg.run)
     device = resolve_device(cfg.device)
     w = find_weights(cfg.fid_weights)
     for note in w.notes:
