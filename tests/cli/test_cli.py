@@ -17,7 +17,7 @@ from dtools.cli import app
 from dtools.errors import DtoolsError
 
 PIPELINE = [
-    "prep", "schedule", "noise", "train", "sample", "edit", "invert", "interpolate", "grid", "fid", "sweep",
+    "prep", "schedule", "noise", "train", "ema", "sample", "edit", "invert", "interpolate", "grid", "fid", "sweep",
     "nn", "export", "import", "info",
 ]
 

@@ -23,6 +23,7 @@ MINIMAL_ARGS = {
     "schedule": ["linear"],
     "noise": ["img.png", "-b", "linear"],
     "train": ["data", "-o", "run"],
+    "ema": ["run", "-o", "ema.safetensors", "--length", "0.1"],
     "sample": ["ckpt.safetensors"],
     "edit": ["ckpt.safetensors", "img.png"],
     "invert": ["ckpt.safetensors", "img.png"],
