@@ -175,11 +175,6 @@ def train(
         help="unet: keep RUN/guide.safetensors, the model at this fraction of the run, as a weaker model to "
         "guide the final one with (sample --guide RUN; autoguidance); 0 = none.",
     ),
-    lowres_first: float = typer.Option(
-        None, "--lowres-first", min=0.0, max=0.99, show_default="0: none",
-        help="unet: train this fraction of the run on the images downsampled 2x (4x fewer pixels a step), "
-        "then at full size; the guide snapshot (--guide-at) is taken into the full-size part.",
-    ),
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Train in N processes on this machine (DistributedDataParallel through "
         "torchrun: one per GPU, or CPU processes); --batch-size stays the global batch. Several machines: "

@@ -154,9 +154,6 @@ class TrainConfig:
     # when the run keeps RUN/guide.safetensors, its EMA model so far, as a fraction of the run: a weaker
     # model of the same data and schedule, for autoguidance (sample --guide RUN); 0: none
     guide_at: float = _option(GUIDE_AT, "--guide-at", models=scheduled, omit_default=True)
-    # low resolution first: this fraction of the run trains on the images downsampled 2x (the network is
-    # convolutional, so the same weights go on at full size); absent: 0, as before it existed
-    lowres_first: float = _option(0.0, "--lowres-first", models=scheduled, omit_default=True)
     # the data's class names (index -> name) of a class-conditional run; None: unconditional
     classes: list[str] | None = field(default=None, metadata={"omit_default": True})
 
@@ -255,9 +252,6 @@ class TrainConfig:
         if not 0 <= self.guide_at < 1:
             raise OptionError(flag("guide_at"), f"is a fraction of the run in [0, 1) (0: no snapshot), got "
                               f"{self.guide_at}")
-        if not 0 <= self.lowres_first < 1:
-            raise OptionError(flag("lowres_first"), f"is a fraction of the run in [0, 1) (0: none), got "
-                              f"{self.lowres_first}")
         if not 0 <= self.cond_drop < 1:
             raise OptionError(flag("cond_drop"), f"is a share of the batch in [0, 1), got {self.cond_drop}")
         if self.init_weights not in ("ema", "raw"):
@@ -270,10 +264,7 @@ class TrainConfig:
         if applies("kl_weight", self.model_type) and not (isinstance(self.kl_weight, int | float)
                                                           and self.kl_weight > 0):
             raise OptionError(flag("kl_weight"), f"must be positive, got {self.kl_weight}")
-        net = kind.network_config(self.model)
-        if self.lowres_first and (net.image_size // 2) % net.downsample_factor:  # a denoiser's U-Net
-            raise OptionError(flag("lowres_first"), f"the network downsamples {net.downsample_factor}x, which "
-                              f"{net.image_size // 2}-pixel images (half of {net.image_size}) do not allow")
+        kind.network_config(self.model)
         return self
 
     def _validate_schedule(self) -> None:

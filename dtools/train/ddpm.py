@@ -88,9 +88,6 @@ class Ddpm(Method):
                                                 ys, strict=True)):
             x_t = self.rt.layout(q_sample(s, x0, t, eps))  # the network's memory format
             target = training_target(s, param, x0, eps, t)
-            if getattr(self, "pool", False):
-                x_t = self.rt.layout(torch.nn.functional.avg_pool2d(x_t, 2))
-                target = torch.nn.functional.avg_pool2d(target, 2)
             with self.rt.autocast():
                 out = self.net(x_t, t) if y is None else self.net(x_t, t, y)
             per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)

@@ -183,15 +183,7 @@ class Trainer:
         idx = self.stream.next(self.cfg.batch_size)
         x0 = self.group.shard(augment(self.images[idx], self.cfg.flip)).to(self.device, non_blocking=True)
         labels = None if self.labels is None else self.group.shard(self.labels[idx]).to(self.device)
-        x0 = x0.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
-        import os
-        low = self.progress() < self.cfg.lowres_first
-        # the measurement's second variant: noise at full size, then the 2x2 means of x_t and the target
-        if os.environ.get("DTOOLS_LOWRES_MODE") == "noisepool":
-            self.method.pool = low
-        elif low:  # --lowres-first: the 2x2 means, (B, C, H/2, W/2)
-            x0 = torch.nn.functional.avg_pool2d(x0, 2)
-        return Batch(x0, labels)
+        return Batch(x0.float() / 127.5 - 1.0, labels)  # (B, C, H, W) in [-1, 1]
 
     def write_samples(self) -> None:
         """samples/step_XXXXXX.png: EMA samples of fixed seeds (those of `dtools sample --seed SEED`)."""
@@ -230,9 +222,7 @@ class Trainer:
         if not (applies("guide_at", cfg.model_type) and cfg.guide_at) or (self.run_dir / GUIDE_FILE).exists():
             return False
         progress = cfg.progress(self.step, self.elapsed())
-        # with --lowres-first, guide_at is a fraction of the full-size part: the guide has seen full size
-        due = cfg.lowres_first + cfg.guide_at * (1 - cfg.lowres_first)
-        return progress is not None and progress >= due and not end
+        return progress is not None and progress >= cfg.guide_at and not end
 
     def save_guide(self) -> None:
         """RUN/guide.safetensors: the model checkpoint as it is now, kept as the run's weaker model for

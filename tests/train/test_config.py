@@ -173,18 +173,3 @@ def test_grey_data_is_not_flipped_unless_asked():
     forced = new_config("d", "r", None, betas, (8, 8, 8, 1), {"flip": True})
     off = new_config("d", "r", None, betas, (8, 8, 8, 3), {"flip": False})
     assert (grey.flip, colour.flip, forced.flip, off.flip) == (False, True, True, False)
-
-
-def test_lowres_first_is_a_fraction_the_network_can_take_at_half_size(tiny_unet, betas):
-    for bad in (1.0, -0.1):
-        with pytest.raises(DtoolsError, match=r"--lowres-first: is a fraction of the run in \[0, 1\)"):
-            training.new_config("d", "r", "cosine", betas, (24, 8, 8, 3), {**tiny_unet, "lowres_first": bad})
-    # 6-pixel images halve to 3 pixels, which a 2-level U-Net (one 2x downsampling) cannot take
-    six = {**tiny_unet, "attention_resolutions": (3,), "lowres_first": 0.5}
-    with pytest.raises(DtoolsError, match=r"--lowres-first: the network downsamples 2x, which 3-pixel"):
-        training.new_config("d", "r", "cosine", betas, (24, 6, 6, 3), six)
-    assert training.new_config("d", "r", "cosine", betas, (24, 6, 6, 3), {**six, "lowres_first": 0}
-                               ).lowres_first == 0
-    cfg = training.new_config("d", "r", "cosine", betas, (24, 8, 8, 3), {**tiny_unet, "lowres_first": 0.3})
-    assert cfg.lowres_first == 0.3 and "lowres_first" not in training.new_config(
-        "d", "r", "cosine", betas, (24, 8, 8, 3), dict(tiny_unet)).to_dict()  # absent: as before it existed

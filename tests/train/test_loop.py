@@ -264,27 +264,3 @@ def test_the_checkpoint_records_the_ema_that_ran(data8, tmp_path, config, fit, m
     fit(config(data8, fixed, max_steps=2, save_every=2, ema_decay=0.9, **opts))
     _, info = read_model(fixed / training.MODEL_FILE)
     assert info["ema_decay"] == 0.9 and "ema_length" not in info
-
-
-def test_lowres_first_trains_the_first_part_at_half_size_and_guides_from_full_size(
-    data8, tmp_path, config, fit, monkeypatch
-):
-    """--lowres-first 0.5: steps 0-3 of 8 see the 2x2 means of the images (4x4), steps 4-7 the images
-    (8x8); the guide snapshot (--guide-at 0.5) is taken half-way into the full-size part, at step 6."""
-    from dtools.checkpoint import read_info
-
-    sizes: list[tuple[int, int]] = []
-    real_batch = loop.Trainer.real_batch
-
-    def spy(self):
-        batch = real_batch(self)
-        sizes.append(tuple(batch.images.shape[-2:]))
-        return batch
-
-    monkeypatch.setattr(loop.Trainer, "real_batch", spy)
-    run = tmp_path / "run"
-    result = fit(config(data8, run, max_steps=8, save_every=8, lowres_first=0.5, guide_at=0.5))
-    assert result.step == 8 and sizes == [(4, 4)] * 4 + [(8, 8)] * 4
-    assert read_info(run / loop.GUIDE_FILE)["step"] == 6
-    _, info = read_model(run / training.MODEL_FILE)
-    assert info["image_size"] == 8 and info["train"]["lowres_first"] == 0.5
