@@ -3,10 +3,12 @@
     python bench/quality.py                          # 5, 15 and 30 minutes each (about 2.5 hours on 2 cores)
     python bench/quality.py --minutes 15 --no-reference
     python bench/quality.py --minutes 5,15,30 --reference-minutes 15   # the reference at 15 min only
+    python bench/quality.py --minutes 5 --source mnist --channels 1 --out bench/out/quality-mnist
     make bench-quality                               # the same, with the bench extra installed
 
 The data are the built-in twemoji at 32x32 (`dtools prep twemoji`), split once by index: every 4th image
-(1,002) is held out and never trained on; the other 3,007 are the training set. For each budget M:
+(1,002) is held out and never trained on; the other 3,007 are the training set. --source takes any other
+set `dtools prep` reads (mnist: 5,000 handwritten digits, 1,250 held out; or a folder of images). For each budget M:
 
 - dtools: `dtools train TRAIN -o RUN --max-minutes M` with no other option (the defaults are what is
   measured), `dtools sample RUN -n N` (the default sampler, autoguided by the run's own guide), `dtools
@@ -64,15 +66,18 @@ def sh(*args: str, log: Path | None = None) -> str:
     return res.stdout
 
 
-def split(out: Path, size: int, images: int | None) -> tuple[Path, Path]:
-    """OUT/train and OUT/heldout: the prepared twemoji split by index (made once, then reused)."""
+def split(out: Path, size: int, images: int | None, source: str = "twemoji",
+          channels: int = 3) -> tuple[Path, Path]:
+    """OUT/train and OUT/heldout: the prepared images of `source` (what `dtools prep` reads: 'twemoji',
+    'mnist' or a folder) split by index (made once, then reused)."""
     train, held = out / "train", out / "heldout"
     if train.is_dir() and held.is_dir():
         return train, held
     allimg = out / "all"
     if not allimg.is_dir():
         limit = ["--limit", str(images)] if images else []
-        sh("dtools", "prep", "twemoji", str(allimg), "--size", str(size), *limit, log=out / "log.txt")
+        sh("dtools", "prep", source, str(allimg), "--size", str(size), "--channels", str(channels), *limit,
+           log=out / "log.txt")
     files = sorted(allimg.glob("*.png"))
     for folder in (train, held):
         folder.mkdir(parents=True, exist_ok=True)
@@ -272,7 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=1000,
                    help="samples per run scored against the held-out set")
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--images", type=int, default=None, help="use only the first N twemoji (a quick check)")
+    p.add_argument("--images", type=int, default=None, help="use only the first N images (a quick check)")
+    p.add_argument("--source", default="twemoji",
+                   help="the images, as `dtools prep` reads them: twemoji (default), mnist, or a folder; give "
+                   "each source its own --out")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="prepare RGB (3) or grey (1)")
     p.add_argument("--out", type=Path, default=Path("bench/out/quality"))
     p.add_argument("--reference-minutes", default=None,
                    help="budgets at which to train the reference too (default: all of --minutes)")
@@ -298,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
             with_ref = False
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    train, held = split(out, args.size, args.images)
+    train, held = split(out, args.size, args.images, args.source, args.channels)
     stats = out / "heldout.safetensors"
     if not stats.exists():
         sh("dtools", "fid", str(held), "--save-stats", str(stats), "--kid", log=out / "log.txt")
@@ -314,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
         if with_ref and m in ref_budgets:
             rows.append(run_reference(train, stats, m, args.samples, out))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    (out / "quality.json").write_text(json.dumps({"train_images": len(list(train.glob("*.png"))),
+    (out / "quality.json").write_text(json.dumps({"source": args.source,
+                                                  "train_images": len(list(train.glob("*.png"))),
                                                   "heldout_images": len(list(held.glob("*.png"))),
                                                   "rows": rows}, indent=2) + "\n")
     plot(rows, out / "quality.png")
