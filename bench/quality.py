@@ -8,7 +8,8 @@
 
 The data are the built-in twemoji at 32x32 (`dtools prep twemoji`), split once by index: every 4th image
 (1,002) is held out and never trained on; the other 3,007 are the training set. --source takes any other
-set `dtools prep` reads (mnist: 5,000 handwritten digits, 1,250 held out; or a folder of images). For each budget M:
+set `dtools prep` reads (mnist: 5,000 handwritten digits; or a folder of images), and holds out a seeded
+random quarter of it (1,250 of MNIST's 5,000). For each budget M:
 
 - dtools: `dtools train TRAIN -o RUN --max-minutes M` with no other option (the defaults are what is
   measured), `dtools sample RUN -n N` (the default sampler, autoguided by the run's own guide), `dtools
@@ -36,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -69,7 +71,7 @@ def sh(*args: str, log: Path | None = None) -> str:
 def split(out: Path, size: int, images: int | None, source: str = "twemoji",
           channels: int = 3) -> tuple[Path, Path]:
     """OUT/train and OUT/heldout: the prepared images of `source` (what `dtools prep` reads: 'twemoji',
-    'mnist' or a folder) split by index (made once, then reused)."""
+    'mnist' or a folder), a quarter held out (made once, then reused)."""
     train, held = out / "train", out / "heldout"
     if train.is_dir() and held.is_dir():
         return train, held
@@ -79,11 +81,16 @@ def split(out: Path, size: int, images: int | None, source: str = "twemoji",
         sh("dtools", "prep", source, str(allimg), "--size", str(size), "--channels", str(channels), *limit,
            log=out / "log.txt")
     files = sorted(allimg.glob("*.png"))
+    if source == "twemoji":  # every 4th by name: the split of every figure recorded so far
+        held_out = {i for i in range(len(files)) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1}
+    else:  # a seeded random quarter: prep writes a labelled set's classes in turn, so that every 4th
+        # image of MNIST is an odd digit (10 classes, period 4); a random quarter has no period to hit
+        held_out = set(random.Random(0).sample(range(len(files)), len(files) // HELD_OUT_EVERY))
     for folder in (train, held):
         folder.mkdir(parents=True, exist_ok=True)
     n_train = n_held = 0
     for i, f in enumerate(files):
-        if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1:
+        if i in held_out:
             shutil.copyfile(f, held / f"{n_held:06d}.png")
             n_held += 1
         else:
