@@ -56,7 +56,7 @@ HEADER_FIELDS: dict[str, type] = {
     "model_type": str, "model": dict, "parameterization": str, "betas": list, "weights": list, "step": int,
     "images_seen": int, "elapsed": float, "ema_decay": float, "ema_length": float, "ema_posthoc": dict,
     "image_size": int,
-    "channels": int, "train": dict, "source": dict, "dtools_version": str}
+    "channels": int, "train": dict, "source": dict, "dtools_version": str, "packed": dict}
 # and of the fields of its "train" (the run's resolved config) that `info` and `--init-from` read
 TRAIN_FIELDS: dict[str, type] = {
     "lr": float, "batch_size": int, "beta": str, "preset": str, "d_steps": str, "data": str,

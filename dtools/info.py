@@ -109,6 +109,8 @@ def model_facts(path: Path, info: dict[str, Any]) -> dict[str, Any]:
              "data": {"path": train.get("data"), "images": train.get("num_images"),
                       "fingerprint": train.get("data_fingerprint")},
              "dtools_version": info.get("dtools_version")}
+    if isinstance(info.get("packed"), dict):
+        facts["packed"] = info["packed"]
     if MODEL_TYPES[info["model_type"]].schedule:
         facts["parameterization"] = info["parameterization"]
         facts["min_snr_gamma"] = train.get("min_snr_gamma")
@@ -192,7 +194,20 @@ def model_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     if "init_from" in facts:
         init = facts["init_from"]
         rows.append(("init from", f"{init['checkpoint']} ({init['weights']} weights)"))
+    if "packed" in facts:
+        rows.append(("packed", _packed(facts["packed"])))
     return rows
+
+
+def _packed(p: dict[str, Any]) -> str:
+    """Where a `dtools pack` checkpoint came from, in one line."""
+    sha = p.get("sha256")
+    err = p.get("max_rel_error")
+    text = (f"{p.get('weights', '?')} weights in {p.get('dtype', '?')} by `dtools pack` on {p.get('date', '?')}, "
+            f"from {p.get('from', '?')} (sha256 {sha[:16] if isinstance(sha, str) else '?'})")
+    if isinstance(err, int | float):
+        text += f"; largest rounding of a weight {100 * err:.3f} %"
+    return text
 
 
 def _model(path: Path, info: dict[str, Any]) -> Info:
@@ -265,16 +280,18 @@ def _run(run: Path) -> Info:
     if METRICS_FILE in files:
         facts["losses"] = loss_summary(run / METRICS_FILE)
         rows += _loss_rows(facts["losses"])
+    packed = (facts["checkpoint"] or {}).get("packed") is not None and STATE_FILE not in files
     grids = sorted((run / SAMPLES_DIR).glob("step_*.png")) if SAMPLES_DIR in files else []
     facts["last_samples"] = str(grids[-1]) if grids else None
-    rows.append(("samples", f"{grids[-1]} ({len(grids)} grids)" if grids else "none"))
+    if grids or not packed:
+        rows.append(("samples", f"{grids[-1]} ({len(grids)} grids)" if grids else "none"))
     if GUIDE_FILE in files:
         step = read_info(run / GUIDE_FILE).get("step")
         facts["guide"] = {"path": str(run / GUIDE_FILE), "step": step}
         rows.append(("guide", f"{run / GUIDE_FILE} (step {step}; sample --guide {run} --guidance W)"))
     if facts.get("state_step") is not None:
         rows.append(("resume", f"dtools train --resume -o {run}  (state at step {facts['state_step']})"))
-    return Info(str(run), "training run", facts, rows)
+    return Info(str(run), "packed model (`dtools pack`)" if packed else "training run", facts, rows)
 
 
 def _more_rows(facts: dict[str, Any], state: dict[str, Any]) -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ LAYERS = {
            "dtools.progress", "dtools.plots", "dtools.diffusers_format", "dtools.diffusers_folder",
            "dtools.schedule_io", "dtools.labels", "dtools.locks"],
     "jobs": ["dtools.train", "dtools.sample", "dtools.edit", "dtools.fid", "dtools.prep", "dtools.noise",
-             "dtools.grid", "dtools.info", "dtools.posthoc"],
+             "dtools.grid", "dtools.info", "dtools.posthoc", "dtools.pack"],
     "commands": ["dtools.commands", "dtools.cli", "dtools.docgen", "dtools.__main__"],
 }
 ORDER = list(LAYERS)

@@ -15,6 +15,7 @@ from dtools.commands.interpolate import interpolate
 from dtools.commands.invert import invert
 from dtools.commands.nn import nn
 from dtools.commands.noise import noise
+from dtools.commands.pack import pack
 from dtools.commands.prep import prep
 from dtools.commands.sample import sample
 from dtools.commands.schedule import schedule
@@ -36,6 +37,7 @@ COMMANDS = {
     "fid": fid,
     "sweep": sweep,
     "nn": nn,
+    "pack": pack,
     "export": export,
     "import": import_,
     "info": info,

@@ -18,7 +18,7 @@ from dtools.errors import DtoolsError
 
 PIPELINE = [
     "prep", "schedule", "noise", "train", "ema", "sample", "edit", "invert", "interpolate", "grid", "fid", "sweep",
-    "nn", "export", "import", "info",
+    "nn", "pack", "export", "import", "info",
 ]
 
 

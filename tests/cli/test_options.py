@@ -30,6 +30,7 @@ MINIMAL_ARGS = {
     "interpolate": ["ckpt.safetensors", "--seeds", "1,2"],
     "grid": ["img.png"],
     "fid": ["a", "b"],
+    "pack": ["run", "-o", "out"],
     "export": ["ckpt.safetensors", "-o", "out"],
     "import": ["folder", "-o", "ckpt.safetensors"],
     "info": ["run"],
