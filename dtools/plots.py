@@ -113,13 +113,15 @@ def curves_figure(
 
 
 def fid_vs_cost(rows: list[dict], path: str | os.PathLike, force: bool = False, title: str = "") -> None:
-    """FID against network calls per image (log x), one line per sampler, with each score's interval
+    """FID against network calls per image (log x), one line per sampler (per sampler and guidance where
+    rows have a "curve"), with each score's interval
     as an error bar: the `dtools sweep` picture. Each row needs sampler, nfe, fid and, for the bars,
     fid_low and fid_high."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for sampler in dict.fromkeys(r["sampler"] for r in rows):
-        mine = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
+    curve = lambda r: r.get("curve", r["sampler"])  # noqa: E731  (a sampler, or a sampler and its guidance)
+    for sampler in dict.fromkeys(curve(r) for r in rows):
+        mine = sorted((r for r in rows if curve(r) == sampler), key=lambda r: r["nfe"])
         x = np.array([r["nfe"] for r in mine])
         y = np.array([r["fid"] for r in mine])
         line = ax.plot(x, y, marker="o", label=sampler)[0]
@@ -137,7 +139,7 @@ def fid_vs_cost(rows: list[dict], path: str | os.PathLike, force: bool = False, 
     ax.set(xlabel="network calls per image (log scale)", ylabel="FID (lower is better)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(frameon=False, title="sampler (labels: steps)")
+    ax.legend(frameon=False, title="sampler (labels: steps)", fontsize=8)
     fig.tight_layout()
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"), force)
     plt.close(fig)

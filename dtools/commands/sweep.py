@@ -47,14 +47,16 @@ def sweep(
         None, "--compile/--no-compile", help="torch.compile the network.",
         show_default="on for CUDA, off on the CPU",
     ),
-    guidance: float = typer.Option(
-        None, "--guidance", min=0.0, metavar="W", show_default="as dtools sample: 1 with a guide, else 0",
+    guidance: str = typer.Option(
+        None, "--guidance", metavar="W[,W...]", show_default="as dtools sample: 1 with a guide, else 0",
         help="Guide every setting as `dtools sample --guidance W` does (its default too: the run's "
-        "guide.safetensors beside CKPT); network calls count the guide's.",
+        "guide.safetensors beside CKPT); several weights, comma-separated, make each a setting of its own "
+        "(0,0.5,1,2). Network calls count the guide's.",
     ),
-    guidance_interval: str = typer.Option(
-        None, "--guidance-interval", metavar="LO,HI", show_default="every step",
-        help="Guide only where σ_t lies in (LO, HI], as in `dtools sample`.",
+    guidance_interval: list[str] = typer.Option(
+        None, "--guidance-interval", metavar="LO,HI", show_default="as dtools sample",
+        help="Guide only where σ_t lies in (LO, HI], as in `dtools sample`; give it again for more "
+        "settings (0,inf: every step).",
     ),
     guide: Path = typer.Option(
         None, "--guide", metavar="CKPT", show_default="the model's null class",
@@ -76,6 +78,8 @@ def sweep(
       dtools sweep ckpt.safetensors sweep/reference.safetensors --samplers dpm++2m:5,10 -o sw2/ > sw2.md
       dtools grid sweep/dpm++2m-10.npy --limit 64 -o dpm10.png
       dtools sweep runs/emoji heldout/ --samplers dpm++2m:10,20 --guide runs/emoji --guidance 1 -o auto/
+      dtools sweep runs/emoji heldout/ --samplers dpm++2m:20 --guidance 0,0.5,1,2 \\
+          --guidance-interval 0,inf --guidance-interval 0.28,5.42 -o guidance/
     """
     from dtools.fid.sweep import SweepConfig, markdown
     from dtools.fid.sweep import sweep as run_sweep
@@ -84,7 +88,7 @@ def sweep(
         checkpoint=checkpoint, reference=reference, samplers=sampler_list, out=output, n=n, seed=seed,
         subsets=subsets, weights=weights, fid_weights=fid_weights, batch_size=batch_size, device=device,
         precision=precision, compile=compile_model, force=force, guidance=guidance,
-        guidance_interval=guidance_interval, guide=guide,
+        guidance_interval=tuple(guidance_interval or ()), guide=guide,
     )
     report = run_sweep(cfg, log=lambda line: typer.echo(line, err=True))
     for note in report["warnings"]:

@@ -40,6 +40,7 @@ from dtools.progress import progress_bar, status
 from dtools.runtime import resolve_device
 from dtools.sample import SampleConfig, Sink
 from dtools.sample import run as sample_run
+from dtools.samplers.guidance import check_weight, parse_interval
 from dtools.sampler_specs import SAMPLERS, lookup
 
 REFERENCE_FILE = "reference.safetensors"
@@ -51,9 +52,52 @@ REPORT_FILE = "sweep.json"
 class Setting:
     sampler: str
     steps: int | None  # None: the sampler's default, known once the checkpoint's T is
+    guidance: float | None = None  # as `dtools sample --guidance` (None: its default)
+    interval: str | None = None  # as `dtools sample --guidance-interval` (None: its default)
+    tagged: bool = False  # the guidance varies across the sweep: the label and file name say which
 
     def label(self) -> str:
-        return f"{self.sampler}:{self.steps}"
+        base = f"{self.sampler}:{self.steps}"
+        return f"{base} {self.guide_label()}" if self.tagged else base
+
+    def guide_label(self) -> str:
+        """`w=1`, `w=2 in (0.28,5.42]`: the setting's guidance, as the table and the plot show it."""
+        text = "w=default" if self.guidance is None else f"w={self.guidance:g}"
+        if self.interval is not None:
+            lo, hi = parse_interval(self.interval)
+            text += f" in ({lo:g},{hi:g}]"
+        return text
+
+
+def parse_guidances(text: str | None) -> list[float | None]:
+    """`--guidance 0,0.5,1,2` -> the weights, each a setting; None: `dtools sample`'s default only."""
+    if text is None:
+        return [None]
+    out: list[float | None] = []
+    for item in str(text).split(","):
+        try:
+            w = check_weight(float(item))
+        except ValueError:
+            raise OptionError("--guidance", f"expects weights W >= 0, comma-separated, like 0,1,2; got "
+                              f"{item.strip()!r}") from None
+        if w in out:
+            raise OptionError("--guidance", f"{w:g} is listed twice")
+        out.append(w)
+    return out
+
+
+def parse_intervals(items: str | tuple[str, ...] | list[str] | None) -> list[str | None]:
+    """Each `--guidance-interval LO,HI` given, a setting (0,inf: every step); none: the default only."""
+    if not items:
+        return [None]
+    items = [items] if isinstance(items, str) else list(items)
+    seen: list[tuple[float, float]] = []
+    for item in items:
+        iv = parse_interval(item)
+        if iv in seen:
+            raise OptionError("--guidance-interval", f"{item} is given twice")
+        seen.append(iv)
+    return items
 
 
 def parse_settings(spec: str) -> list[Setting]:
@@ -94,16 +138,19 @@ class SweepConfig:
     precision: str = "auto"
     compile: bool | None = None
     force: bool = False
-    guidance: float | None = None  # as `dtools sample --guidance`, for every setting
-    guidance_interval: str | None = None
+    # as `dtools sample --guidance` and `--guidance-interval`, but lists: "0,1,2" (each weight a setting)
+    # and ("0.28,5.42", "0,inf") (each interval a setting), crossed with every sampler setting
+    guidance: str | float | None = None
+    guidance_interval: str | tuple[str, ...] | None = None
     guide: Path | None = None
 
     def sample_config(self, s: Setting) -> SampleConfig:
         return SampleConfig(checkpoint=self.checkpoint, n=self.n, sampler=s.sampler, steps=s.steps,
                             seed=self.seed, batch_size=self.batch_size, weights=self.weights,
                             device=self.device, precision=self.precision, compile=self.compile,
-                            guidance=self.guidance, guidance_interval=self.guidance_interval,
-                            guide=self.guide).with_run_guide()  # sample's default guidance
+                            guidance=s.guidance, guidance_interval=s.interval,
+                            guide=self.guide if s.guidance != 0 else None,  # w=0: the unguided run
+                            ).with_run_guide()  # sample's default guidance
 
     def network_calls(self, s: Setting) -> int:
         """Network calls per image of a setting, the guide's included."""
@@ -120,6 +167,8 @@ def resolve_settings(cfg: SweepConfig) -> list[Setting]:
                           "with no sampler to sweep; score its samples with `dtools fid`")
     loaded = load_model(cfg.checkpoint, cfg.weights, "cpu")
     betas = loaded.schedule.betas.numpy()
+    weights, intervals = parse_guidances(cfg.guidance), parse_intervals(cfg.guidance_interval)
+    tagged = len(weights) > 1 or len(intervals) > 1
     out: list[Setting] = []
     for s in settings:
         steps = s.steps or SAMPLERS[s.sampler].steps_for(len(betas))
@@ -131,14 +180,23 @@ def resolve_settings(cfg: SweepConfig) -> list[Setting]:
             # an OptionError of the chain names its own option: "ddim:51: --steps must lie in [2, 50] ..."
             detail = f"{e.option} {e.message}" if isinstance(e, OptionError) else str(e)
             raise OptionError("--samplers", f"{s.label()}: {detail}") from None
-        if s in out:
+        if any(o.sampler == s.sampler and o.steps == s.steps for o in out):
             raise OptionError("--samplers", f"{s.label()} is listed twice")
-        out.append(s)
+        for w in weights:
+            for iv in intervals if w != 0 else [None]:  # no guidance has no interval
+                out.append(Setting(s.sampler, steps, w, iv, tagged))
     return out
 
 
 def npy_name(s: Setting) -> str:
-    return f"{s.sampler}-{s.steps}.npy"
+    """SAMPLER-STEPS.npy; where the guidance varies, SAMPLER-STEPS-wW[-LO-HI].npy."""
+    if not s.tagged:
+        return f"{s.sampler}-{s.steps}.npy"
+    name = f"{s.sampler}-{s.steps}-w{'default' if s.guidance is None else f'{s.guidance:g}'}"
+    if s.interval is not None:
+        lo, hi = parse_interval(s.interval)
+        name += f"-{lo:g}-{hi:g}"
+    return name + ".npy"
 
 
 def check_request(cfg: SweepConfig) -> tuple[list[Setting], Stats | None]:
@@ -148,7 +206,8 @@ def check_request(cfg: SweepConfig) -> tuple[list[Setting], Stats | None]:
     if cfg.subsets < 2:
         raise OptionError("--subsets", f"an interval needs at least 2 subsets, got {cfg.subsets}")
     settings = resolve_settings(cfg)
-    cfg.sample_config(settings[0]).check()  # the guidance options
+    for s in settings:
+        cfg.sample_config(s).check()  # the guidance options
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise DtoolsError(f"{out} exists and is not a folder")
@@ -221,6 +280,8 @@ def _run_setting(cfg: SweepConfig, s: Setting, net, device, ref: Stats, scorer: 
     with status(f"scoring {s.label()} (FID on {cfg.subsets} half-subsets)"):
         iv = fid_interval(scorer, feats["2048"].numpy(), cfg.subsets)
         row = {"setting": s.label(), "sampler": s.sampler, "steps": s.steps,
+               **({"curve": f"{s.sampler} {s.guide_label()}", "guidance": s.guidance,
+                   "guidance_interval": s.interval} if s.tagged else {}),
                "nfe": cfg.network_calls(s), "seconds": seconds,
                "seconds_per_image": seconds / cfg.n,
                "fid": iv.fid, "fid_low": iv.low, "fid_high": iv.high, "samples_file": str(path)}

@@ -97,3 +97,36 @@ def test_sweep_guides_every_setting_and_counts_the_guides_calls(tmp_path):
     assert r.exit_code == 1 and "no null class" in r.stderr
     assert not (tmp_path / "sw2").exists()
     shutil.rmtree(tmp_path / "sw")
+
+
+def test_sweep_crosses_guidance_weights_and_intervals_with_the_samplers(tmp_path):
+    """--guidance 0,1 --guidance-interval 0,inf --guidance-interval 0.28,5.42: each weight in each
+    interval a setting of its own (w=0 once: no guidance has no interval), named in the table, the
+    JSON, the file names and the plot's lines; the same seeds everywhere, so w=0 is the unguided run."""
+    import json
+
+    from dtools.checkpoint import read_model, save_model
+
+    sets, info = read_model(CKPT)
+    guide = tmp_path / "guide.safetensors"
+    meta = {k: v for k, v in info.items() if k not in ("model", "model_type", "weights")}
+    save_model(guide, {"ema": sets["raw"]}, config=info["model"], model_type=info["model_type"], meta=meta)
+    out = tmp_path / "sw"
+    r = _invoke("sweep", CKPT, DATA, "-s", "ddim:5", "-n", "8", "--subsets", "10", "--guide", guide,
+                "--guidance", "0,1", "--guidance-interval", "0,inf", "--guidance-interval", "0,0.5", "-o", out,
+                "--json")
+    assert r.exit_code == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert [row["setting"] for row in rows] == ["ddim:5 w=0", "ddim:5 w=1 in (0,inf]", "ddim:5 w=1 in (0,0.5]"]
+    assert [row["nfe"] for row in rows][:2] == [5, 10] and 5 < rows[2]["nfe"] < 10  # guided where σ <= 0.5
+    assert sorted(p.name for p in out.glob("*.npy")) == ["ddim-5-w0.npy", "ddim-5-w1-0-0.5.npy", "ddim-5-w1-0-inf.npy"]
+    assert len({row["fid"] for row in rows}) == 3
+    unguided = tmp_path / "u.npy"
+    assert _invoke("sample", CKPT, "-n", "8", "-s", "ddim", "--steps", "5", "-o", unguided).exit_code == 0
+    assert (np.load(unguided, allow_pickle=False) == np.load(out / "ddim-5-w0.npy", allow_pickle=False)).all()
+    for bad, needle in ((["--guidance", "1,x"], "--guidance"), (["--guidance", "1,1"], "listed twice"),
+                        (["--guidance", "1", "--guidance-interval", "1,2", "--guidance-interval", "1,2"],
+                         "given twice")):
+        r = _invoke("sweep", CKPT, DATA, "-s", "ddim:5", "--guide", guide, *bad, "-o", tmp_path / "bad")
+        assert r.exit_code != 0 and needle in r.stderr, r.stderr
+        assert not (tmp_path / "bad").exists()
