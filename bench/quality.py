@@ -286,8 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--images", type=int, default=None, help="use only the first N images (a quick check)")
     p.add_argument("--source", default="twemoji",
-                   help="the images, as `dtools prep` reads them: twemoji (default), mnist, or a folder; give "
-                   "each source its own --out")
+                   help="the images, as `dtools prep` reads them: twemoji (default), mnist, or a folder; "
+                   "give each source its own --out")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="prepare RGB (3) or grey (1)")
     p.add_argument("--out", type=Path, default=Path("bench/out/quality"))
     p.add_argument("--reference-minutes", default=None,

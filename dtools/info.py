@@ -202,9 +202,10 @@ def model_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
 def _packed(p: dict[str, Any]) -> str:
     """Where a `dtools pack` checkpoint came from, in one line."""
     sha = p.get("sha256")
+    sha = sha[:16] if isinstance(sha, str) else "?"
     err = p.get("max_rel_error")
-    text = (f"{p.get('weights', '?')} weights in {p.get('dtype', '?')} by `dtools pack` on {p.get('date', '?')}, "
-            f"from {p.get('from', '?')} (sha256 {sha[:16] if isinstance(sha, str) else '?'})")
+    text = (f"{p.get('weights', '?')} weights in {p.get('dtype', '?')} by `dtools pack` on "
+            f"{p.get('date', '?')}, from {p.get('from', '?')} (sha256 {sha})")
     if isinstance(err, int | float):
         text += f"; largest rounding of a weight {100 * err:.3f} %"
     return text

@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 from dtools.checkpoint import RUN_GUIDE_FILE, RUN_MODEL_FILE, model_file, read_model, save_model
@@ -48,7 +49,8 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def cast(state: dict[str, torch.Tensor], dtype: torch.dtype, where: Path) -> tuple[dict[str, torch.Tensor], float]:
+def cast(state: dict[str, torch.Tensor], dtype: torch.dtype,
+         where: Path) -> tuple[dict[str, torch.Tensor], float]:
     """The state dict in `dtype` and the largest relative change of a weight (over weights with
     |w| >= 1e-4: smaller ones may go subnormal, which changes nothing a network computes).
     A weight that overflows the dtype is refused, naming the tensor."""
@@ -73,8 +75,19 @@ def dtype_name(dtype: torch.dtype) -> str:
     return next(k for k, v in DTYPES.items() if v == dtype)
 
 
-def pack_file(src: Path, out: Path, weights: str, dtype: str, force: bool) -> Packed:
-    """One checkpoint, one set of its weights, in `dtype`, with "packed" in its header."""
+@dataclass(frozen=True)
+class _Prepared:
+    src: Path
+    weights: str
+    state: dict[str, torch.Tensor]
+    info: dict
+    meta: dict
+    max_rel_error: float
+
+
+def prepare(src: Path, weights: str, dtype: str) -> _Prepared:
+    """One checkpoint's set of weights in `dtype` and the header to write with it ("packed" added);
+    nothing is written, so that every source is read and checked before the first file is."""
     sets, info = read_model(src)
     if weights not in sets:
         have = ", ".join(sets) or "none"
@@ -87,8 +100,14 @@ def pack_file(src: Path, out: Path, weights: str, dtype: str, force: bool) -> Pa
         "max_rel_error": err, "date": time.strftime("%Y-%m-%d", time.gmtime()),
         **({"earlier": earlier} if earlier else {}),
     }
-    save_model(out, {weights: state}, config=info["model"], model_type=info["model_type"], meta=meta, force=force)
-    return Packed(out, src, sum(t.numel() for t in state.values()), out.stat().st_size, src.stat().st_size, err)
+    return _Prepared(src, weights, state, info, meta, err)
+
+
+def write(p: _Prepared, out: Path, force: bool) -> Packed:
+    save_model(out, {p.weights: p.state}, config=p.info["model"], model_type=p.info["model_type"],
+               meta=p.meta, force=force)
+    return Packed(out, p.src, sum(t.numel() for t in p.state.values()), out.stat().st_size,
+                  p.src.stat().st_size, p.max_rel_error)
 
 
 def sources(path: str | os.PathLike, guide: bool) -> tuple[Path, Path | None]:
@@ -107,7 +126,8 @@ def pack(path: str | os.PathLike, out: str | os.PathLike, weights: str = "ema", 
          guide: bool = True, force: bool = False) -> list[Packed]:
     """Pack a run (or checkpoint) into the folder `out`: OUT/model.safetensors, and OUT/guide.safetensors
     when the source has a guide. Every existing target is refused before anything is written unless
-    `force`; a source is never its own target."""
+    `force`; a source is never its own target; every source is read and checked before anything is
+    written."""
     if dtype not in DTYPES:
         raise DtoolsError(f"unknown --dtype {dtype!r}; choose {', '.join(DTYPES)}")
     src, g = sources(path, guide)
@@ -124,10 +144,11 @@ def pack(path: str | os.PathLike, out: str | os.PathLike, weights: str = "ema", 
     if not force and g is None and (out / RUN_GUIDE_FILE).exists():
         raise DtoolsError(f"{out / RUN_GUIDE_FILE} is there but {src} has no guide to go with it: "
                           "`dtools sample` would guide the packed model with a stranger; pack elsewhere")
+    ready = [(prepare(s, w, dtype), target) for s, target, w in jobs]  # every source read and checked
     out.mkdir(parents=True, exist_ok=True)
     done = []
-    for s, target, w in jobs[::-1]:  # the guide first: an interrupted pack leaves no model rather than one without its guide
-        done.append(pack_file(s, target, w, dtype, force))
+    for p, target in ready[::-1]:  # the guide first: an interrupted pack leaves no model, not one unguided
+        done.append(write(p, target, force))
     if g is None and force and (out / RUN_GUIDE_FILE).exists():
         (out / RUN_GUIDE_FILE).unlink()  # a stale guide would autoguide the new model
     return done[::-1]

@@ -40,8 +40,8 @@ from dtools.progress import progress_bar, status
 from dtools.runtime import resolve_device
 from dtools.sample import SampleConfig, Sink
 from dtools.sample import run as sample_run
-from dtools.samplers.guidance import check_weight, parse_interval
 from dtools.sampler_specs import SAMPLERS, lookup
+from dtools.samplers.guidance import check_weight, parse_interval
 
 REFERENCE_FILE = "reference.safetensors"
 PLOT_FILE = "sweep.png"

@@ -17,8 +17,8 @@ from dtools.cli import app
 from dtools.errors import DtoolsError
 
 PIPELINE = [
-    "prep", "schedule", "noise", "train", "ema", "sample", "edit", "invert", "interpolate", "grid", "fid", "sweep",
-    "nn", "pack", "export", "import", "info",
+    "prep", "schedule", "noise", "train", "ema", "sample", "edit", "invert", "interpolate", "grid", "fid",
+    "sweep", "nn", "pack", "export", "import", "info",
 ]
 
 

@@ -113,13 +113,15 @@ def test_sweep_crosses_guidance_weights_and_intervals_with_the_samplers(tmp_path
     save_model(guide, {"ema": sets["raw"]}, config=info["model"], model_type=info["model_type"], meta=meta)
     out = tmp_path / "sw"
     r = _invoke("sweep", CKPT, DATA, "-s", "ddim:5", "-n", "8", "--subsets", "10", "--guide", guide,
-                "--guidance", "0,1", "--guidance-interval", "0,inf", "--guidance-interval", "0,0.5", "-o", out,
-                "--json")
+                "--guidance", "0,1", "--guidance-interval", "0,inf", "--guidance-interval", "0,0.5",
+                "-o", out, "--json")
     assert r.exit_code == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
-    assert [row["setting"] for row in rows] == ["ddim:5 w=0", "ddim:5 w=1 in (0,inf]", "ddim:5 w=1 in (0,0.5]"]
+    assert [row["setting"] for row in rows] == [
+        "ddim:5 w=0", "ddim:5 w=1 in (0,inf]", "ddim:5 w=1 in (0,0.5]"]
     assert [row["nfe"] for row in rows][:2] == [5, 10] and 5 < rows[2]["nfe"] < 10  # guided where σ <= 0.5
-    assert sorted(p.name for p in out.glob("*.npy")) == ["ddim-5-w0.npy", "ddim-5-w1-0-0.5.npy", "ddim-5-w1-0-inf.npy"]
+    assert sorted(p.name for p in out.glob("*.npy")) == [
+        "ddim-5-w0.npy", "ddim-5-w1-0-0.5.npy", "ddim-5-w1-0-inf.npy"]
     assert len({row["fid"] for row in rows}) == 3
     unguided = tmp_path / "u.npy"
     assert _invoke("sample", CKPT, "-n", "8", "-s", "ddim", "--steps", "5", "-o", unguided).exit_code == 0

@@ -98,7 +98,8 @@ def test_a_pack_samples_like_its_run(run, tmp_path):
 
 def test_dtypes_weights_and_model_only(run, tmp_path):
     full = tmp_path / "full"
-    assert invoke("pack", run, "-o", full, "--dtype", "float32", "--weights", "raw", "--model-only").exit_code == 0
+    result = invoke("pack", run, "-o", full, "--dtype", "float32", "--weights", "raw", "--model-only")
+    assert result.exit_code == 0, result.stderr
     assert [p.name for p in full.iterdir()] == ["model.safetensors"]
     info = read_info(full / "model.safetensors")
     assert dtypes(full / "model.safetensors") == {"F32"} and info["weights"] == ["raw"]
@@ -154,13 +155,23 @@ def test_bad_sources_are_one_line_errors(run, tmp_path):
     result = invoke("pack", tmp_path / "big.safetensors", "-o", tmp_path / "o2")
     assert result.exit_code == 1 and "overflows float16" in result.stderr and "bfloat16" in result.stderr
     assert not (tmp_path / "o2" / "model.safetensors").exists()
-    assert invoke("pack", tmp_path / "big.safetensors", "-o", tmp_path / "o3", "--dtype", "bfloat16").exit_code == 0
+    result = invoke("pack", tmp_path / "big.safetensors", "-o", tmp_path / "o3", "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.stderr
+    # a damaged guide beside a good model: refused before anything is written
+    import shutil
+
+    shutil.copy(run / "model.safetensors", tmp_path / "model.safetensors")
+    (tmp_path / "guide.safetensors").write_bytes((run / "guide.safetensors").read_bytes()[:5000])
+    result = invoke("pack", tmp_path / "model.safetensors", "-o", tmp_path / "o4")
+    assert result.exit_code == 1 and "guide.safetensors" in result.stderr, result.stderr
+    assert not (tmp_path / "o4").exists()
 
 
 def test_a_pack_starts_a_new_run(run, tmp_path):
     out = tmp_path / "small"
     assert invoke("pack", run, "-o", out).exit_code == 0
-    result = invoke("train", run.parent / "data", "-o", tmp_path / "more", "--init-from", out / "model.safetensors",
+    packed = out / "model.safetensors"
+    result = invoke("train", run.parent / "data", "-o", tmp_path / "more", "--init-from", packed,
                     "--max-steps", 1, "--batch", 4, "--sample-every", 0)
     assert result.exit_code == 0, result.stderr
-    assert read_info(tmp_path / "more" / "model.safetensors")["train"]["init_from"] == str(out / "model.safetensors")
+    assert read_info(tmp_path / "more" / "model.safetensors")["train"]["init_from"] == str(packed)
