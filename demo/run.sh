@@ -11,7 +11,12 @@
 #   DEMO_SAMPLES  samples per fast sampler for the FID table (default 200)
 #   DEMO_REF      real images for the FID reference statistics (default 1000)
 #   DEMO_DDPM_N   images drawn with the 1000-step ancestral sampler (default 16; it is the slow one)
+#   DEMO_PRETRAINED  the longer run the report shows beside yours (default: demo/pretrained/emoji32,
+#                    made by the commands in demo/pretrained/README.md; "none" leaves it out)
 set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PRETRAINED=${DEMO_PRETRAINED:-$HERE/pretrained/emoji32}
 
 OUT=${1:-demo/out}
 MINUTES=${DEMO_MINUTES:-5}
@@ -87,7 +92,21 @@ for s in ddim50 dpm20 dpm10 auto20; do
     dtools fid ref_stats.safetensors "s_$s" --kid --json >"fid_$s.json"
 done
 
-step "8. report"
+PRE=none
+if [ "$PRETRAINED" != none ] && [ -f "$PRETRAINED/model.safetensors" ]; then
+    step "8. what a longer run gives: the model shipped in demo/pretrained, sampled the same way"
+    PRE=$PRETRAINED
+    PRE_SHOWN=$(echo "$PRE" | sed "s|^$HERE/|demo/|")  # as a reader of the report would type it
+    dtools info "$PRE" >pretrained.txt
+    dtools sample "$PRE" -n 64 --seed 1 | dtools grid --scale 2 -o pretrained.png
+    PRE_SIZE=$(dtools info "$PRE/model.safetensors" --json | sed -n 's/^ *"image_size": *\([0-9]*\).*/\1/p' | head -n 1)
+    if [ "$PRE_SIZE" = "$SIZE" ]; then
+        seconds pretrained dtools sample "$PRE" -n "$NSAMPLES" --seed 2 -o s_pretrained
+        dtools fid ref_stats.safetensors s_pretrained --kid --json >fid_pretrained.json
+    fi
+fi
+
+step "9. report"
 # json_num FILE KEY FORMAT: one number from a --json report, formatted ("n/a" where there is none)
 json_num() {
     [ -f "$1" ] || { echo "n/a"; return; }
@@ -165,5 +184,38 @@ needs thousands for absolute values): compare rows with each other, and trust KI
 |---|---|---|---|---|
 | ![](grid_ddpm1000.png) | ![](grid_ddim50.png) | ![](grid_dpm20.png) | ![](grid_dpm10.png) | ![](grid_auto20.png) |
 MD
+if [ "$PRE" != none ]; then
+cat <<MD
+
+## 7. What a longer run gives
+A few CPU minutes teach the network colours and layouts; recognisable emoji take longer. The model
+below was trained by the same \`dtools train\` defaults for longer, packed with \`dtools pack\` (its
+EMA weights and its guide in float16, $(du -ck "$PRE"/*.safetensors | tail -n 1 | cut -f 1) kB), and
+shipped with dtools; \`demo/pretrained/README.md\` has the commands that made it. Sampled here with
+the defaults, as section 4: \`dtools sample $PRE_SHOWN -n 64 | dtools grid -o pretrained.png\`.
+
+![pretrained](pretrained.png)
+
+MD
+if [ -f fid_pretrained.json ]; then
+cat <<MD
+| model | images | wall time (s) | FID | KID |
+|---|---|---|---|---|
+| yours, $STEPS steps (section 4's sampler) | $(nimg auto20) | $(t_of auto20) | $(fidval auto20) | $(kidval auto20) |
+| the shipped one | $(nimg pretrained) | $(t_of pretrained) | $(fidval pretrained) | $(kidval pretrained) |
+
+MD
+else
+echo "(No FID: the shipped model makes ${PRE_SIZE}x${PRE_SIZE} images, this demo ran at ${SIZE}x${SIZE}.)"
+echo
+fi
+cat <<MD
+What \`dtools info\` says of it:
+
+\`\`\`
+$(sed "s|$HERE/|demo/|g" pretrained.txt)
+\`\`\`
+MD
+fi
 } >REPORT.md
 echo "wrote $OUT/REPORT.md" >&2

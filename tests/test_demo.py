@@ -58,6 +58,27 @@ def test_demo_runs_end_to_end_and_its_report_is_complete(tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert re.fullmatch(r"-?\d+\.\d", cells[4]) and re.fullmatch(r"-?\d+\.\d{4}", cells[5]), row
 
+    # The shipped model's section: its grid, and what `dtools info` says of it (no machine's path);
+    # at 16x16 no FID against the 32x32 model.
+    assert "## 7. What a longer run gives" in report and "(pretrained.png)" in report
+    assert "packed    ema weights in float16 by `dtools pack`" in report
+    assert "demo/pretrained/emoji32" in report and str(ROOT) not in report
+    assert "No FID: the shipped model makes 32x32 images, this demo ran at 16x16" in report
+
+
+def test_the_shipped_model_is_small_and_says_where_it_came_from():
+    from dtools.checkpoint import read_info
+
+    folder = ROOT / "demo" / "pretrained" / "emoji32"
+    assert sorted(p.name for p in folder.iterdir()) == ["guide.safetensors", "model.safetensors"]
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 5_000_000
+    info = read_info(folder / "model.safetensors")
+    assert info["weights"] == ["ema"] and info["packed"]["dtype"] == "float16"
+    assert info["train"]["data"] == "data" and info["train"]["num_images"] == 4009  # all of twemoji
+    assert info["packed"]["from"] == "emoji32-run/model.safetensors"  # demo/pretrained/make.sh's names
+    steps = re.search(r'STEPS=\$\{PRETRAINED_STEPS:-(\d+)\}', (folder.parent / "make.sh").read_text())
+    assert steps and info["step"] == int(steps.group(1)) == info["train"]["max_steps"]
+
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     out = tmp_path / "mine"
