@@ -50,7 +50,10 @@ def test_demo_runs_end_to_end_and_its_report_is_complete(tmp_path):
              "| DPM-Solver++ 2M, autoguided (the default) |")
     rows = [line for line in report.splitlines() if line.startswith(heads)]
     assert len(rows) == 5, rows
-    assert rows[-1].split("|")[2].strip() == "40", rows[-1]  # the run kept its guide: guided calls counted
+    # guided calls counted when the run kept its guide (a 3-second run on a loaded machine may end at its
+    # first step, before --guide-at)
+    calls = "40" if (out / "run" / "guide.safetensors").is_file() else "20"
+    assert rows[-1].split("|")[2].strip() == calls, rows[-1]
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert re.fullmatch(r"\d+", cells[2]) and re.fullmatch(r"\d+\.\d", cells[3]), row
