@@ -36,6 +36,14 @@ from dtools.errors import DtoolsError
 STDIO = "-"
 
 
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """The hex digest of a file's bytes (hashlib's `algorithm`, e.g. "sha256"), read in blocks."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
 def is_stdio(path: str | os.PathLike | None) -> bool:
     return path is None or str(path) == STDIO
 

@@ -15,7 +15,6 @@ weights, the storage dtype and the largest relative rounding error of any weight
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 
 from dtools.checkpoint import RUN_GUIDE_FILE, RUN_MODEL_FILE, model_file, read_model, save_model
 from dtools.errors import DtoolsError
+from dtools.fileio import file_digest
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_DTYPE = "float16"  # 10 mantissa bits: rounding moves a weight by at most 2^-11 of itself
@@ -39,14 +39,6 @@ class Packed:
     nbytes: int  # the file's size
     source_nbytes: int
     max_rel_error: float
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cast(state: dict[str, torch.Tensor], dtype: torch.dtype,
@@ -96,7 +88,7 @@ def prepare(src: Path, weights: str, dtype: str) -> _Prepared:
     earlier = info.get("packed") if isinstance(info.get("packed"), dict) else None
     meta = {k: v for k, v in info.items() if k not in NOT_COPIED and k != "packed"}
     meta["packed"] = {
-        "from": str(src), "sha256": sha256(src), "weights": weights, "dtype": dtype,
+        "from": str(src), "sha256": file_digest(src, "sha256"), "weights": weights, "dtype": dtype,
         "max_rel_error": err, "date": time.strftime("%Y-%m-%d", time.gmtime()),
         **({"earlier": earlier} if earlier else {}),
     }

