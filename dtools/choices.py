@@ -7,7 +7,7 @@ and what a network is conditioned on (--cond, dtools.train.config).
 Model types have a registry of their own that needs no torch: dtools.models.MODEL_TYPES.
 """
 
-PARAMETERIZATIONS = ("eps", "x0", "v")
+PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
 PRESETS = ("auto", "cpu16", "cpu32", "seed64")  # auto: by image size
 LR_DECAYS = ("cosine", "linear", "constant")
 T_DISTRIBUTIONS = ("uniform", "lognormal")

@@ -333,6 +333,9 @@ def scheduler_config(
     round-trip), the prediction type, the fixed variance and dtools sample's defaults (clipping x0 to
     [-1, 1], trailing timesteps)."""
     betas = validate_betas(betas)
+    if parameterization not in PREDICTION_TYPE:  # "edm": its c_in has no place in DDPMScheduler
+        raise DtoolsError(f"diffusers has no prediction_type for the parameterization {parameterization!r}; "
+                          f"its DDPMScheduler reads models of {', '.join(PREDICTION_TYPE)}")
     return {
         "_class_name": SCHEDULER_CLASS, "_diffusers_version": DIFFUSERS_VERSION,
         "num_train_timesteps": int(betas.shape[0]), "trained_betas": [float(b) for b in betas],

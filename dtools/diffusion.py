@@ -5,8 +5,9 @@ No nn.Module, no I/O. The network is passed to samplers at call time; nothing he
 Conventions
 - `betas[i]` is β_{i+1}: timestep index t = 0..T-1, and the network is conditioned on that index.
 - Schedule quantities are float64 and cast to the data's dtype only when applied.
-- Parameterizations: "eps" (the network predicts ε, the seed's choice), "x0", and "v"
-  (Salimans & Ho 2022: v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0).
+- Parameterizations: "eps" (the network predicts ε, the seed's choice), "x0", "v"
+  (Salimans & Ho 2022: v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0), and "edm" (Karras et al. 2022's preconditioning,
+  c_in, c_skip and c_out with σ_data = 0.5, written for x_t = sqrt(ᾱ) x0 + sqrt(1-ᾱ) ε).
 """
 
 from __future__ import annotations
@@ -26,21 +27,44 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class Parameterization:
-    """What the network predicts, as three maps at the noise level α = sqrt(ᾱ_t), σ = sqrt(1-ᾱ_t):
+    """What the network predicts, as maps at the noise level α = sqrt(ᾱ_t), σ = sqrt(1-ᾱ_t):
 
     - `target(α, σ, x0, ε)`: the regression target;
     - `split(α, σ, out, x_t)`: the output as (x0_hat, eps_hat);
-    - `min_snr(min(SNR, γ), SNR)`: the weight on its MSE that makes the x0-space weight min(SNR, γ).
+    - `min_snr(min(SNR, γ), SNR)`: the weight on its MSE that makes the x0-space weight min(SNR, γ);
+    - `c_in(α, σ)`: the factor on x_t that the network sees (1 but for "edm").
     """
 
     target: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     split: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
     min_snr: Callable[[Tensor, Tensor], Tensor]
+    c_in: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 def _split_eps(a: Tensor, s: Tensor, out: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     # With ᾱ_t = 0 (zero terminal SNR) an ε-prediction says nothing about x0; x0 is then taken as 0.
     return torch.where(a > 0, (x - s * out) / a.clamp_min(1e-300), torch.zeros_like(x)), out
+
+
+# EDM's σ_data (Karras et al. 2022): the standard deviation its preconditioning assumes of the images
+EDM_SIGMA_DATA = 0.5
+
+
+def _edm_q(a: Tensor, s: Tensor) -> Tensor:
+    """sqrt(σ² + α² σ_data²): the standard deviation of x_t for images of std σ_data (never 0)."""
+    return (s * s + a * a * EDM_SIGMA_DATA**2).sqrt()
+
+
+def _edm_target(a: Tensor, s: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
+    # EDM's F target (x0 - c_skip y) / c_out at y = x_t/α, σ_EDM = σ/α, in closed form (no 1/σ)
+    d = EDM_SIGMA_DATA
+    return (s * x0 / d - d * a * eps) / _edm_q(a, s)
+
+
+def _edm_split(a: Tensor, s: Tensor, out: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    # x0 = c_skip y + c_out F; ε = (x_t - α x0)/σ, both in closed form
+    d, q = EDM_SIGMA_DATA, _edm_q(a, s)
+    return d * d * a * x / (q * q) + s * d * out / q, s * x / (q * q) - a * d * out / q
 
 
 PARAMETERIZATION: dict[str, Parameterization] = {
@@ -56,6 +80,13 @@ PARAMETERIZATION: dict[str, Parameterization] = {
         target=lambda a, s, x0, eps: a * eps - s * x0,
         split=lambda a, s, out, x: (a * x - s * out, s * x + a * out),
         min_snr=lambda clipped, snr: clipped / (snr + 1.0),
+    ),
+    # Karras et al. 2022, Table 1; σ_data = 1 would make it -v. Unweighted, its x0-space weight is
+    # SNR + 1/σ_data², EDM's λ(σ).
+    "edm": Parameterization(
+        target=_edm_target, split=_edm_split,
+        min_snr=lambda clipped, snr: clipped * EDM_SIGMA_DATA**2 / (1.0 + EDM_SIGMA_DATA**2 * snr),
+        c_in=lambda a, s: 1.0 / _edm_q(a, s),
     ),
 }
 PARAMETERIZATIONS = tuple(PARAMETERIZATION)
@@ -150,6 +181,16 @@ def split_prediction(
     out, x = model_out.double(), x_t.double()
     ab = extract(s.alphas_cumprod, t, x)
     return p.split(ab.sqrt(), (1.0 - ab).sqrt(), out, x)
+
+
+def network_input(s: Schedule, parameterization: str, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the network is given for x_t: x_t itself, or c_in x_t for a preconditioned parameterization."""
+    p = lookup_parameterization(parameterization)
+    if p.c_in is None:
+        return x_t
+    ab = s.alphas_cumprod.to(x_t.device)[t.to(x_t.device)]  # (B,) float64
+    scale = p.c_in(ab.sqrt(), (1.0 - ab).sqrt())
+    return x_t * scale.reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
 
 
 def q_posterior(

@@ -93,6 +93,47 @@ def test_split_prediction_zero_terminal_snr():
     assert x0.item() == -0.25 and eps.item() == 0.7  # x0 = -v, ε = x_t at ᾱ = 0
 
 
+def test_edm_preconditioning_against_karras_formulas(s):
+    """"edm" against Karras et al. 2022's Table 1 in their own variables: y = x_t/α, σ_e = σ/α,
+    c_skip = σ_d²/(σ_e²+σ_d²), c_out = σ_e σ_d/√(σ_e²+σ_d²), c_in = 1/√(σ_e²+σ_d²),
+    D = c_skip y + c_out F."""
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64)
+    eps = torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64)
+    F = torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2])
+    x_t = D.q_sample(s, x0, t, eps)
+    ab = s.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    y, se, sd = x_t / ab.sqrt(), ((1 - ab) / ab).sqrt(), D.EDM_SIGMA_DATA
+    c_skip, c_out = sd**2 / (se**2 + sd**2), se * sd / (se**2 + sd**2).sqrt()
+    close(D.network_input(s, "edm", x_t, t), y / (se**2 + sd**2).sqrt(), 1e-12)
+    x0_hat, eps_hat = D.split_prediction(s, "edm", F, x_t, t)
+    close(x0_hat, c_skip * y + c_out * F, 1e-12)
+    close(eps_hat, (y - x0_hat) / se, 1e-12)  # y = x0 + σ_e ε
+    close(D.training_target(s, "edm", x0, eps, t), (x0 - c_skip * y) / c_out, 1e-12)
+    assert D.network_input(s, "v", x_t, t) is x_t  # only "edm" scales the input
+
+
+def test_edm_with_unit_sigma_data_is_minus_v(s, monkeypatch):
+    monkeypatch.setattr(D, "EDM_SIGMA_DATA", 1.0)
+    g = torch.Generator().manual_seed(2)
+    x0, eps = (torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    t = torch.tensor([0, 1, 2])
+    close(D.training_target(s, "edm", x0, eps, t), -D.training_target(s, "v", x0, eps, t), 1e-12)
+    x_t = D.q_sample(s, x0, t, eps)
+    close(D.network_input(s, "edm", x_t, t), x_t, 1e-12)  # VP's x_t already has unit variance
+    close(D.loss_weight(s, "edm", t, 5.0), D.loss_weight(s, "v", t, 5.0), 1e-6)
+
+
+def test_edm_at_zero_terminal_snr():
+    s = D.Schedule.from_betas(np.array([0.1, 1.0]))  # ᾱ = [0.9, 0]
+    x_t = torch.full((1, 1, 1, 1), 0.7, dtype=torch.float64)
+    t = torch.tensor([1])
+    x0, eps = D.split_prediction(s, "edm", torch.full_like(x_t, 0.4), x_t, t)
+    assert x0.item() == pytest.approx(0.4 * D.EDM_SIGMA_DATA) and eps.item() == pytest.approx(0.7)
+    assert D.network_input(s, "edm", x_t, t).item() == pytest.approx(0.7)  # c_in x_t = x_t / σ, σ = 1
+
+
 def test_q_posterior_by_hand(s):
     x0 = torch.tensor([1.0], dtype=torch.float64).reshape(1, 1, 1, 1)
     x_t = torch.tensor([2.0], dtype=torch.float64).reshape(1, 1, 1, 1)
@@ -148,12 +189,15 @@ def test_min_snr_weights_by_hand(s):
 
 
 def test_min_snr_weights_agree_across_parameterizations(s):
-    """The weights express the same x0-space loss: w_eps·SNR = w_x0 = w_v·(SNR+1)."""
+    """The weights express the same x0-space loss: w_eps·SNR = w_x0 = w_v·(SNR+1) = w_edm/c_out²."""
     t = torch.tensor([0, 1, 2])
     snr = s.snr().float()
-    w_eps, w_x0, w_v = (D.loss_weight(s, p, t, 2.0) for p in ("eps", "x0", "v"))
+    w_eps, w_x0, w_v, w_edm = (D.loss_weight(s, p, t, 2.0) for p in ("eps", "x0", "v", "edm"))
     close(w_eps * snr, w_x0, 1e-6)
     close(w_v * (snr + 1), w_x0, 1e-6)
+    sd2 = D.EDM_SIGMA_DATA**2
+    # x0 - x0_hat = c_out (F - target), with c_out² = σ_d²/(1 + σ_d² SNR)
+    close(w_edm * (1 + sd2 * snr) / sd2, w_x0, 1e-6)
 
 
 def test_uniform_timesteps_are_randint():

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 
-from dtools.diffusion import SPACINGS, Schedule, alphas_cumprod, respace, spaced_timesteps
+from dtools.diffusion import EDM_SIGMA_DATA, SPACINGS, Schedule, alphas_cumprod, respace, spaced_timesteps
 from dtools.errors import DtoolsError
 from dtools.samplers import SAMPLERS, Chain, ImageNoise, generate, generate_from_prior, image_seed, sample
 from dtools.schedules import make_schedule
@@ -59,16 +59,23 @@ def gaussian_data(shape=SHAPE) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def oracle(schedule: Schedule, parameterization: str, mu: torch.Tensor, sigma: torch.Tensor):
-    """The exact network for Gaussian data (module docstring), as a model_fn."""
+    """The exact network for Gaussian data (module docstring), as a model_fn. An "edm" network is given
+    c_in x_t (EDM's c_in = 1/sqrt(σ² + α² σ_data²)) and returns EDM's F, written out here from
+    Karras et al. 2022's Table 1 (F = (x0 - c_skip y)/c_out at y = x_t/α, σ_EDM = σ/α)."""
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         assert x_t.dtype == torch.float32 and t.dtype == torch.int64
         ab = schedule.alphas_cumprod[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1) float64
         a, s = ab.sqrt(), (1 - ab).sqrt()
-        x = x_t.double()
+        sd, se = EDM_SIGMA_DATA, s / a
+        q = (se**2 + sd**2).sqrt()
+        c_in, c_skip, c_out = 1 / q, sd**2 / q**2, se * sd / q
+        x = x_t.double() / (c_in / a if parameterization == "edm" else 1.0)
         v = a * a * sigma**2 + s * s
         eps = s * (x - a * mu) / v
         x0 = mu + a * sigma**2 * (x - a * mu) / v
+        if parameterization == "edm":
+            return ((x0 - c_skip * x / a) / c_out).float()
         return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[parameterization].float()
 
     return model_fn
@@ -241,9 +248,10 @@ def test_deterministic_samplers_agree():
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_parameterizations_give_the_same_samples(sampler):
     opts = {"eta": 0.5} if sampler == "ddim" else {}
-    out = {p: run("linear", p, sampler, 30, **opts)[0] for p in ("eps", "x0", "v")}
+    out = {p: run("linear", p, sampler, 30, **opts)[0] for p in ("eps", "x0", "v", "edm")}
     torch.testing.assert_close(out["x0"], out["eps"], rtol=0, atol=1e-4)
     torch.testing.assert_close(out["v"], out["eps"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(out["edm"], out["eps"], rtol=0, atol=1e-4)  # its c_in reaches the network
 
 
 # --- zero terminal SNR ---------------------------------------------------------------------------

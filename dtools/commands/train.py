@@ -35,7 +35,8 @@ def train(
     model_type: str = opt.choice(None, "--model", choices=MODELS, help=_MODEL_HELP, show_default="unet"),
     parameterization: str = opt.choice(
         None, "--param", choices=PARAMETERIZATIONS, show_default="preset",
-        help="What the network predicts: eps (the seed's; seed64), x0 or v (cpu16/cpu32).",
+        help="What the network predicts: eps (the seed's; seed64), x0, v (cpu16/cpu32), or edm: "
+        "Karras et al. 2022's preconditioning (c_in, c_skip, c_out; σ_data 0.5).",
     ),
     preset: str = opt.choice(None, "--preset", choices=PRESETS, help=_PRESET_HELP, show_default="auto"),
     base_channels: int = typer.Option(

@@ -16,7 +16,14 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from dtools.diffusion import Schedule, alphas_cumprod, respace, spaced_timesteps, split_prediction
+from dtools.diffusion import (
+    Schedule,
+    alphas_cumprod,
+    network_input,
+    respace,
+    spaced_timesteps,
+    split_prediction,
+)
 from dtools.errors import OptionError
 from dtools.samplers.guidance import Guidance
 
@@ -55,12 +62,14 @@ class Denoiser:
     def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         tt = torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)  # (B,)
         conds = () if self.cond is None else (self.cond,)
-        out = self.model_fn(x.float(), tt, *conds)  # (B, C, H, W)
+        x_in = network_input(self.schedule, self.parameterization, x.float(), tt)  # x_t, or c_in x_t
+        out = self.model_fn(x_in, tt, *conds)  # (B, C, H, W)
         x0, eps = split_prediction(self.schedule, self.parameterization, out, x, tt)
         g = self.guidance
         if g is not None and g.applies(float(self._alphas_cumprod[int(t)])):
             weak = () if g.weak_cond is None else (g.weak_cond,)
-            out_weak = g.weak_fn(x.float(), tt, *weak)  # (B, C, H, W)
+            x_weak = network_input(self.schedule, g.weak_parameterization, x.float(), tt)
+            out_weak = g.weak_fn(x_weak, tt, *weak)  # (B, C, H, W)
             x0_weak, eps_weak = split_prediction(self.schedule, g.weak_parameterization, out_weak, x, tt)
             x0 = x0 + g.weight * (x0 - x0_weak)  # both linear in the outputs: x_t = √ᾱ x0 + √(1-ᾱ) ε holds
             eps = eps + g.weight * (eps - eps_weak)

@@ -4,7 +4,7 @@ the same loop.
 
 One step (Ho et al. 2020, Algorithm 1): take a batch x0 of images in [-1, 1] (randomly flipped),
 draw t ~ U{0..T-1} and ε ~ N(0, I), form x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) ε, and regress the network
-output on the target of the parameterization (ε, x0 or v) with a per-sample weighted MSE (plain by
+output on the target of the parameterization (ε, x0, v or EDM's F) with a per-sample weighted MSE (plain by
 default, Min-SNR-γ optionally). Adam updates the weights; an EMA of them is what `sample` uses.
 
 A run folder RUN holds (all written atomically, every --save-every steps and at the end):

@@ -1,6 +1,6 @@
 """The DDPM's training method (`dtools train --model unet`, the default): Ho et al. 2020, Algorithm 1.
 
-A U-Net regresses the parameterization's target (ε, x0 or v; dtools.diffusion) on images noised by
+A U-Net regresses the parameterization's target (ε, x0, v or EDM's F; dtools.diffusion) on images noised by
 q(x_t | x0) at uniformly drawn timesteps, with the loss weight of --min-snr-gamma; Adam (fused where
 supported), gradient clipping, an EMA of the weights that `dtools sample` and the run's grids use.
 The Trainer (loop.py) drives it like any other Method.
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dtools.diffusion import Schedule, draw_timesteps, loss_weight, q_sample, training_target
+from dtools.diffusion import Schedule, draw_timesteps, loss_weight, network_input, q_sample, training_target
 from dtools.ema import EMA
 from dtools.posthoc_ema import TRACKED
 from dtools.runtime import Runtime
@@ -86,7 +86,8 @@ class Ddpm(Method):
         ys = [None] * cfg.grad_accum if y_all is None else y_all.split(micro)
         for i, (x0, t, eps, y) in enumerate(zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro),
                                                 ys, strict=True)):
-            x_t = self.rt.layout(q_sample(s, x0, t, eps))  # the network's memory format
+            x_in = network_input(s, param, q_sample(s, x0, t, eps), t)  # x_t, or c_in x_t
+            x_t = self.rt.layout(x_in)  # the network's memory format
             target = training_target(s, param, x0, eps, t)
             with self.rt.autocast():
                 out = self.net(x_t, t) if y is None else self.net(x_t, t, y)

@@ -289,6 +289,9 @@ def test_export_refusals(tmp_path):
     one_line_error(invoke("export", tmp_path / "nothing.safetensors", "-o", tmp_path / "w"), "no such file")
     one_line_error(invoke("export", wide, "-o", tmp_path / "w", "--format", "onnx"), "--format", code=2)
     one_line_error(invoke("export", wide, "-o", tmp_path / "w", "--variance", "x"), "--variance", code=2)
+    edm = make_checkpoint(tmp_path / "edm.safetensors", parameterization="edm", raw=False)
+    one_line_error(invoke("export", edm, "-o", tmp_path / "w"),
+                   "no prediction_type for the parameterization 'edm'")
     assert not (tmp_path / "w").exists()
 
 

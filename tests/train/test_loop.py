@@ -264,3 +264,31 @@ def test_the_checkpoint_records_the_ema_that_ran(data8, tmp_path, config, fit, m
     fit(config(data8, fixed, max_steps=2, save_every=2, ema_decay=0.9, **opts))
     _, info = read_model(fixed / training.MODEL_FILE)
     assert info["ema_decay"] == 0.9 and "ema_length" not in info
+
+
+def test_an_edm_run_gives_the_network_c_in_x_t(data8, tmp_path, config, fit, monkeypatch):
+    """`--param edm`: the training step hands the network diffusion.network_input's c_in x_t (checked
+    against the formulas in tests/test_diffusion.py), not x_t, and the checkpoint says "edm"."""
+    from dtools.unet import UNet
+
+    given, seen = [], []
+    real_input, real_forward = ddpm.network_input, UNet.forward
+
+    def spy(s, param, x_t, t):
+        out = real_input(s, param, x_t, t)
+        given.append((param, x_t.clone(), out.clone()))
+        return out
+
+    def forward(self, x, t, y=None):
+        seen.append(x.detach().clone())
+        return real_forward(self, x, t, y)
+
+    monkeypatch.setattr(ddpm, "network_input", spy)
+    monkeypatch.setattr(UNet, "forward", forward)
+    run = tmp_path / "run"
+    result = fit(config(data8, run, max_steps=3, save_every=3, parameterization="edm", min_snr_gamma=0))
+    assert result.step == 3 and all(np.isfinite(r["loss"]) for r in result.metrics)
+    assert len(given) == len(seen) >= 3 and all(g[0] == "edm" for g in given)  # the steps, and any probe
+    for (_, x_t, x_in), x in zip(given, seen, strict=True):
+        assert torch.equal(x_in, x) and not torch.allclose(x_in, x_t)
+    assert read_model(run / training.MODEL_FILE)[1]["parameterization"] == "edm"
