@@ -188,9 +188,8 @@ def network_input(s: Schedule, parameterization: str, x_t: torch.Tensor, t: torc
     p = lookup_parameterization(parameterization)
     if p.c_in is None:
         return x_t
-    ab = s.alphas_cumprod.to(x_t.device)[t.to(x_t.device)]  # (B,) float64
-    scale = p.c_in(ab.sqrt(), (1.0 - ab).sqrt())
-    return x_t * scale.reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
+    ab = s.alphas_cumprod
+    return x_t * extract(p.c_in(ab.sqrt(), (1.0 - ab).sqrt()), t, x_t)  # c_in over [T] in float64
 
 
 def q_posterior(

@@ -67,10 +67,12 @@ def oracle(schedule: Schedule, parameterization: str, mu: torch.Tensor, sigma: t
         assert x_t.dtype == torch.float32 and t.dtype == torch.int64
         ab = schedule.alphas_cumprod[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1) float64
         a, s = ab.sqrt(), (1 - ab).sqrt()
-        sd, se = EDM_SIGMA_DATA, s / a
-        q = (se**2 + sd**2).sqrt()
-        c_in, c_skip, c_out = 1 / q, sd**2 / q**2, se * sd / q
-        x = x_t.double() / (c_in / a if parameterization == "edm" else 1.0)
+        x = x_t.double()
+        if parameterization == "edm":
+            sd, se = EDM_SIGMA_DATA, s / a
+            q = (se**2 + sd**2).sqrt()
+            c_in, c_skip, c_out = 1 / q, sd**2 / q**2, se * sd / q
+            x = x * a / c_in  # the network was given c_in y = c_in x_t / α
         v = a * a * sigma**2 + s * s
         eps = s * (x - a * mu) / v
         x0 = mu + a * sigma**2 * (x - a * mu) / v

@@ -86,11 +86,11 @@ class Ddpm(Method):
         ys = [None] * cfg.grad_accum if y_all is None else y_all.split(micro)
         for i, (x0, t, eps, y) in enumerate(zip(x0_all.split(micro), t_all.split(micro), eps_all.split(micro),
                                                 ys, strict=True)):
-            x_in = network_input(s, param, q_sample(s, x0, t, eps), t)  # x_t, or c_in x_t
-            x_t = self.rt.layout(x_in)  # the network's memory format
+            # x_t, or c_in x_t, in the network's memory format
+            x_in = self.rt.layout(network_input(s, param, q_sample(s, x0, t, eps), t))
             target = training_target(s, param, x0, eps, t)
             with self.rt.autocast():
-                out = self.net(x_t, t) if y is None else self.net(x_t, t, y)
+                out = self.net(x_in, t) if y is None else self.net(x_in, t, y)
             per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
             # the mean over the whole batch, accumulated one micro-batch at a time
             loss = (loss_weight(s, param, t, cfg.min_snr_gamma, cfg.min_snr_floor) * per_sample).sum() / b
