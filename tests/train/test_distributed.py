@@ -23,7 +23,7 @@ from dtools.checkpoint import read_model
 from dtools.tensorfile import read_header
 from dtools.train import distributed
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.serial]  # two-process runs, a free port
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_worker  # noqa: E402

@@ -230,6 +230,7 @@ def test_a_decaying_lr_schedule_resumes_exactly_after_an_interruption(
     assert lrs[0] < lrs[1] > lrs[-1]  # up during the warm-up, then down
 
 
+@pytest.mark.serial  # asserts on its wall time
 def test_max_minutes_alone_sizes_the_run_in_time(data8, tmp_path, config, fit):
     """--max-minutes without --max-steps or --epochs: no step limit, the run ends at its minutes, and
     the lr schedule runs over the training time."""
