@@ -62,7 +62,7 @@ TRAIN_FIELDS: dict[str, type] = {
     "lr": float, "batch_size": int, "beta": str, "preset": str, "d_steps": str, "data": str,
     "num_images": int, "data_fingerprint": str, "min_snr_gamma": float, "min_snr_floor": float,
     "t_dist": str, "cond_drop": float, "ema_warmup": bool, "init_from": str, "init_weights": str,
-    "model_type": str}
+    "model_type": str, "learned_weight": bool}
 
 
 class LoadedModel(NamedTuple):

@@ -115,6 +115,7 @@ def model_facts(path: Path, info: dict[str, Any]) -> dict[str, Any]:
         facts["parameterization"] = info["parameterization"]
         facts["min_snr_gamma"] = train.get("min_snr_gamma")
         facts["min_snr_floor"] = train.get("min_snr_floor", 0.0)
+        facts["learned_weight"] = train.get("learned_weight", False)
         facts["t_dist"] = train.get("t_dist", "uniform")
         facts["schedule"] = _schedule(info)
     classes = class_names(info)
@@ -159,6 +160,8 @@ def model_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         loss = f", loss weight Min-SNR-{facts['min_snr_gamma']:g}" if facts.get("min_snr_gamma") else ""
         if loss and facts.get("min_snr_floor"):
             loss += f" (at least {facts['min_snr_floor']:g} where SNR < 1)"
+        if facts.get("learned_weight"):
+            loss += ", learned loss weight u(σ)"
         t_dist = f", t drawn {facts['t_dist']}" if facts.get("t_dist", "uniform") != "uniform" else ""
         rows += [("predicts", facts["parameterization"] + loss + t_dist),
                  ("schedule", f"{name}T={s['T']}, beta {s['beta_first']:.3g} .. {s['beta_last']:.3g}, "

@@ -106,6 +106,11 @@ def train(
         help="The least Min-SNR weight where SNR < 1, so the noisiest timesteps (where sampling starts) "
              "still train; 0 = Hang et al.'s weight.",
     ),
+    learned_weight: bool = typer.Option(
+        None, "--learned-weight/--no-learned-weight", show_default="off",
+        help="EDM2's learned loss weighting (Karras et al. 2024): a learned u(σ) divides each noise "
+             "level's loss by its running size, on top of --min-snr-gamma's weight.",
+    ),
     t_dist: str = opt.choice(
         None, "--t-dist", choices=T_DISTRIBUTIONS, show_default="uniform",
         help="How a step draws t: uniform over 0..T-1 (Ho et al.), or lognormal: EDM's "

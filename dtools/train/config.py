@@ -122,6 +122,8 @@ class TrainConfig:
     min_snr_gamma: float | None = _option(None, "--min-snr-gamma", models=scheduled)
     # the least Min-SNR weight on the noisy side (diffusion.loss_weight); absent: 0, as before it existed
     min_snr_floor: float = _option(0.0, "--min-snr-floor", models=scheduled, omit_default=True)
+    # EDM2's learned loss weighting (train/uncertainty.py); absent: off, as before it existed
+    learned_weight: bool = _option(False, "--learned-weight", models=scheduled, omit_default=True)
     # how a step draws t (dtools.diffusion.draw_timesteps); absent: uniform, as in dtools 0.1.0
     t_dist: str = _option("uniform", "--t-dist", models=scheduled, omit_default=True)
     grad_clip: float | None = _option(None, "--grad-clip", models=scheduled)

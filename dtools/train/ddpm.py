@@ -8,6 +8,7 @@ The Trainer (loop.py) drives it like any other Method.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -23,6 +24,7 @@ from dtools.train.config import TrainConfig
 from dtools.train.data import data_classes
 from dtools.train.method import Method, NonFiniteLoss, Plot, RealBatch, Weights
 from dtools.train.run import LOSS_PLOT
+from dtools.train.uncertainty import LogVariance, uncertainty_loss
 from dtools.unet import UNet, UNetConfig, count_parameters
 
 
@@ -50,12 +52,20 @@ class Ddpm(Method):
         if cfg.posthoc_ema:
             self.tracked = tuple(EMA(self.model, sigma_rel=s) for s in TRACKED)
         self.optimizer = rt.adam(self.model.parameters(), lr=cfg.lr)  # fused where supported
+        # --learned-weight: EDM2's u(σ) (train/uncertainty.py), trained beside the network by its own Adam
+        self.logvar: LogVariance | None = None
+        if cfg.learned_weight:
+            self.logvar = LogVariance(self.schedule_cpu).to(self.device)
+            self.logvar_optimizer = torch.optim.Adam(self.logvar.parameters(), lr=cfg.lr)
+        self.logvar_net = self.logvar  # what a step calls (DistributedDataParallel around it: `distribute`)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
         self.net = self.model  # what a step calls (DistributedDataParallel around it: `distribute`)
 
     def distribute(self, group: distributed.Group) -> None:
         super().distribute(group)
         self.net = group.wrap(self.model)
+        if self.logvar is not None:
+            self.logvar_net = group.wrap(self.logvar)
 
     def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """A whole batch's images, timesteps, noise and (class-conditional) classes, drawn in one fixed
@@ -78,8 +88,10 @@ class Ddpm(Method):
         """One optimizer step; returns its loss and gradient norm or raises NonFiniteLoss before updating."""
         cfg, s, param = self.cfg, self.schedule, self.cfg.parameterization
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        total_loss = torch.zeros((), device=self.device)
+        for optimizer in self.optimizers():
+            optimizer.zero_grad(set_to_none=True)
+        total_loss = torch.zeros((), device=self.device)  # the weighted MSE (what the loss plot shows)
+        total_objective = torch.zeros((), device=self.device)  # what the step minimizes
         x0_all, t_all, eps_all, y_all = self.draw_batch()
         b = x0_all.shape[0]  # this process's images (DDP averages the processes' gradients)
         micro = b // cfg.grad_accum
@@ -92,22 +104,34 @@ class Ddpm(Method):
             with self.rt.autocast():
                 out = self.net(x_in, t) if y is None else self.net(x_in, t, y)
             per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))  # (b,)
+            weighted = loss_weight(s, param, t, cfg.min_snr_gamma, cfg.min_snr_floor) * per_sample  # (b,)
             # the mean over the whole batch, accumulated one micro-batch at a time
-            loss = (loss_weight(s, param, t, cfg.min_snr_gamma, cfg.min_snr_floor) * per_sample).sum() / b
-            with self.group.no_sync(self.net, sync=i == cfg.grad_accum - 1):
-                self.scaler.scale(loss).backward()
+            loss = weighted.sum() / b
+            objective = loss if self.logvar_net is None else \
+                uncertainty_loss(weighted, self.logvar_net(t)).sum() / b
+            sync = i == cfg.grad_accum - 1
+            with self.group.no_sync(self.net, sync=sync), self.logvar_sync(sync):
+                self.scaler.scale(objective).backward()
             total_loss += loss.detach()
+            total_objective += objective.detach()
         loss_value = float(total_loss)
-        if not math.isfinite(loss_value):
+        if not math.isfinite(loss_value) or not math.isfinite(float(total_objective)):
             raise NonFiniteLoss(f"loss is {loss_value}")
-        grad_norm = self.apply_gradients(self.optimizer, self.model, cfg.grad_clip)
+        also = () if self.logvar is None else (self.logvar_optimizer,)
+        grad_norm = self.apply_gradients(self.optimizer, self.model, cfg.grad_clip, also=also)
         return {"loss": loss_value, "grad_norm": grad_norm}
+
+    def logvar_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """The u network's side of an accumulating backward pass (see `group.no_sync`)."""
+        if self.logvar_net is None:
+            return contextlib.nullcontext()
+        return self.group.no_sync(self.logvar_net, sync)
 
     def record(self, means: dict[str, float]) -> dict[str, Any]:
         return {"loss": means["loss"], "lr": self.lr, "grad_norm": means["grad_norm"]}
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
+        return [self.optimizer] if self.logvar is None else [self.optimizer, self.logvar_optimizer]
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """EMA samples with `dtools sample`'s default sampler and steps; of a class-conditional model,
@@ -139,8 +163,12 @@ class Ddpm(Method):
         return {"ema": self.ema.state_dict(), "raw": self.model.state_dict()}, cfg.model, header
 
     def state_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
-        return ({"raw": self.model, "ema": self.ema.module, **self.tracked_parts()},
-                {"adam": (self.optimizer, self.model)})
+        modules = {"raw": self.model, "ema": self.ema.module, **self.tracked_parts()}
+        optimizers = {"adam": (self.optimizer, self.model)}
+        if self.logvar is not None:
+            modules["logvar"] = self.logvar
+            optimizers["adam_logvar"] = (self.logvar_optimizer, self.logvar)
+        return modules, optimizers
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> str:
         self.model.load_state_dict(weights, strict=True)

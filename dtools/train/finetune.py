@@ -41,7 +41,8 @@ KEEPS = ("dropout",)  # network options a fine-tuning run may still set (they ho
 # The fine-tune's learning rate as a share of the source's: measured by `bench/recipes.py finetune`
 # (docs/quality.md, "Fine-tuning"): 600 steps on new emoji, FID on held-out images
 FINETUNE_LR_FACTOR = 0.2  # lr 2e-4 for a cpu32 model: FID 149.6 as 1e-3 (149.3), best KID, 5e-5 worse
-LOSS_RECIPE = {"min_snr_gamma": None, "min_snr_floor": 0.0, "t_dist": "uniform"}  # a DDPM's, as in Ho et al.
+# a DDPM's, as in Ho et al.
+LOSS_RECIPE = {"min_snr_gamma": None, "min_snr_floor": 0.0, "learned_weight": False, "t_dist": "uniform"}
 
 
 def init_config(out: str, data: str, beta: str | None, options: dict[str, Any]) -> TrainConfig:
@@ -124,6 +125,8 @@ def describe_recipe(cfg: TrainConfig) -> str:
         loss = f"Min-SNR-{cfg.min_snr_gamma:g}" if cfg.min_snr_gamma else "plain MSE"
         if cfg.min_snr_gamma and cfg.min_snr_floor:
             loss += f" (floor {cfg.min_snr_floor:g})"
+        if cfg.learned_weight:
+            loss += ", learned weight"
         text += f", {loss}, t {cfg.t_dist}"
     return text + "; options given override it (docs/train.md, \"Fine-tuning\")"
 

@@ -89,17 +89,20 @@ class Method:
         raise NotImplementedError
 
     def apply_gradients(
-        self, optimizer: torch.optim.Optimizer, module: nn.Module, max_norm: float | None
+        self, optimizer: torch.optim.Optimizer, module: nn.Module, max_norm: float | None,
+        also: tuple[torch.optim.Optimizer, ...] = (),
     ) -> float:
         """The end of a step whose loss went backward through `self.scaler`: unscale the gradients, clip
         their norm at `max_norm` (None: measure it only), refuse a non-finite one (in fp16 the scaler
-        skips such a step instead), step the optimizer and the scaler, move the EMA of `module`.
-        Returns the gradient norm."""
+        skips such a step instead), step the optimizer (and those `also` trained by the same loss,
+        unclipped) and the scaler, move the EMA of `module`. Returns the gradient norm."""
         self.scaler.unscale_(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(),
                                                          max_norm if max_norm is not None else math.inf))
         if not math.isfinite(grad_norm) and self.rt.precision != "fp16":
             raise NonFiniteLoss(f"gradient norm is {grad_norm}")
+        for other in also:
+            self.scaler.step(other)
         self.scaler.step(optimizer)
         self.scaler.update()
         self.ema.update(module)

@@ -64,7 +64,7 @@ def test_a_checkpoint_as_json(run):
     assert facts["kind"] == "unet model checkpoint" and facts["parameters"] == count_parameters(network)
     assert (facts["step"], facts["images_seen"], facts["ema_decay"]) == (3, 24, 0.9)
     assert facts["training_seconds"] > 0 and facts["parameterization"] == "v"
-    assert (facts["min_snr_gamma"], facts["t_dist"]) == (5.0, "uniform")
+    assert (facts["min_snr_gamma"], facts["t_dist"], facts["learned_weight"]) == (5.0, "uniform", False)
     assert facts["schedule"]["T"] == 1000 and facts["schedule"]["name"] == "cosine"
     assert facts["data"]["images"] == 6 and len(facts["data"]["fingerprint"]) == 16
     assert json.loads(invoke("info", run, "--json").stdout)["last_samples"].endswith("step_000003.png")
