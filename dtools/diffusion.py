@@ -148,6 +148,12 @@ class Schedule:
         """Signal-to-noise ratio ᾱ_t / (1-ᾱ_t), float64 [T]."""
         return self.alphas_cumprod / (1.0 - self.alphas_cumprod)
 
+    def log_sigma(self) -> torch.Tensor:
+        """ln σ_t of EDM's noise level σ_t = sqrt((1-ᾱ_t)/ᾱ_t) (that of x_t/sqrt(ᾱ_t)), [T] in the
+        tables' dtype, increasing in t (ᾱ_t = 0 gives +inf, ᾱ_t = 1 gives -inf)."""
+        ab = self.alphas_cumprod
+        return 0.5 * (torch.log1p(-ab) - torch.log(ab))
+
 
 def extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] reshaped to broadcast against `like` (B, C, H, W), in like's dtype and device."""
@@ -229,8 +235,7 @@ def draw_timesteps(s: Schedule, n: int, distribution: str, device: torch.device 
     if distribution != "lognormal":
         raise DtoolsError(f"unknown timestep distribution {distribution!r}; choose one of {T_DISTRIBUTIONS}")
     # all in float64 on the CPU (Apple's MPS has no float64; n is one batch), the timesteps then moved
-    ab = s.alphas_cumprod.cpu()
-    log_sigma = 0.5 * (torch.log1p(-ab) - torch.log(ab))  # increasing in t (ᾱ_t = 0 gives +inf)
+    log_sigma = s.log_sigma().cpu()  # increasing in t (ᾱ_t = 0 gives +inf)
     mids = (log_sigma[1:] + log_sigma[:-1]) / 2  # boundaries between neighbouring t
     draw = torch.randn((n,), dtype=torch.float64) * LOGNORMAL_P_STD + LOGNORMAL_P_MEAN
     t = torch.searchsorted(mids, draw)

@@ -31,9 +31,7 @@ LOG_SIGMA_LIMIT = 20.0  # |ln σ_t| beyond this (ᾱ_t = 0 or 1) is clamped: cos
 
 def c_noise(s: Schedule) -> torch.Tensor:
     """EDM's noise conditioning ln(σ_t)/4 of every timestep, float32 [T]."""
-    ab = s.alphas_cumprod.double().cpu()
-    log_sigma = 0.5 * (torch.log1p(-ab) - torch.log(ab))
-    return (log_sigma.clamp(-LOG_SIGMA_LIMIT, LOG_SIGMA_LIMIT) / 4).float()
+    return (s.log_sigma().cpu().clamp(-LOG_SIGMA_LIMIT, LOG_SIGMA_LIMIT) / 4).float()
 
 
 class LogVariance(nn.Module):
