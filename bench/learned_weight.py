@@ -4,9 +4,9 @@
 
 Reads each run's training state (RUN/train-state.safetensors: u's weights, `logvar.*`, and the run's
 betas), evaluates u(σ_t) at every t and plots the effective weight on the v-loss, exp(-u(σ_t)) times
-the run's base weight (--min-snr-gamma's), against the Min-SNR-5 weight min(SNR, 5)/(SNR + 1) that
-the defaults train with. Both are scaled to a mean of 1 over t, since only their shape matters to
-Adam. A picture for docs/quality.md, not a test.
+the run's base weight (--min-snr-gamma's, with --min-snr-floor), against the Min-SNR-5 weight
+min(SNR, 5)/(SNR + 1) that the defaults train with. Both are scaled to a mean of 1 over t, since
+only their shape matters to Adam. A picture for docs/quality.md, not a test.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def effective_weight(run: Path) -> tuple[np.ndarray, np.ndarray, Schedule]:
     t = torch.arange(s.T)
     with torch.no_grad():
         u = u_net(t)
-    base = loss_weight(s, info["parameterization"], t, info["train"].get("min_snr_gamma"))
+    train = info["train"]
+    base = loss_weight(s, info["parameterization"], t, train.get("min_snr_gamma"),
+                       train.get("min_snr_floor", 0.0))
     return (base * torch.exp(-u)).numpy(), u.numpy(), s
 
 

@@ -91,7 +91,7 @@ class Ddpm(Method):
         for optimizer in self.optimizers():
             optimizer.zero_grad(set_to_none=True)
         total_loss = torch.zeros((), device=self.device)  # the weighted MSE (what the loss plot shows)
-        total_objective = torch.zeros((), device=self.device)  # what the step minimizes
+        total_objective = torch.zeros((), device=self.device)  # what the step minimizes, if not that
         x0_all, t_all, eps_all, y_all = self.draw_batch()
         b = x0_all.shape[0]  # this process's images (DDP averages the processes' gradients)
         micro = b // cfg.grad_accum
@@ -113,9 +113,12 @@ class Ddpm(Method):
             with self.group.no_sync(self.net, sync=sync), self.logvar_sync(sync):
                 self.scaler.scale(objective).backward()
             total_loss += loss.detach()
-            total_objective += objective.detach()
+            if self.logvar_net is not None:
+                total_objective += objective.detach()
         loss_value = float(total_loss)
-        if not math.isfinite(loss_value) or not math.isfinite(float(total_objective)):
+        # read back only where it differs from the loss: without u, no second device sync a step
+        objective_finite = self.logvar is None or math.isfinite(float(total_objective))
+        if not (math.isfinite(loss_value) and objective_finite):
             raise NonFiniteLoss(f"loss is {loss_value}")
         also = () if self.logvar is None else (self.logvar_optimizer,)
         grad_norm = self.apply_gradients(self.optimizer, self.model, cfg.grad_clip, also=also)
