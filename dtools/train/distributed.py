@@ -20,7 +20,9 @@ How the work is split (`Group`):
   networks too) are copied from rank 0 after every step (`sync_buffers`): all processes then hold the
   same weights, EMA and buffers. BatchNorm normalises over each process's slice, as DDP does.
 - The metrics are averaged over the processes (`mean`); stopping (--max-minutes, Ctrl-C) is agreed
-  on (`agree`), so all processes stop at the same step.
+  on (`agree`), so all processes stop at the same step. A run sized in time goes by one clock, the
+  latest of the processes' (`latest`): its lr, its guide and post-hoc snapshots and its end fall at
+  the same step on all of them.
 - Only rank 0 writes the run folder (`on_main`: its error, if any, is raised on every process).
 
 Failures end every process, not a hang: collectives time out (DTOOLS_DIST_TIMEOUT seconds, default
@@ -153,6 +155,23 @@ class Group:
         t = self._comm(torch.tensor(list(values.values()), dtype=torch.float64))
         dist.all_reduce(t)
         return {k: float(v) / self.world for k, v in zip(values, t.cpu().tolist(), strict=True)}
+
+    def latest(self, seconds: float) -> float:
+        """The largest of the processes' `seconds` (their training clocks), the same on every process."""
+        if not self.active:
+            return seconds
+        import torch.distributed as dist
+
+        t = self._comm(torch.tensor([seconds], dtype=torch.float64))
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
+    def from_main(self, values: list[float]) -> list[float]:
+        """Rank 0's `values` on every process: what rank 0 read from the run folder, so that no process
+        decides by its own view of a shared file system (which may lag behind rank 0's writes)."""
+        if not self.active:
+            return values
+        return self._broadcast(torch.tensor(values, dtype=torch.float64)).tolist()
 
     def agree(self, stopped: str) -> str:
         """The stop reason of the process that wants to stop most (done < max_minutes < interrupted)."""

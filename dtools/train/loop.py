@@ -138,9 +138,17 @@ class Trainer:
         self.group.on_main(lambda: write_config(self.run_dir, {**cfg.to_dict(),
                                                                "resolved": resolved(cfg, self.rt)}))
         self.session_start = time.monotonic()
+        self.clock = self.elapsed_before  # the training time all processes go by (see run_time)
         self.start_step = self.step
-        self.last_snapshot = last_snapshot(self.run_dir)  # (step, elapsed) of a resumed run's last one
+        # what rank 0 finds in RUN, on every process (not each one's view of a shared file system)
+        guide, step, elapsed = self.group.from_main(self.group.on_main(self._found) or [0.0, 0.0, 0.0])
+        self.guide_kept = bool(guide)
+        self.last_snapshot = None if step < 0 else (int(step), elapsed)
         return True
+
+    def _found(self) -> list[float]:
+        """[guide kept (0/1), step, elapsed of the last --posthoc-ema snapshot (step -1: none)] in RUN."""
+        return [float((self.run_dir / GUIDE_FILE).exists()), *(last_snapshot(self.run_dir) or (-1, 0.0))]
 
     def _load_data(self) -> int:
         """Decode the images once, kept as uint8 (N, C, H, W) on the CPU; returns N."""
@@ -173,8 +181,21 @@ class Trainer:
         self.group.on_main(lambda: write_metrics(self.run_dir / METRICS_FILE, self.metrics))
 
     def elapsed(self) -> float:
-        """Seconds of training over all sessions of the run."""
+        """Seconds of training over all sessions of the run, by this process's clock."""
         return self.elapsed_before + time.monotonic() - self.session_start
+
+    def run_time(self) -> float:
+        """The run's training time as of the step just taken, the same on every process (the latest of
+        their clocks): what a run sized in time goes by, so that its lr, its guide and post-hoc snapshots
+        and its end fall at the same step on all of them (each by its own clock, they would call
+        different collectives at that step and wait on each other until the timeout)."""
+        self.clock = self.group.latest(self.elapsed()) if self.total is None else self.elapsed()
+        return self.clock
+
+    def recorded_time(self) -> float:
+        """The training time a checkpoint records (rank 0 writes it): the run's clock, if another
+        process's is ahead of rank 0's, so that a resumed run continues from where all of them were."""
+        return max(self.elapsed(), self.clock)
 
     def real_batch(self) -> Batch:
         """The next --batch-size images of the shuffled data, each flipped with probability 1/2 (--flip), on
@@ -219,16 +240,16 @@ class Trainer:
     def _guide_due(self, end: bool) -> bool:
         """Whether the run has reached --guide-at and has no guide snapshot yet (a denoiser's only)."""
         cfg = self.cfg
-        if not (applies("guide_at", cfg.model_type) and cfg.guide_at) or (self.run_dir / GUIDE_FILE).exists():
+        if not (applies("guide_at", cfg.model_type) and cfg.guide_at) or self.guide_kept:
             return False
-        progress = cfg.progress(self.step, self.elapsed())
-        return progress is not None and progress >= cfg.guide_at and not end
+        return self.progress() >= cfg.guide_at and not end
 
     def save_guide(self) -> None:
         """RUN/guide.safetensors: the model checkpoint as it is now, kept as the run's weaker model for
         autoguidance (`dtools sample RUN --guide RUN --guidance W`); written once, rank 0."""
         with self.writing:
             self.group.on_main(lambda: self._save_model(self.run_dir / GUIDE_FILE))
+        self.guide_kept = True
         self.log(f"step {self.step}: kept {self.run_dir / GUIDE_FILE} (--guide-at {self.cfg.guide_at:g}: "
                  "a weaker model to guide with)")
 
@@ -256,7 +277,7 @@ class Trainer:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 raise self._disk_full() from None
-        self.last_snapshot = (self.step, self.elapsed())
+        self.last_snapshot = (self.step, self.clock)
 
     def _save_model(self, path: Path, weights: Weights | None = None,
                     ema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -268,7 +289,7 @@ class Trainer:
         if ema is not None:
             header = {k: v for k, v in header.items() if k not in ("ema_decay", "ema_length")} | ema
         meta = {**header, "step": self.step, "images_seen": self.step * method.images_per_step,
-                "elapsed": round(self.elapsed(), 3), "train": self.cfg.to_dict()}
+                "elapsed": round(self.recorded_time(), 3), "train": self.cfg.to_dict()}
         save_model(path, weights, config=config, model_type=method.model_type, meta=meta, force=True)
         return meta
 
@@ -279,7 +300,7 @@ class Trainer:
         if self.metrics:
             self._plot()
         # The state goes last: it is what --resume trusts, and it only moves once the rest is on disk.
-        save_state(self.run_dir / STATE_FILE, tensors, {**meta, **info, "elapsed": self.elapsed()})
+        save_state(self.run_dir / STATE_FILE, tensors, {**meta, **info, "elapsed": self.recorded_time()})
 
     def _plot(self) -> None:
         from dtools.plots import metric_curves
@@ -311,7 +332,7 @@ class Trainer:
         # --max-minutes caps this session, unless it sizes the whole run (given alone: time_sized)
         capped = cfg.max_minutes is not None and not cfg.time_sized()
         budget = cfg.max_minutes * 60 if capped else math.inf
-        self.clock = StepClock(self.step, self.total)
+        self.pace = StepClock(self.step, self.total)
         done = self.finished()
         guard, threads = ThreadGuard.for_runtime(rt), torch.get_num_threads()  # CPU threads by step times
         try:
@@ -328,10 +349,9 @@ class Trainer:
                         guard.apply(time.perf_counter() - started)
                     self.group.sync_buffers(self.method.networks().values())
                     self.step += 1
-                    self.clock.tick(self.step)
+                    self.pace.tick(self.step)
+                    self.run_time()
                     done = self.finished()
-                    if self.total is None:  # a run sized in time: its processes end at the same step
-                        done = self.group.agree("max_minutes" if done else "done") != "done"
                     if self.step % cfg.log_every == 0 or done:
                         self._close_window(window, bar)
                     if signals.requested:
@@ -356,7 +376,7 @@ class Trainer:
     def _report_pace(self, budget: float) -> None:
         """The estimate of the whole run, once the first steps have been timed (see estimate.py)."""
         left = budget - (time.monotonic() - self.session_start) if math.isfinite(budget) else None
-        for line in self.clock.report(left):
+        for line in self.pace.report(left):
             self.log(line)
 
     def _stopping(self, signal_name: str) -> None:
@@ -368,7 +388,7 @@ class Trainer:
         finally:
             if writing:
                 self.writing.release()
-        self.log(stop_message(signal_name, self.step + 1, self.clock.pace(), saved))
+        self.log(stop_message(signal_name, self.step + 1, self.pace.pace(), saved))
 
     def _abort(self) -> None:
         """The second Ctrl-C: end the process now (no file is being written: the caller holds the lock)."""
@@ -379,10 +399,11 @@ class Trainer:
         bar.update(loss=self._losses_text(rec, "{:.4f}"), ips=f"{rec['img_per_s']:.0f}")
 
     def progress(self) -> float:
-        """How far the run is, from 0 to 1: in steps, or in training time for a run sized in time."""
+        """How far the run is, from 0 to 1: in steps, or for a run sized in time, in its training time as of
+        the last step (`run_time`, the same on every process)."""
         if self.total is not None:
             return self.step / self.total
-        return self.elapsed() / (self.cfg.max_minutes * 60)
+        return self.clock / (self.cfg.max_minutes * 60)
 
     def finished(self) -> bool:
         """Whether the run has reached its end: its last step, or for a run sized in time, its minutes."""
@@ -421,7 +442,7 @@ class Trainer:
             bar.update(completed=min(round(self.elapsed()), round(self.cfg.max_minutes * 60)),
                        step=str(self.step))
         else:
-            bar.update(completed=self.step, eta=self.clock.eta_text())
+            bar.update(completed=self.step, eta=self.pace.eta_text())
 
     def _write_outputs(self, end: bool, samples: bool, window: Window) -> None:
         """Sample grid and checkpoint when they are due (and always at the end)."""

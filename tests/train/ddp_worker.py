@@ -4,7 +4,9 @@
 each writes OUT/rank<R>.safetensors: every network of the method ("<network>.<key>", EMA included)
 and the images each step trained on in this process ("batch.<step>"). A run may ask one rank to
 raise at some step ("fail": [rank, step]), to show how a broken process ends the others; errors are
-printed as the CLI prints them (dtools.train.distributed.speaks decides which process says it).
+printed as the CLI prints them (dtools.train.distributed.speaks decides which process says it). A run
+may set one rank's clock ahead ("skew": [rank, seconds]), as two processes' clocks differ; the step at
+which each process kept the guide is recorded ("guide_step").
 """
 
 from __future__ import annotations
@@ -28,10 +30,20 @@ from dtools.train.data import data_classes, peek
 class Recording(training.Trainer):
     """The Trainer, keeping what real_batch() gave this process at each step."""
 
-    def __init__(self, *args, fail: tuple[int, int] | None = None, **kw):
+    def __init__(self, *args, fail: tuple[int, int] | None = None, skew: tuple[int, float] | None = None,
+                 **kw):
         super().__init__(*args, **kw)
         self.batches: list[torch.Tensor] = []
-        self.fail = fail
+        self.fail, self.skew = fail, skew
+        self.guide_step: int | None = None
+
+    def elapsed(self) -> float:
+        ahead = self.skew is not None and self.group.rank == self.skew[0]
+        return super().elapsed() + (self.skew[1] if ahead else 0.0)
+
+    def save_guide(self) -> None:
+        super().save_guide()
+        self.guide_step = self.step
 
     def real_batch(self):
         if self.fail is not None and (self.group.rank, self.step + 1) == tuple(self.fail):
@@ -53,11 +65,13 @@ def config(run: dict) -> training.TrainConfig:
 def train(run: dict) -> Recording:
     """One run of the spec; its record in OUT/rank<R>.safetensors."""
     trainer = Recording(config(run), resume=run.get("resume", False), progress=False, log=lambda m: None,
-                        fail=run.get("fail"))
+                        fail=run.get("fail"), skew=run.get("skew"))
     trainer.run()
     tensors = {f"{name}.{k}": v.detach().clone().contiguous()
                for name, module in trainer.method.networks().items() for k, v in module.state_dict().items()}
     tensors.update({f"batch.{i + 1}": b.contiguous() for i, b in enumerate(trainer.batches)})
+    if trainer.guide_step is not None:
+        tensors["guide_step"] = torch.tensor(trainer.guide_step)
     rank = trainer.group.rank
     save_file(tensors, str(Path(run["out"]) / f"rank{rank}.safetensors"))
     return trainer

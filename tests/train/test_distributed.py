@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from dtools import train as training
-from dtools.checkpoint import read_model
+from dtools.checkpoint import RUN_GUIDE_FILE, read_model
 from dtools.tensorfile import read_header
 from dtools.train import distributed
 
@@ -70,6 +70,10 @@ def ddp(data8, tmp_path_factory):
                                                                       "max_minutes": 0.002}},
         # class-conditional: each process's slice of the labels and of the label-dropout draws
         {"data": str(labelled), "out": str(root / "cond"), "options": {**UNET, "cond_drop": 0.5}},
+        # sized in time, rank 1's clock 0.4 s ahead: lr warm-up, guide, snapshots and end by one clock
+        {"data": str(data8), "out": str(root / "timed"), "skew": [1, 0.4],
+         "options": {**TINY, "batch_size": 8, "max_minutes": 0.02, "warmup": 0.5, "guide_at": 0.5,
+                     "posthoc_ema": 4, "save_every": 1000}},
     ]
     done = torchrun(str(Path(ddp_worker.__file__)), spec(root / "spec.json", runs))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -141,6 +145,21 @@ def test_the_processes_stop_at_the_same_step(ddp):
     assert 0 < len(steps) < 500 and set(steps) == {k for k in b if k.startswith("batch.")}
     info = read_header(ddp[0] / "budget" / training.STATE_FILE, "dtools.train-state")
     assert info["step"] == len(steps) == metrics(ddp[0] / "budget")[-1]["step"]
+
+
+def test_a_run_sized_in_time_goes_by_one_clock(ddp):
+    """Each process by its own clock would warm the lr up differently and keep the guide or a snapshot
+    at a different step, where the other calls another collective: a hang until the timeout."""
+    run = ddp[0] / "timed"
+    a, b = ranks(run)
+    steps = {k for k in a if k.startswith("batch.")}
+    assert len(steps) >= 2 and steps == {k for k in b if k.startswith("batch.")}
+    nets = [k for k in a if not k.startswith("batch.")]
+    assert [k for k in nets if not torch.equal(a[k], b[k])] == []  # the same lr at every step
+    assert int(a["guide_step"]) == int(b["guide_step"]) and (run / RUN_GUIDE_FILE).is_file()
+    assert list((run / "posthoc").glob("*.safetensors"))
+    info = read_header(run / training.STATE_FILE, "dtools.train-state")
+    assert info["step"] == len(steps) and info["elapsed"] >= 0.02 * 60
 
 
 def test_the_loss_trajectory_is_that_of_one_process(ddp):
