@@ -9,6 +9,6 @@ Model types have a registry of their own that needs no torch: dtools.models.MODE
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
 PRESETS = ("auto", "cpu16", "cpu32", "seed64")  # auto: by image size
-LR_DECAYS = ("cosine", "linear", "constant")
+LR_DECAYS = ("cosine", "linear", "wsd", "constant")
 T_DISTRIBUTIONS = ("uniform", "lognormal")
 CONDS = ("auto", "class", "none")  # --cond: what a network is conditioned on (dtools.train.config)

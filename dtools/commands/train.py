@@ -78,7 +78,8 @@ def train(
     ),
     lr_decay: str = opt.choice(
         None, "--lr-decay", choices=LR_DECAYS, show_default="preset",
-        help="After the warm-up the lr falls to 0 at the run's end: cosine, linear, or constant.",
+        help="After the warm-up the lr falls to 0 at the run's end: cosine, linear, wsd (constant, then "
+             "linear over the last 20 %), or constant.",
     ),
     ema_decay: float = typer.Option(
         None, "--ema", min=0.0, max=0.99999, show_default="0.999",

@@ -11,10 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+COOLDOWN = 0.2  # wsd: the last fifth of the run after warm-up (Hägele et al. 2024 found 20 % matches cosine)
+
 # decay shape on [warm-up end, 1], from 1 to 0
 DECAYS: dict[str, Callable[[float], float]] = {
     "cosine": lambda q: 0.5 * (1.0 + math.cos(math.pi * q)),
     "linear": lambda q: 1.0 - q,
+    # warm-up, stable, decay (Hu et al. 2024): constant, then linear to 0 over the last COOLDOWN
+    "wsd": lambda q: min(1.0, (1.0 - q) / COOLDOWN),
     "constant": lambda q: 1.0,
 }
 

@@ -24,6 +24,14 @@ def test_every_decay_starts_at_one_and_never_rises(decay):
     assert all(b <= a + 1e-12 for a, b in zip(values, values[1:], strict=False))
 
 
+def test_wsd_holds_the_peak_then_cools_down_over_the_last_fifth():
+    assert factor(0.0, 0.0, "wsd") == factor(0.79, 0.0, "wsd") == 1.0
+    assert factor(0.8, 0.0, "wsd") == pytest.approx(1.0)
+    assert factor(0.9, 0.0, "wsd") == pytest.approx(0.5)
+    assert factor(1.0, 0.0, "wsd") == pytest.approx(0.0, abs=1e-12)
+    assert factor(0.1 + 0.9 * 0.9, 0.1, "wsd") == pytest.approx(0.5)  # the fifth of what follows warm-up
+
+
 def test_no_warmup():
     assert factor(0.0, 0.0) == pytest.approx(1.0)
     assert factor(0.0, 0.0, "constant") == factor(0.7, 0.0, "constant") == 1.0
