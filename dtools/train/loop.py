@@ -138,7 +138,7 @@ class Trainer:
         self.group.on_main(lambda: write_config(self.run_dir, {**cfg.to_dict(),
                                                                "resolved": resolved(cfg, self.rt)}))
         self.session_start = time.monotonic()
-        self.clock = self.elapsed_before  # the training time all processes go by (see run_time)
+        self.clock = self.elapsed_before  # the training time all processes go by (see update_clock)
         self.start_step = self.step
         # what rank 0 finds in RUN, on every process (not each one's view of a shared file system)
         guide, step, elapsed = self.group.from_main(self.group.on_main(self._found) or [0.0, 0.0, 0.0])
@@ -184,13 +184,12 @@ class Trainer:
         """Seconds of training over all sessions of the run, by this process's clock."""
         return self.elapsed_before + time.monotonic() - self.session_start
 
-    def run_time(self) -> float:
-        """The run's training time as of the step just taken, the same on every process (the latest of
-        their clocks): what a run sized in time goes by, so that its lr, its guide and post-hoc snapshots
-        and its end fall at the same step on all of them (each by its own clock, they would call
-        different collectives at that step and wait on each other until the timeout)."""
+    def update_clock(self) -> None:
+        """Set `clock` to the run's training time as of the step just taken, the same on every process
+        (the latest of their clocks): what a run sized in time goes by, so that its lr, its guide and
+        post-hoc snapshots and its end fall at the same step on all of them (each by its own clock, they
+        would call different collectives at that step and wait on each other until the timeout)."""
         self.clock = self.group.latest(self.elapsed()) if self.total is None else self.elapsed()
-        return self.clock
 
     def recorded_time(self) -> float:
         """The training time a checkpoint records (rank 0 writes it): the run's clock, if another
@@ -350,7 +349,7 @@ class Trainer:
                     self.group.sync_buffers(self.method.networks().values())
                     self.step += 1
                     self.pace.tick(self.step)
-                    self.run_time()
+                    self.update_clock()
                     done = self.finished()
                     if self.step % cfg.log_every == 0 or done:
                         self._close_window(window, bar)
@@ -400,7 +399,7 @@ class Trainer:
 
     def progress(self) -> float:
         """How far the run is, from 0 to 1: in steps, or for a run sized in time, in its training time as of
-        the last step (`run_time`, the same on every process)."""
+        the last step (`update_clock`, the same on every process)."""
         if self.total is not None:
             return self.step / self.total
         return self.clock / (self.cfg.max_minutes * 60)
